@@ -1,0 +1,32 @@
+"""The `radio` command: one sub-command per step of the pipeline.
+
+Heavy libraries (torch, ray, zarr) are imported inside commands so `radio --help` is instant.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from . import config_cmd
+from .sample_data import sample_data
+
+app = typer.Typer(
+    name="radio",
+    help=(
+        "Train agglomerative vision foundation models (RADIO-AMP): featurize teachers into a Zarr "
+        "store, fit PHI-S normalizers, distill a ViT student. Settings come from pipelines.yaml."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(config_cmd.app, name="config")
+app.command("sample-data")(sample_data)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

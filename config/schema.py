@@ -1,0 +1,275 @@
+"""Typed pipeline configuration: what one named entry of ``pipelines.yaml`` means.
+
+Every model is frozen and forbids unknown keys, so a typo in the YAML is an error naming the
+field rather than a silently ignored setting. Cross-field rules (a stage asking for a target key
+no teacher produces, a mosaic whose tiles cannot hold its images) are checked here too, so
+``radio config validate`` catches them before any work starts.
+
+Vocabulary (paper / DESIGN.md §4):
+
+- *teacher*: a frozen model, e.g. DFN CLIP; one config entry per teacher.
+- *target key*: a teacher at one input geometry, e.g. ``dfn_clip@224`` or ``sam_h@256``; the unit
+  the store holds (features, summary, moments) and the trainer matches.
+- *mosaic*: k×k images tiled into one ``canvas``-sized teacher input (SAM at 1024).
+- *stage*: one training run at fixed resolutions; *partition*: one resolution inside a stage,
+  with its own batch size and target keys (stage 3 has two).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PATCH = 16
+"""The student's patch size; student resolutions are multiples of it."""
+
+TARGET_KEY = re.compile(r"^[a-z0-9_]+@(\d+)$")
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _multiple_of_patch(value: int, what: str) -> int:
+    if value <= 0 or value % PATCH:
+        raise ValueError(f"{what} {value} is not a positive multiple of {PATCH}")
+    return value
+
+
+class DataConfig(Frozen):
+    """Input shards in DataComp / img2dataset webdataset layout."""
+
+    shards: tuple[str, ...] = Field(
+        min_length=1,
+        description="tar paths, globs or fsspec URLs (e.g. data/*.tar, s3://bucket/{00000000..00000099}.tar)",
+    )
+    min_image_size: int = Field(32, gt=0, description="images with a shorter side are recorded as too_small")
+    max_image_pixels: int = Field(
+        64_000_000, gt=0, description="images with more pixels are recorded as decompression_bomb"
+    )
+
+
+class StoreConfig(Frozen):
+    """The Zarr v3 feature store (DESIGN.md §3)."""
+
+    path: str = Field(description="directory of the Zarr group (local path or fsspec URL)")
+    shard_rows: int = Field(
+        64, gt=0, description="rows per Zarr shard of a feature array: the unit one writer writes whole"
+    )
+    compressor: Literal["zstd", "none"] = Field(
+        "zstd", description="fp16 features barely compress (~1.1x); 'none' writes fastest"
+    )
+
+
+class CropConfig(Frozen):
+    """How featurize chooses each sample's crop box (seeded by run seed and sample key)."""
+
+    kind: Literal["random_square", "center_square"] = "random_square"
+    scale: tuple[float, float] = Field(
+        (0.5, 1.0), description="range of the crop side as a fraction of the image's shorter side"
+    )
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"scale {list(v)} must satisfy 0 < low <= high <= 1")
+        return v
+
+
+class FeaturizeConfig(Frozen):
+    seed: int = 0
+    batch_size: int = Field(16, gt=0, description="images per teacher forward (mosaic teachers: tiles)")
+    crop: CropConfig = CropConfig()
+
+
+class TargetConfig(Frozen):
+    """One target key of a teacher: the geometry the teacher sees."""
+
+    resolution: int = Field(
+        gt=0,
+        description="side of the square crop given to the teacher; for a mosaic, the side of each tile image",
+    )
+    mosaic: int | None = Field(
+        None,
+        description="k: tile k×k images into one canvas-sized input (SAM); 1 pads one image to the canvas",
+    )
+    canvas: int = Field(1024, gt=0, description="teacher input side that mosaic tiles divide (SAM: 1024)")
+
+    @model_validator(mode="after")
+    def _mosaic_geometry(self) -> TargetConfig:
+        if self.mosaic is None:
+            return self
+        k = self.mosaic
+        if k < 1 or k & (k - 1):
+            raise ValueError(f"mosaic {k} must be a power of two (1, 2, 4, ...)")
+        _multiple_of_patch(self.resolution, "resolution")
+        tile = self.canvas // k
+        if self.canvas % k or tile % PATCH:
+            raise ValueError(f"mosaic {k} does not split canvas {self.canvas} into {PATCH}-aligned tiles")
+        if self.resolution > tile:
+            raise ValueError(
+                f"mosaic {k} tiles are {tile} px and cannot hold resolution {self.resolution}"
+            )
+        return self
+
+
+class TeacherConfig(Frozen):
+    """A frozen teacher model and the target keys computed from it."""
+
+    model: str = Field(description="teacher registry name, e.g. dfn_clip_h14_378 (see `radio teachers`)")
+    weights: str | None = Field(
+        None,
+        description="hub id (hf-hub:ORG/NAME) or local checkpoint file; null = random init (tiny models, tests)",
+    )
+    targets: dict[str, TargetConfig] = Field(min_length=1)
+
+    @field_validator("targets")
+    @classmethod
+    def _target_key_names(cls, targets: dict[str, TargetConfig]) -> dict[str, TargetConfig]:
+        for key, spec in targets.items():
+            m = TARGET_KEY.match(key)
+            if not m:
+                raise ValueError(f"target key {key!r} must look like name@resolution, e.g. dfn_clip@224")
+            if int(m.group(1)) != spec.resolution:
+                raise ValueError(f"target key {key!r} names resolution {m.group(1)} but sets {spec.resolution}")
+        return targets
+
+
+StudentSize = Literal["tiny", "b", "l", "h", "g"]
+
+
+class StudentConfig(Frozen):
+    size: StudentSize = "b"
+    patch: Literal[16] = PATCH
+    cpe_max_size: int = Field(2048, description="side of the image the learned CPE grid covers")
+    register_multiple: int = Field(8, gt=0, description="CLS + registers are padded to a multiple of this")
+    adaptor_hidden: int = Field(1520, gt=0, description="hidden width of each 2-layer MLP adaptor")
+
+    @field_validator("cpe_max_size")
+    @classmethod
+    def _cpe(cls, v: int) -> int:
+        return _multiple_of_patch(v, "cpe_max_size")
+
+
+class LossWeight(Frozen):
+    summary: float = Field(1.0, ge=0)
+    features: float = Field(1.0, ge=0)
+
+
+class PartitionConfig(Frozen):
+    """One student resolution inside a stage, trained against its own target keys."""
+
+    resolution: int
+    batch_size: int = Field(gt=0)
+    targets: tuple[str, ...] = Field(min_length=1)
+
+    @field_validator("resolution")
+    @classmethod
+    def _res(cls, v: int) -> int:
+        return _multiple_of_patch(v, "resolution")
+
+
+class OptimizerConfig(Frozen):
+    name: Literal["lamb", "adamw"] = "lamb"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(2e-5, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+
+
+class ScheduleConfig(Frozen):
+    kind: Literal["cosine"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+
+
+class StageConfig(Frozen):
+    steps: int = Field(gt=0)
+    partitions: tuple[PartitionConfig, ...] = Field(min_length=1)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    loss_weights: dict[str, LossWeight] = Field(
+        default_factory=dict, description="per target key; keys not named weigh 1.0"
+    )
+    checkpoint_every: int = Field(1000, gt=0)
+    compile: bool = False
+    seed: int = 0
+
+
+class EvalConfig(Frozen):
+    held_out: int = Field(0, ge=0, description="rows reserved for evaluation (the last rows of the store); training never reads them")
+    equivariance_resolutions: tuple[int, ...] = (256, 384, 512, 768, 1024)
+    knn_k: int = Field(20, gt=0)
+    knn_temperature: float = Field(0.07, gt=0)
+
+    @field_validator("equivariance_resolutions")
+    @classmethod
+    def _res(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        for r in v:
+            _multiple_of_patch(r, "resolution")
+        return v
+
+
+class PipelineConfig(Frozen):
+    """One named pipeline: data → featurize (teachers) → store → distill (student, stages) → eval."""
+
+    description: str = ""
+    data: DataConfig
+    store: StoreConfig
+    featurize: FeaturizeConfig = FeaturizeConfig()
+    teachers: dict[str, TeacherConfig] = Field(min_length=1)
+    normalization: Literal["phis", "standardize", "none"] = Field(
+        "phis", description="target normalization for the loss (paper Table 3 compares these)"
+    )
+    student: StudentConfig = StudentConfig()
+    stages: tuple[StageConfig, ...] = Field(min_length=1)
+    eval: EvalConfig = EvalConfig()
+    out: str = Field("runs/default", description="run folder for checkpoints, metrics and exports")
+
+    @model_validator(mode="after")
+    def _targets_exist(self) -> PipelineConfig:
+        produced: dict[str, str] = {}
+        for name, teacher in self.teachers.items():
+            for key in teacher.targets:
+                if key in produced:
+                    raise ValueError(f"target key {key!r} is produced by both {produced[key]!r} and {name!r}")
+                produced[key] = name
+        for i, stage in enumerate(self.stages):
+            for j, part in enumerate(stage.partitions):
+                for key in part.targets:
+                    if key not in produced:
+                        raise ValueError(
+                            f"stages.{i}.partitions.{j}.targets: {key!r} is produced by no teacher "
+                            f"(known: {', '.join(sorted(produced))})"
+                        )
+            for key in stage.loss_weights:
+                if key not in produced:
+                    raise ValueError(f"stages.{i}.loss_weights: {key!r} is produced by no teacher")
+        return self
+
+    def target(self, key: str) -> tuple[str, TeacherConfig, TargetConfig]:
+        """(teacher name, teacher config, target config) of a target key."""
+        for name, teacher in self.teachers.items():
+            if key in teacher.targets:
+                return name, teacher, teacher.targets[key]
+        raise KeyError(key)
+
+    @property
+    def target_keys(self) -> tuple[str, ...]:
+        return tuple(k for t in self.teachers.values() for k in t.targets)
+
+
+class PipelinesFile(Frozen):
+    """The whole ``pipelines.yaml``: named pipelines and which one is the default."""
+
+    default: str
+    pipelines: dict[str, PipelineConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _default_exists(self) -> PipelinesFile:
+        if self.default not in self.pipelines:
+            raise ValueError(f"default {self.default!r} is not a pipeline (known: {', '.join(self.pipelines)})")
+        return self

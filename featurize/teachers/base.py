@@ -1,0 +1,68 @@
+"""What every teacher is: a frozen spec and one output type.
+
+A teacher takes images already normalized with its own ``mean``/``std`` (``[B, 3, H, W]``,
+H and W multiples of ``patch``) and returns :class:`TeacherOutput`. Featurize never looks
+inside a teacher; it only reads the spec (input size, patch, dims) and calls ``forward``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+Family = Literal["clip", "siglip", "dinov2", "sam"]
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """Static facts about a registered teacher (timm-style pretrained cfg)."""
+
+    name: str  # registry name, e.g. "dfn_clip_h14_378"
+    family: Family
+    input_size: int  # native input side; for a canvas teacher (SAM) the canvas side
+    patch: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    summary_dim: int | None  # None: the teacher has no summary target (SAM)
+    feature_dim: int
+    weights: str | None = None  # default hub id / file for released weights; None for tiny sizes
+    canvas: bool = False  # True: fixed-size input; smaller images are placed (mosaic/padding) on it
+
+    def grid(self, resolution: int) -> int:
+        """Tokens per side at an input side of ``resolution``."""
+        if resolution % self.patch:
+            raise ValueError(f"{self.name}: resolution {resolution} is not a multiple of patch {self.patch}")
+        return resolution // self.patch
+
+
+@dataclass
+class TeacherOutput:
+    """``summary [B, Cs]`` (None for teachers without one) and ``features [B, h, w, C]``."""
+
+    summary: torch.Tensor | None
+    features: torch.Tensor
+
+
+class Teacher(nn.Module):
+    """Base class: subclasses set ``spec`` and implement :meth:`forward`."""
+
+    spec: TeacherSpec
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` in [0, 1] → the teacher's input normalization."""
+        mean = torch.tensor(self.spec.mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.spec.std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        return (images - mean) / std
+
+    def forward(self, x: torch.Tensor) -> TeacherOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
