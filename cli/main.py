@@ -9,6 +9,7 @@ import typer
 
 from . import config_cmd
 from .sample_data import sample_data
+from .scan import scan
 
 app = typer.Typer(
     name="radio",
@@ -22,6 +23,7 @@ app = typer.Typer(
 )
 app.add_typer(config_cmd.app, name="config")
 app.command("sample-data")(sample_data)
+app.command("scan")(scan)
 
 
 def main() -> None:

@@ -29,6 +29,10 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 def format_validation_error(source: str, err: ValidationError) -> str:
     """One line: ``SOURCE: FIELD: MESSAGE`` for the first problem, plus how many more there are."""
     errors = err.errors(include_url=False)
+    # A container whose only item failed also reports itself as too short: drop such echoes,
+    # i.e. errors whose location is a prefix of another error's location.
+    locs = [tuple(e["loc"]) for e in errors]
+    errors = [e for e, loc in zip(errors, locs) if not any(o[: len(loc)] == loc and o != loc for o in locs)]
     first = errors[0]
     msg = first["msg"].removeprefix("Value error, ")
     where = _field_path(first["loc"])

@@ -1,0 +1,32 @@
+# Two commands do all the set-up on a fresh clone:
+#   make demo   create .venv if missing, install, run the tiny pipeline end to end
+#   make test   same set-up, then the full test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIPELINE ?= tiny
+
+.PHONY: demo test bench install clean
+
+install: $(STAMP)
+
+# Reinstall only when the dependency list changes. torch resolves to the release on this
+# machine's disk (the requirement range admits it).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	bash scripts/demo.sh $(PIPELINE)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	bash scripts/bench.sh
+
+clean:
+	rm -rf data/sample data/store.zarr runs/tiny
