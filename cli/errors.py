@@ -18,9 +18,14 @@ EXIT_USAGE = 2  # bad config or arguments: nothing was done
 def _user_errors() -> dict[type[BaseException], int]:
     # Imported lazily: each part owns its error type; the CLI only maps them to exit codes.
     from radio.config import ConfigError
+    from radio.store.layout import StoreError
     from radio.store.shards import ShardError
 
-    return {ConfigError: EXIT_USAGE, ShardError: EXIT_USAGE, FileNotFoundError: EXIT_USAGE}
+    from radio.featurize.job import FeaturizeError
+    from radio.featurize.teachers.registry import TeacherError
+
+    return {ConfigError: EXIT_USAGE, ShardError: EXIT_USAGE, StoreError: EXIT_USAGE,
+            FeaturizeError: EXIT_USAGE, TeacherError: EXIT_USAGE}  # fmt: skip
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:

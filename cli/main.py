@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import typer
 
-from . import config_cmd
+from . import config_cmd, store_cmd
+from .featurize_cmd import featurize
 from .sample_data import sample_data
 from .scan import scan
 
@@ -22,6 +23,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(store_cmd.app, name="store")
+app.command("featurize")(featurize)
 app.command("sample-data")(sample_data)
 app.command("scan")(scan)
 

@@ -138,6 +138,36 @@ def split_member_name(name: str) -> tuple[str, str]:
     return key, suffix.lower() if dot else ""
 
 
+def _is_sample_member(info: tarfile.TarInfo) -> tuple[str, str] | None:
+    """(key, suffix) of a member that belongs to a sample, else None (dirs, ``__meta__``, no suffix)."""
+    if not info.isfile():
+        return None
+    key, suffix = split_member_name(info.name)
+    if not suffix or key.rpartition("/")[2].startswith("__"):
+        return None
+    return key, suffix
+
+
+def count_samples(path: str) -> tuple[int, str | None]:
+    """Samples in a tar, from its headers alone (no image data read), and an error if it ends early.
+
+    Groups members exactly as :class:`ShardReader` does, so the count is never below what the
+    reader yields; featurize plans row ranges from it before any worker starts.
+    """
+    n, last, error = 0, None, None
+    with open_binary(path) as f:
+        try:
+            # Seeking mode skips over member data on local files; URLs stream.
+            with tarfile.open(fileobj=f, mode="r:" if f.seekable() else "r|") as tf:
+                for info in tf:
+                    member = _is_sample_member(info)
+                    if member and member[0] != last:
+                        n, last = n + 1, member[0]
+        except (tarfile.TarError, EOFError, OSError) as e:
+            error = f"{type(e).__name__}: {e}"
+    return n, error
+
+
 class ShardReader:
     """Stream the samples of one tar in member order.
 
@@ -161,11 +191,10 @@ class ShardReader:
                 # Stream mode ("r|"): one pass, works on non-seekable fsspec streams too.
                 with tarfile.open(fileobj=f, mode="r|") as tf:
                     for info in tf:
-                        if not info.isfile():
+                        member = _is_sample_member(info)
+                        if member is None:
                             continue
-                        key, suffix = split_member_name(info.name)
-                        if not suffix or key.rpartition("/")[2].startswith("__"):
-                            continue
+                        key, suffix = member
                         if current is None or key != current.key:
                             if current is not None:
                                 yield current

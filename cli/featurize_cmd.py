@@ -1,0 +1,51 @@
+"""`radio featurize`: run teachers over the shards into the store (phase 1), on Ray, resumable."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from .errors import EXIT_FAILED, user_errors
+from .options import DEFAULT_CONFIG, ConfigOpt, DataOpt, PipelineOpt, StoreOpt, load
+
+
+@user_errors
+def featurize(
+    teacher: Annotated[
+        list[str] | None,
+        typer.Option("--teacher", "-t", help="teacher name, family (sam), model or target key; repeatable [default: all]"),
+    ] = None,
+    mosaic: Annotated[
+        int | None, typer.Option("--mosaic", help="override the mosaic factor k of the selected SAM keys (1, 2, 4, ...)")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray cluster address [default: RAY_ADDRESS, else a local instance]")
+    ] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="teacher actors [default: one per GPU, else 1]")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="recompute the selected target keys from scratch")] = False,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    pipeline: PipelineOpt = None,
+    data: DataOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Run every teacher over the pipeline's shards and write fp16 targets and moments into the store.
+
+    Re-running the same command resumes: complete (tar, target key) pairs are skipped.
+    """
+    from radio.featurize.job import run_featurize
+
+    from .featurize_report import Progress, print_summary
+
+    cfg = load(config, pipeline, data, store)
+    if mosaic is not None and (mosaic < 1 or mosaic & (mosaic - 1)):
+        from .errors import fail
+
+        raise fail(f"--mosaic {mosaic} must be a power of two (1, 2, 4, ...)")
+    with Progress(sys.stderr.isatty()) as progress:
+        report = run_featurize(cfg, teachers=teacher, mosaic=mosaic, address=address, workers=workers,
+                               overwrite=overwrite, on_result=progress.update)  # fmt: skip
+    print_summary(report)
+    if not report.ok:
+        raise typer.Exit(EXIT_FAILED)

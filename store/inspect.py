@@ -1,0 +1,115 @@
+"""`radio store info` and `radio store verify`: what a store holds, and whether it is consistent."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .layout import FeatureStore
+
+
+def _disk_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+@dataclass
+class KeyInfo:
+    key: str
+    complete_tars: int
+    tars: int
+    valid_rows: int
+    raw_bytes_per_sample: int  # fp16 features + summary of one row
+    stored_bytes_per_sample: float  # on disk (compressed, moments included) per valid row
+    provenance: dict[str, Any]
+
+
+def store_info(path: str | Path) -> dict[str, Any]:
+    store = FeatureStore(path)
+    manifest = store.manifest()
+    valid = np.asarray(manifest.column("valid").to_pylist(), dtype=bool) if manifest.num_rows else np.zeros(0, bool)
+    tar_of_row = np.asarray(manifest.column("tar_index").to_pylist()) if manifest.num_rows else np.zeros(0, int)
+    keys = []
+    for key in store.target_keys:
+        t = store.target(key)
+        done = store.completed(key)
+        valid_rows = int(valid[done[tar_of_row]].sum()) if valid.size else 0
+        raw = t.grid[0] * t.grid[1] * t.feature_dim * 2 + (t.summary_dim or 0) * 2
+        disk = _disk_bytes(store.path / "targets" / key)
+        keys.append(KeyInfo(key, int(done.sum()), len(done), valid_rows, raw, disk / max(1, valid_rows), t.attrs))
+    reasons: dict[str, int] = {}
+    for r in manifest.column("reason").to_pylist() if manifest.num_rows else []:
+        if r:
+            reasons[r] = reasons.get(r, 0) + 1
+    return {
+        "path": str(store.path),
+        "tars": len(store.plan.tars),
+        "rows": store.plan.total_rows,
+        "samples": manifest.num_rows,
+        "valid": int(valid.sum()),
+        "reasons": reasons,
+        "shard_rows": store.plan.shard_rows,
+        "settings": store.settings,
+        "keys": keys,
+    }
+
+
+def verify_store(path: str | Path) -> list[str]:
+    """Every problem found; empty when the store is consistent.
+
+    Checks, per target key and complete tar: a manifest exists with the planned samples; rows lie
+    in the tar's range; every valid row's features and summary are finite and not all zero;
+    invalid rows are zero; the stored moments count exactly the valid rows' tokens.
+    """
+    store = FeatureStore(path)
+    problems: list[str] = []
+    manifests: dict[int, Any] = {}
+    for tp in store.plan.tars:
+        p = store.manifest_path(tp.index)
+        if p.is_file():
+            import pyarrow.parquet as pq
+
+            manifests[tp.index] = pq.read_table(p).to_pydict()
+    for key in store.target_keys:
+        info = store.target(key)
+        done = store.completed(key)
+        feats = store.array(key, "features")
+        summ = store.array(key, "summary") if info.summary_dim else None
+        count = store.array(key, "moments/features_count")
+        for tp in store.plan.tars:
+            if not done[tp.index]:
+                continue
+            where = f"{key} tar {tp.index} ({os.path.basename(tp.path)})"
+            m = manifests.get(tp.index)
+            if m is None:
+                problems.append(f"{where}: marked complete but has no manifest")
+                continue
+            rows = np.asarray(m["row"], dtype=np.int64)
+            valid = np.asarray(m["valid"], dtype=bool)
+            if len(rows) > tp.samples or (len(rows) < tp.samples and not tp.error):
+                problems.append(f"{where}: manifest has {len(rows)} rows, plan has {tp.samples}")
+            if len(rows) and (rows.min() < tp.row_start or rows.max() >= tp.row_start + tp.rows):
+                problems.append(f"{where}: manifest rows outside the tar's range")
+                continue
+            if not tp.rows:
+                continue
+            f = feats[tp.row_start : tp.row_start + tp.rows]
+            local = rows - tp.row_start
+            flat = f.reshape(f.shape[0], -1)
+            for name, arr in (("features", flat), ("summary", summ[tp.row_start : tp.row_start + tp.rows] if summ is not None else None)):
+                if arr is None:
+                    continue
+                good = arr[local[valid]]
+                if not np.isfinite(good).all():
+                    problems.append(f"{where}: non-finite {name} in {int((~np.isfinite(good).all(axis=1)).sum())} valid rows")
+                if len(good) and (np.abs(good).max(axis=1) == 0).any():
+                    problems.append(f"{where}: {int((np.abs(good).max(axis=1) == 0).sum())} valid rows have all-zero {name}")
+                if (arr[local[~valid]] != 0).any():
+                    problems.append(f"{where}: invalid rows hold {name}")
+            tokens = int(valid.sum()) * info.grid[0] * info.grid[1]
+            if int(count[tp.index]) != tokens:
+                problems.append(f"{where}: moments count {int(count[tp.index])} != {tokens} valid tokens")
+    return problems

@@ -1,0 +1,278 @@
+"""The feature store: one Zarr v3 group of cached teacher targets, plus parquet manifests.
+
+Layout under the store path::
+
+    zarr.json                      group attributes: format, plan (tars → row ranges), featurize settings
+    targets/KEY/                   one group per target key, provenance in its attributes
+        features  [rows, h, w, C]  fp16; chunk = 1 row (the read unit), shard = shard_rows rows (the write unit)
+        summary   [rows, Cs]       fp16; chunk = shard_rows rows (absent for SAM)
+        moments/features_{count,mean,m2}   per tar: [T], [T, C], [T, C, C] float64
+        moments/summary_{count,mean,m2}    the same for the summary
+        complete  [T]              uint8 completion marker per tar, written last
+    manifest/NNNNNNNN.parquet      per tar: row, key, uid, tar, ordinal, offset, size, valid, reason, crop
+
+Invariants (DESIGN.md §3): rows are planned before any worker starts, each tar owning a range
+padded to whole Zarr shards; the driver pre-allocates every array; exactly one task writes a
+(tar, target key), in whole shards; its completion marker is written after features, summary,
+moments and manifest are durable. Plain Zarr v3 and parquet: no pickles anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+
+from .moments import Moments
+
+STORE_FORMAT = 1
+
+
+class StoreError(ValueError):
+    """A store that is missing, of another plan, or does not hold what was asked for."""
+
+
+@dataclass(frozen=True)
+class TarPlan:
+    """Rows ``[row_start, row_start + rows)`` belong to tar ``index``; ``samples`` of them are used."""
+
+    index: int
+    path: str
+    bytes: int
+    samples: int
+    row_start: int
+    rows: int
+    error: str | None = None  # the tar could not be listed completely (truncated or unreadable)
+
+
+@dataclass(frozen=True)
+class Plan:
+    shard_rows: int
+    tars: tuple[TarPlan, ...]
+
+    @property
+    def total_rows(self) -> int:
+        return sum(t.rows for t in self.tars)
+
+    @classmethod
+    def build(cls, listing: list[tuple[str, int, int, str | None]], shard_rows: int) -> Plan:
+        """From ``(path, bytes, samples, error)`` per tar: disjoint, shard-aligned row ranges."""
+        tars, row = [], 0
+        for i, (path, size, samples, error) in enumerate(listing):
+            rows = -(-samples // shard_rows) * shard_rows  # padded: no shard shared by two tars
+            tars.append(TarPlan(i, path, size, samples, row, rows, error))
+            row += rows
+        return cls(shard_rows, tuple(tars))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shard_rows": self.shard_rows, "tars": [asdict(t) for t in self.tars]}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Plan:
+        return cls(d["shard_rows"], tuple(TarPlan(**t) for t in d["tars"]))
+
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("row", pa.int64()),
+        ("key", pa.string()),
+        ("uid", pa.string()),
+        ("tar", pa.string()),
+        ("tar_index", pa.int32()),
+        ("ordinal", pa.int32()),
+        ("offset", pa.int64()),
+        ("size", pa.int64()),
+        ("valid", pa.bool_()),
+        ("reason", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("crop_x", pa.int32()),
+        ("crop_y", pa.int32()),
+        ("crop_size", pa.int32()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """Shape facts of a target key, from its provenance attributes."""
+
+    key: str
+    grid: tuple[int, int]
+    feature_dim: int
+    summary_dim: int | None
+    attrs: dict[str, Any]
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class FeatureStore:
+    """Open a store directory. Use :meth:`create` to plan a new one."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / "zarr.json").is_file():
+            raise StoreError(f"{self.path}: not a radio store (no zarr.json); run `radio featurize` first")
+        self.root = zarr.open_group(str(self.path), mode="r+" if os.access(self.path, os.W_OK) else "r")
+        attrs = dict(self.root.attrs)
+        if attrs.get("radio_store") != STORE_FORMAT:
+            raise StoreError(f"{self.path}: not a radio store of format {STORE_FORMAT}")
+        self.plan = Plan.from_json(attrs["plan"])
+        self.settings: dict[str, Any] = attrs.get("featurize", {})
+
+    # ---- creation (driver only) -------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | Path, plan: Plan, settings: dict[str, Any]) -> FeatureStore:
+        """Create a store for ``plan``, or open an existing one after checking it has the same plan."""
+        path = Path(path)
+        if (path / "zarr.json").is_file():
+            store = cls(path)
+            if store.plan != plan:
+                raise StoreError(
+                    f"{path}: the store was planned for other shards (tars, sizes or shard_rows differ); "
+                    "use a new --store or --overwrite"
+                )
+            if store.settings != settings:
+                changed = sorted(k for k in settings.keys() | store.settings.keys()
+                                 if settings.get(k) != store.settings.get(k))  # fmt: skip
+                raise StoreError(
+                    f"{path}: the store was featurized with other settings ({', '.join(changed)}); "
+                    "use a new --store or --overwrite"
+                )
+            return store
+        path.mkdir(parents=True, exist_ok=True)
+        root = zarr.open_group(str(path), mode="w")
+        root.attrs.update({"radio_store": STORE_FORMAT, "plan": plan.to_json(), "featurize": settings})
+        root.create_group("targets")
+        (path / "manifest").mkdir(exist_ok=True)
+        return cls(path)
+
+    def create_target(
+        self,
+        key: str,
+        *,
+        grid: tuple[int, int],
+        feature_dim: int,
+        summary_dim: int | None,
+        provenance: dict[str, Any],
+        compressor: str = "zstd",
+        overwrite: bool = False,
+    ) -> None:
+        """Pre-allocate a target key's arrays (driver only); an existing key must match ``provenance``."""
+        targets = self.root["targets"]
+        if key in targets:
+            old = dict(targets[key].attrs)
+            if not overwrite and old != provenance:
+                changed = sorted(k for k in old.keys() | provenance.keys() if old.get(k) != provenance.get(k))
+                raise StoreError(
+                    f"{self.path}: target key {key} exists with other provenance ({', '.join(changed)}); "
+                    "pass --overwrite to recompute it"
+                )
+            if not overwrite:
+                return
+            shutil.rmtree(self.path / "targets" / key)
+            self.root = zarr.open_group(str(self.path), mode="r+")
+            targets = self.root["targets"]
+        g = targets.create_group(key, attributes=provenance)
+        n, t, r = self.plan.total_rows, len(self.plan.tars), self.plan.shard_rows
+        h, w = grid
+        compressors = [zarr.codecs.ZstdCodec(level=0)] if compressor == "zstd" else None
+        g.create_array("features", shape=(n, h, w, feature_dim), dtype="float16", chunks=(1, h, w, feature_dim),
+                       shards=(r, h, w, feature_dim), compressors=compressors, fill_value=0,
+                       dimension_names=("row", "y", "x", "channel"))  # fmt: skip
+        streams = {"features": feature_dim}
+        if summary_dim is not None:
+            g.create_array("summary", shape=(n, summary_dim), dtype="float16", chunks=(r, summary_dim),
+                           compressors=compressors, fill_value=0, dimension_names=("row", "channel"))  # fmt: skip
+            streams["summary"] = summary_dim
+        m = g.create_group("moments")
+        for stream, c in streams.items():
+            m.create_array(f"{stream}_count", shape=(t,), dtype="int64", chunks=(1,), fill_value=0)
+            m.create_array(f"{stream}_mean", shape=(t, c), dtype="float64", chunks=(1, c), fill_value=0)
+            m.create_array(f"{stream}_m2", shape=(t, c, c), dtype="float64", chunks=(1, c, c), fill_value=0)
+        g.create_array("complete", shape=(t,), dtype="uint8", chunks=(1,), fill_value=0)
+
+    # ---- reading ----------------------------------------------------------------------------
+
+    @property
+    def target_keys(self) -> list[str]:
+        return sorted(self.root["targets"].group_keys())
+
+    def target(self, key: str) -> TargetInfo:
+        if key not in self.root["targets"]:
+            have = ", ".join(self.target_keys) or "none"
+            raise StoreError(f"{self.path}: no target key {key!r} (the store has: {have})")
+        attrs = dict(self.root["targets"][key].attrs)
+        return TargetInfo(key, tuple(attrs["grid"]), attrs["feature_dim"], attrs.get("summary_dim"), attrs)
+
+    def array(self, key: str, name: str) -> zarr.Array:
+        """``features``, ``summary``, ``complete`` or ``moments/...`` of a target key."""
+        return self.root["targets"][key][name]
+
+    def completed(self, key: str) -> np.ndarray:
+        """``[T] bool``: which tars are complete for ``key``."""
+        return self.array(key, "complete")[:].astype(bool)
+
+    def moments(self, key: str, stream: str = "features") -> list[Moments]:
+        """Per-tar moments of a stream (``features`` or ``summary``), complete tars only."""
+        done = self.completed(key)
+        count = self.array(key, f"moments/{stream}_count")[:]
+        mean = self.array(key, f"moments/{stream}_mean")
+        m2 = self.array(key, f"moments/{stream}_m2")
+        return [Moments(int(count[t]), mean[t], m2[t]) for t in np.flatnonzero(done)]
+
+    def manifest_path(self, tar_index: int) -> Path:
+        return self.path / "manifest" / f"{tar_index:08d}.parquet"
+
+    def manifest(self) -> pa.Table:
+        """Manifest rows of every tar that has one, in row order."""
+        paths = [self.manifest_path(t.index) for t in self.plan.tars]
+        tables = [pq.read_table(p) for p in paths if p.is_file()]
+        if not tables:
+            return MANIFEST_SCHEMA.empty_table()
+        return pa.concat_tables(tables).sort_by("row")
+
+    # ---- writing (one task per tar and target key) --------------------------------------------
+
+    def write_manifest(self, tar_index: int, rows: list[dict[str, Any]]) -> None:
+        """Write a tar's manifest atomically. Every task of a tar writes identical rows, so a
+        second writer replaces the file with the same bytes."""
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), sink)
+        _atomic_write_bytes(self.manifest_path(tar_index), sink.getvalue().to_pybytes())
+
+    def write_shard(self, key: str, row_start: int, features: np.ndarray, summary: np.ndarray | None) -> None:
+        """Write one whole Zarr shard of rows: ``features [shard_rows, h, w, C]``, ``summary [shard_rows, Cs]``."""
+        r = self.plan.shard_rows
+        if row_start % r or features.shape[0] != r:
+            raise ValueError(f"write_shard takes whole shards: rows {row_start}..+{features.shape[0]} of {r}")
+        self.array(key, "features")[row_start : row_start + r] = features
+        if summary is not None:
+            self.array(key, "summary")[row_start : row_start + r] = summary
+
+    def write_moments(self, key: str, tar_index: int, stream: str, m: Moments) -> None:
+        self.array(key, f"moments/{stream}_count")[tar_index] = m.count
+        self.array(key, f"moments/{stream}_mean")[tar_index] = m.mean
+        self.array(key, f"moments/{stream}_m2")[tar_index] = m.m2
+
+    def mark_complete(self, key: str, tar_index: int) -> None:
+        """The completion marker: the last write of a (tar, target key); atomic (one chunk file)."""
+        self.array(key, "complete")[tar_index] = 1
+
+
+def settings_json(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings as they read back from Zarr attributes (JSON types), for equality checks."""
+    return json.loads(json.dumps(settings))

@@ -1,0 +1,213 @@
+"""`radio featurize` end to end on real tars, real Ray and a real Zarr store.
+
+One shard set with every kind of bad input (corrupt, truncated, missing, zero-byte, tiny and
+bomb images, CMYK / 16-bit / RGBA / grayscale ones, a truncated tar) is featurized three ways:
+uninterrupted with one worker, with two workers at once, and killed with SIGKILL then resumed.
+All three stores must be equal array by array, bit by bit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import zarr
+from typer.testing import CliRunner
+
+from radio.cli.main import app
+from radio.config import load_pipeline
+from radio.featurize.job import run_featurize
+from radio.store.inspect import verify_store
+from radio.store.layout import FeatureStore
+from radio.store.sampledata import CORRUPT_KINDS, EXOTIC_KINDS, write_sample_data
+from radio.store.shards import ShardReader
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+TRUNCATED = "00000003.tar"
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shards")
+    write_sample_data(out, images=20, shard_size=10, seed=5, corrupt=len(CORRUPT_KINDS), exotic=len(EXOTIC_KINDS))
+    tar = out / TRUNCATED
+    data = tar.read_bytes()
+    tar.write_bytes(data[: len(data) * 2 // 3])  # cut inside a member
+    return out
+
+
+def _config(repo, shards, store):
+    return load_pipeline(repo / "pipelines.yaml", "tiny", data=str(shards / "*.tar"), store=str(store))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(repo, shards, tmp_path_factory, ray_session):
+    store = tmp_path_factory.mktemp("a") / "store.zarr"
+    report = run_featurize(_config(repo, shards, store), workers=1)
+    return store, report
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    root = zarr.open_group(str(path), mode="r")
+    out = {}
+    for key in root["targets"].group_keys():
+        g = root["targets"][key]
+        for name, arr in g.arrays():
+            out[f"{key}/{name}"] = arr[:]
+        for name, arr in g["moments"].arrays():
+            out[f"{key}/moments/{name}"] = arr[:]
+    return out
+
+
+def _manifests(path: Path) -> dict[str, dict]:
+    return {p.name: pq.read_table(p).to_pydict() for p in sorted((path / "manifest").glob("*.parquet"))}
+
+
+def _assert_same_store(a: Path, b: Path) -> None:
+    xa, xb = _arrays(a), _arrays(b)
+    assert xa.keys() == xb.keys()
+    for name in xa:
+        assert xa[name].dtype == xb[name].dtype and np.array_equal(xa[name], xb[name]), name
+    assert _manifests(a) == _manifests(b)
+
+
+def test_bad_input_completes_and_every_good_sample_is_kept(uninterrupted, shards):
+    store_path, report = uninterrupted
+    assert not report.failed
+    assert [r.tar_index for r in report.truncated] == [3] * 4  # every teacher saw the truncated tar
+    assert not report.ok
+    store = FeatureStore(store_path)
+    manifest = store.manifest().to_pylist()
+    expected = {}
+    for tar in sorted(shards.glob("*.tar")):
+        for s in ShardReader(str(tar)):
+            expected[s.key] = s.reason
+    assert {r["key"]: r["reason"] for r in manifest} == expected
+    reasons = sorted(r["reason"] for r in manifest if r["reason"])
+    assert set(CORRUPT_KINDS) <= set(reasons)
+    assert all(r["valid"] == (r["reason"] is None) for r in manifest)
+    assert sum(r["valid"] for r in manifest) == sum(v is None for v in expected.values())
+    # Every valid row has a crop box inside its image; invalid rows have none.
+    for r in manifest:
+        if r["valid"]:
+            assert 0 <= r["crop_x"] and r["crop_x"] + r["crop_size"] <= r["width"]
+            assert 0 <= r["crop_y"] and r["crop_y"] + r["crop_size"] <= r["height"]
+        else:
+            assert r["crop_size"] is None
+    assert set(store.target_keys) == {"clip@112", "clip@168", "siglip@112", "siglip@168", "dinov2@112",
+                                      "dinov2@168", "sam@128", "sam@192", "sam@256"}  # fmt: skip
+    for key in store.target_keys:
+        assert store.completed(key).all()
+    assert store.array("sam@128", "features").shape[1:] == (8, 8, store.target("sam@128").feature_dim)
+    assert "summary" not in store.root["targets"]["sam@128"]
+    assert verify_store(store_path) == []
+
+
+def test_rerun_skips_complete_work(uninterrupted, repo, shards):
+    store_path, _ = uninterrupted
+    report = run_featurize(_config(repo, shards, store_path))
+    assert report.items == 0 and report.skipped == 9 * 4
+
+
+def test_two_workers_lose_no_rows(uninterrupted, repo, shards, tmp_path):
+    store = tmp_path / "two.zarr"
+    report = run_featurize(_config(repo, shards, store), workers=2)
+    assert not report.failed
+    assert verify_store(store) == []  # every valid row written (finite, non-zero), markers all set
+    one, two = _arrays(uninterrupted[0]), _arrays(store)
+    assert one.keys() == two.keys()
+    for name in one:
+        # Two workers run with fewer torch threads each, which may change the last bits of a sum.
+        assert np.allclose(one[name], two[name], rtol=1e-2, atol=1e-3), name
+        assert np.array_equal(one[name] != 0, two[name] != 0) or "moments" in name, name
+    assert _manifests(uninterrupted[0]) == _manifests(store)
+
+
+def _featurize_cmd(repo, shards, store) -> list[str]:
+    return [sys.executable, "-m", "radio.cli", "featurize", "--config", str(repo / "pipelines.yaml"),
+            "--data", str(shards / "*.tar"), "--store", str(store)]  # fmt: skip
+
+
+def test_sigkill_then_resume_equals_uninterrupted(uninterrupted, repo, shards, tmp_path):
+    store = tmp_path / "killed.zarr"
+    env = os.environ | {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    # Own session: SIGKILL reaches the driver and the Ray processes it started.
+    proc = subprocess.Popen(_featurize_cmd(repo, shards, store), start_new_session=True, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        done = list(store.glob("targets/*/complete/c/*"))
+        if len(done) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "featurize finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.0)  # let Ray's workers notice their driver died
+    partial = FeatureStore(store)
+    n_done = sum(int(partial.completed(k).sum()) for k in partial.target_keys)
+    assert 0 < n_done < 9 * 4, "the kill must land part-way"
+    resumed = subprocess.run(_featurize_cmd(repo, shards, store), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 1, resumed.stderr  # 1: the truncated tar is reported, all else done
+    assert "truncated tar" in resumed.stdout
+    _assert_same_store(uninterrupted[0], store)
+    assert verify_store(store) == []
+    result = CliRunner().invoke(app, ["store", "verify", str(store)])
+    assert result.exit_code == 0 and result.stdout.strip() == f"{store}: ok"
+
+
+def test_verify_reports_a_damaged_store(uninterrupted, tmp_path):
+    import shutil
+
+    store = tmp_path / "damaged.zarr"
+    shutil.copytree(uninterrupted[0], store)
+    arr = zarr.open_array(str(store / "targets" / "clip@112" / "features"), mode="r+")
+    first = FeatureStore(store).manifest().to_pylist()
+    row = next(r["row"] for r in first if r["valid"])
+    shard = (row // 8) * 8
+    block = arr[shard : shard + 8]
+    block[row - shard, 0, 0, 0] = np.nan
+    arr[shard : shard + 8] = block
+    (store / "manifest" / "00000001.parquet").unlink()
+    result = CliRunner().invoke(app, ["store", "verify", str(store)])
+    assert result.exit_code == 1
+    lines = result.stdout.strip().splitlines()
+    assert "problem: clip@112 tar 0 (00000000.tar): non-finite features in 1 valid rows" in lines
+    assert any(line.startswith("problem: ") and "tar 1 (00000001.tar): marked complete but has no manifest" in line
+               for line in lines)  # fmt: skip
+
+
+def test_store_info_lists_keys_and_provenance(uninterrupted):
+    result = CliRunner().invoke(app, ["store", "info", str(uninterrupted[0]), "--json"])
+    assert result.exit_code == 0
+    import json
+
+    info = json.loads(result.stdout)
+    keys = {k["key"]: k for k in info["keys"]}
+    sam = keys["sam@128"]["provenance"]
+    assert sam["mosaic"] == 2 and sam["grid"] == [8, 8] and sam["summary_dim"] is None and sam["input_size"] == 256
+    clip = keys["clip@168"]
+    assert clip["provenance"]["weights"] == "random-init" and clip["complete_tars"] == 4
+    assert clip["raw_bytes_per_sample"] == 12 * 12 * clip["provenance"]["feature_dim"] * 2 + clip["provenance"]["summary_dim"] * 2
+
+
+def test_user_mistakes_are_one_line(repo, shards, tmp_path):
+    runner = CliRunner()
+    base = ["featurize", "--config", str(repo / "pipelines.yaml"), "--data", str(shards / "*.tar"),
+            "--store", str(tmp_path / "s.zarr")]  # fmt: skip
+    result = runner.invoke(app, [*base, "--teacher", "nope"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --teacher 'nope' matches no teacher or target key (known: clip, clip@112,")
+    result = runner.invoke(app, [*base, "--teacher", "clip", "--mosaic", "4"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: --mosaic applies to mosaic teachers; clip@112 has none (select with --teacher)"
+    result = runner.invoke(app, [*base, "--mosaic", "3"])
+    assert result.exit_code == 2 and result.stderr.strip() == "error: --mosaic 3 must be a power of two (1, 2, 4, ...)"
