@@ -23,19 +23,23 @@ SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
 
 
+class TeacherError(ValueError):
+    """A teacher cannot be created: unknown name, missing or unfitting weights, wrong input."""
+
+
 @dataclass(frozen=True)
 class TeacherSpec:
     """Static facts about a registered teacher (timm-style pretrained cfg)."""
 
     name: str  # registry name, e.g. "dfn_clip_h14_378"
     family: Family
-    input_size: int  # native input side; for a canvas teacher (SAM) the canvas side
+    input_size: int  # native (default run) input side; for a canvas teacher (SAM) the canvas side
     patch: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     summary_dim: int | None  # None: the teacher has no summary target (SAM)
     feature_dim: int
-    weights: str | None = None  # default hub id / file for released weights; None for tiny sizes
+    weights: str | None = None  # released weights: hub id, file, or open_clip tag; None for tiny sizes
     canvas: bool = False  # True: fixed-size input; smaller images are placed (mosaic/padding) on it
 
     def grid(self, resolution: int) -> int:
@@ -64,5 +68,32 @@ class Teacher(nn.Module):
         std = torch.tensor(self.spec.std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
         return (images - mean) / std
 
+    def input_grid(self, x: torch.Tensor) -> tuple[int, int]:
+        """Token grid ``(h, w)`` for an input ``[B, 3, H, W]``; refuses a size the teacher cannot run.
+
+        A canvas teacher (SAM) runs only at its canvas side: its windowed attention and
+        relative position tables are tied to that grid, so smaller images go *on* the canvas.
+        """
+        height, width = x.shape[-2:]
+        if self.spec.canvas and (height, width) != (self.spec.input_size, self.spec.input_size):
+            side = self.spec.input_size
+            raise TeacherError(f"{self.spec.name}: input {height}x{width} is not the {side}x{side} canvas")
+        if height % self.spec.patch or width % self.spec.patch:
+            raise TeacherError(f"{self.spec.name}: input {height}x{width} is not a multiple of patch {self.spec.patch}")
+        return height // self.spec.patch, width // self.spec.patch
+
     def forward(self, x: torch.Tensor) -> TeacherOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def check_architecture(spec: TeacherSpec, *, summary_dim: int | None, feature_dim: int, patch: int) -> None:
+    """Refuse a built model whose dims differ from its spec (e.g. a hub id of another size).
+
+    Featurize sizes the store from the spec alone, so a mismatch must stop here, not in Zarr.
+    """
+    found = (summary_dim, feature_dim, patch)
+    wanted = (spec.summary_dim, spec.feature_dim, spec.patch)
+    if found != wanted:
+        raise TeacherError(
+            f"{spec.name}: built model has (summary_dim, feature_dim, patch) = {found}, the spec says {wanted}"
+        )
