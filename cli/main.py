@@ -9,6 +9,7 @@ import typer
 
 from . import config_cmd, store_cmd
 from .featurize_cmd import featurize
+from .fit_phis_cmd import fit_phis
 from .sample_data import sample_data
 from .scan import scan
 
@@ -25,6 +26,7 @@ app = typer.Typer(
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(store_cmd.app, name="store")
 app.command("featurize")(featurize)
+app.command("fit-phis")(fit_phis)
 app.command("sample-data")(sample_data)
 app.command("scan")(scan)
 

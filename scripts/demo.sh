@@ -12,3 +12,19 @@ $RADIO sample-data --out data/sample --images 48 --shard-size 16 --corrupt 3 --e
 
 echo "== 2. read it back through the shard reader"
 $RADIO scan --pipeline "$PIPELINE"
+
+echo "== 3. featurize every target key of the pipeline (local Ray, local Zarr store)"
+set +e
+$RADIO featurize --pipeline "$PIPELINE"
+status=$?
+set -e
+# Exit 1 means some tar or sample was bad and was reported; anything else is a real failure.
+[ "$status" -le 1 ] || exit "$status"
+
+echo "== 4. what the store holds, and a consistency check"
+STORE=$($RADIO config show --pipeline "$PIPELINE" | .venv/bin/python -c "import sys, yaml; print(yaml.safe_load(sys.stdin)['store']['path'])")
+$RADIO store info "$STORE"
+$RADIO store verify "$STORE"
+
+echo "== 5. PHI-S normalizers from the featurize moments"
+$RADIO fit-phis --pipeline "$PIPELINE"

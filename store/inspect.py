@@ -23,7 +23,8 @@ class KeyInfo:
     tars: int
     valid_rows: int
     raw_bytes_per_sample: int  # fp16 features + summary of one row
-    stored_bytes_per_sample: float  # on disk (compressed, moments included) per valid row
+    stored_bytes_per_sample: float  # features + summary on disk (compressed, Zarr indexes) per valid row
+    moments_bytes: int  # per-tar moments on disk (C² float64 per tar: fixed, not per sample)
     provenance: dict[str, Any]
 
 
@@ -38,8 +39,10 @@ def store_info(path: str | Path) -> dict[str, Any]:
         done = store.completed(key)
         valid_rows = int(valid[done[tar_of_row]].sum()) if valid.size else 0
         raw = t.grid[0] * t.grid[1] * t.feature_dim * 2 + (t.summary_dim or 0) * 2
-        disk = _disk_bytes(store.path / "targets" / key)
-        keys.append(KeyInfo(key, int(done.sum()), len(done), valid_rows, raw, disk / max(1, valid_rows), t.attrs))
+        base = store.path / "targets" / key
+        disk = sum(_disk_bytes(base / name) for name in ("features", "summary") if (base / name).exists())
+        moments = _disk_bytes(base / "moments")
+        keys.append(KeyInfo(key, int(done.sum()), len(done), valid_rows, raw, disk / max(1, valid_rows), moments, t.attrs))
     reasons: dict[str, int] = {}
     for r in manifest.column("reason").to_pylist() if manifest.num_rows else []:
         if r:

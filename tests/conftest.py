@@ -36,3 +36,30 @@ def ray_session():
              object_store_memory=200 * 1024 * 1024)  # fmt: skip
     yield ray
     ray.shutdown()
+
+
+def featurize_in_process(config) -> None:
+    """Run every (tar, teacher) of ``config`` in this process (no Ray): the same worker code the
+    Ray actors run, for tests that need a store but are not about Ray."""
+    from radio.featurize.job import _settings, prepare, select
+    from radio.featurize.worker import TarFeaturizer
+
+    store, items = prepare(config, select(config))
+    worker = TarFeaturizer(str(store.path), _settings(config), batch_size=config.featurize.batch_size)
+    for item in items:
+        result = worker.process(item)
+        assert result.error is None, result.error
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory, repo):
+    """The `tiny` pipeline featurized on 40 sample photos (+ a few bad samples): (config, store path)."""
+    from radio.config import load_pipeline
+    from radio.store.sampledata import write_sample_data
+
+    root = tmp_path_factory.mktemp("tiny")
+    write_sample_data(root / "shards", images=40, shard_size=16, seed=11, corrupt=2)
+    config = load_pipeline(repo / "pipelines.yaml", "tiny", data=str(root / "shards" / "*.tar"),
+                           store=str(root / "store.zarr"), out=str(root / "run"))  # fmt: skip
+    featurize_in_process(config)
+    return config, root / "store.zarr"

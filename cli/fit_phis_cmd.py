@@ -1,0 +1,75 @@
+"""`radio fit-phis`: PHI-S normalizers from the store's moments, written beside each target key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .errors import user_errors
+from .options import DEFAULT_CONFIG, ConfigOpt, PipelineOpt, StoreOpt, load
+
+
+@user_errors
+def fit_phis(
+    keys: Annotated[list[str] | None, typer.Option("--keys", "-k", help="target keys to fit; repeatable [default: all]")] = None,
+    allow_partial: Annotated[
+        bool, typer.Option("--allow-partial", help="fit keys whose featurize is incomplete, from the tars done so far")
+    ] = False,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="eigenvalue-spectra PNG [default: STORE/phis_spectra.png]")
+    ] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    pipeline: PipelineOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Fit PHI-S (a rotation and one scale per target key) from the featurize moments; idempotent.
+
+    Prints per key the vectors used, φ and the share of variance in the top 1/10/100 principal
+    components, and plots the eigenvalue spectra so you can see how unbalanced the teachers are.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from radio.store.layout import FeatureStore
+    from radio.store.normalizers import fit_store
+
+    cfg = load(config, pipeline, store=store)
+    fs = FeatureStore(cfg.store.path)
+    reports = fit_store(fs, keys, allow_partial)
+    table = Table("target key", "stream", "tars", "vectors", "φ", "top 1", "top 10", "top 100", "Hadamard", "",
+                  title="PHI-S")  # fmt: skip
+    for r in reports:
+        p = r.phis
+        table.add_row(r.key, r.stream, str(r.tars), str(r.count), f"{p.phi:.4g}", f"{p.variance_share(1):.1%}",
+                      f"{p.variance_share(10):.1%}", f"{p.variance_share(100):.1%}", r.hadamard,
+                      "unchanged" if r.unchanged else "fitted")  # fmt: skip
+    Console().print(table)
+    fitted = sum(not r.unchanged for r in reports)
+    print(f"PHI-S: {fitted} fitted, {len(reports) - fitted} unchanged (same moments as the stored ones)")
+    out = plot or fs.path / "phis_spectra.png"
+    plot_spectra(reports, out)
+    print(f"eigenvalue spectra: {out}")
+
+
+def plot_spectra(reports, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    streams = sorted({r.stream for r in reports})
+    fig, axes = plt.subplots(1, len(streams), figsize=(6 * len(streams), 4.5), squeeze=False)
+    for ax, stream in zip(axes[0], streams):
+        for r in (r for r in reports if r.stream == stream):
+            ev = r.phis.eigenvalues
+            ax.semilogy(range(1, len(ev) + 1), ev.clip(min=ev.max() * 1e-12 if ev.max() > 0 else 1e-30),
+                        label=f"{r.key} (φ={r.phis.phi:.3g})")  # fmt: skip
+        ax.set(title=f"{stream}: eigenvalues of the covariance", xlabel="component", ylabel="eigenvalue (log)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""Evaluation: what the paper measures (fidelity, scale equivariance, kNN, zero-shot, pictures)."""

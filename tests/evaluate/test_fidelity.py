@@ -1,0 +1,49 @@
+"""Fidelity F = Var(teacher) / Var(teacher - prediction) (paper eq. 2)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from radio.evaluate.fidelity import fidelity, geometric_mean, key_fidelity, mse
+from radio.store.moments import Moments
+from radio.store.normalizers import Normalizer
+from radio.store.phis import fit_phis
+
+
+def test_perfect_prediction_is_infinite_and_the_mean_is_one():
+    t = torch.randn(10, 4, 4, 8, generator=torch.Generator().manual_seed(0))
+    assert math.isinf(fidelity(t, t.clone()))
+    mean = t.reshape(-1, 8).mean(0).expand_as(t)
+    assert fidelity(t, mean) == pytest.approx(1.0, rel=1e-12)
+
+
+def test_hand_computed_example():
+    # Two channels over three samples. Teacher variances (population): ch0 [1,2,3] → 2/3, ch1 [0,0,6] → 8.
+    teacher = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 6.0]])
+    # Errors: ch0 [0, 1, 0] → var 2/9; ch1 [1, 1, 1] → var 0 (a constant bias is not variance).
+    prediction = teacher - torch.tensor([[0.0, 1.0], [1.0, 1.0], [0.0, 1.0]])
+    assert fidelity(teacher, prediction) == pytest.approx((2 / 3 + 8) / (2 / 9), rel=1e-12)
+    assert mse(teacher, prediction) == pytest.approx(4 / 6)
+
+
+def test_normalized_space_and_geometric_mean():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 12)) * np.logspace(1, -1, 12)
+    norm = Normalizer.from_phis("phis", fit_phis(Moments.of(x)))
+    t = torch.from_numpy(x)
+    pred = t + 0.1 * torch.randn(t.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    f = key_fidelity("k@1", "features", t, pred, norm)
+    # PHI-S is a rotation and one scale, so F is the same in both spaces.
+    assert f.fidelity == pytest.approx(f.fidelity_normalized, rel=1e-9)
+    assert f.fidelity > 10
+    assert geometric_mean([2.0, 8.0]) == pytest.approx(4.0)
+    assert math.isinf(geometric_mean([2.0, math.inf]))
+
+
+def test_shape_mismatch_is_refused():
+    with pytest.raises(ValueError, match=r"fidelity needs equal shapes, got \(2, 3\) and \(3, 2\)"):
+        fidelity(torch.zeros(2, 3), torch.zeros(3, 2))
