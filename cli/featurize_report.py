@@ -8,6 +8,8 @@ import time
 from rich.console import Console
 from rich.table import Table
 
+from .console import make_console
+
 
 class Progress:
     """Per finished (tar, teacher): a rich bar with images/s and ETA, or a log line every 10 s."""
@@ -50,7 +52,7 @@ def print_summary(report) -> None:
     from radio.store.images import REASONS
 
     s = summarize(report)
-    console = Console()
+    console = make_console()
     console.print(f"store {report.store}: {report.tars} tars, {report.items} (tar, teacher) tasks run, "
                   f"{report.skipped} (tar, key) already complete, {report.seconds:.1f} s")  # fmt: skip
     if report.results:

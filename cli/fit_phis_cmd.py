@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from .console import make_console
 from .errors import user_errors
 from .options import DEFAULT_CONFIG, ConfigOpt, PipelineOpt, StoreOpt, load
 
@@ -29,7 +30,6 @@ def fit_phis(
     Prints per key the vectors used, φ and the share of variance in the top 1/10/100 principal
     components, and plots the eigenvalue spectra so you can see how unbalanced the teachers are.
     """
-    from rich.console import Console
     from rich.table import Table
 
     from radio.store.layout import FeatureStore
@@ -45,7 +45,7 @@ def fit_phis(
         table.add_row(r.key, r.stream, str(r.tars), str(r.count), f"{p.phi:.4g}", f"{p.variance_share(1):.1%}",
                       f"{p.variance_share(10):.1%}", f"{p.variance_share(100):.1%}", r.hadamard,
                       "unchanged" if r.unchanged else "fitted")  # fmt: skip
-    Console().print(table)
+    make_console().print(table)
     fitted = sum(not r.unchanged for r in reports)
     print(f"PHI-S: {fitted} fitted, {len(reports) - fitted} unchanged (same moments as the stored ones)")
     out = plot or fs.path / "phis_spectra.png"

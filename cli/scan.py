@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from .console import make_console
 from .errors import EXIT_FAILED, user_errors
 from .options import DEFAULT_CONFIG, ConfigOpt, DataOpt, PipelineOpt, load
 
@@ -12,7 +13,6 @@ from .options import DEFAULT_CONFIG, ConfigOpt, DataOpt, PipelineOpt, load
 def scan(config: ConfigOpt = DEFAULT_CONFIG, pipeline: PipelineOpt = None, data: DataOpt = None) -> None:
     """Read the pipeline's shards (as featurize will) and print samples, valid ones and bad ones by reason."""
     import typer
-    from rich.console import Console
     from rich.table import Table
 
     from radio.store.images import REASONS, ImageLimits
@@ -34,6 +34,6 @@ def scan(config: ConfigOpt = DEFAULT_CONFIG, pipeline: PipelineOpt = None, data:
         table.add_row(tar, str(sum(counts.values())), str(counts["valid"]), bad + note)
     bad = ", ".join(f"{r} {total[r]}" for r in REASONS if total[r])
     table.add_row("total", str(sum(total.values())), str(total["valid"]), bad, end_section=True)
-    Console().print(table)
+    make_console().print(table)
     if truncated:
         raise typer.Exit(EXIT_FAILED)

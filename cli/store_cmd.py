@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from .console import make_console
 from .errors import EXIT_FAILED, user_errors
 
 app = typer.Typer(help="Inspect or check a feature store.", no_args_is_help=True)
@@ -21,7 +22,6 @@ def info(path: PathArg, as_json: Annotated[bool, typer.Option("--json", help="pr
     """Print target keys, rows, valid counts, bytes per sample per key and provenance."""
     from dataclasses import asdict
 
-    from rich.console import Console
     from rich.table import Table
 
     from radio.store.inspect import store_info
@@ -30,7 +30,7 @@ def info(path: PathArg, as_json: Annotated[bool, typer.Option("--json", help="pr
     if as_json:
         print(json.dumps(s | {"keys": [asdict(k) for k in s["keys"]]}, indent=2, default=str))
         return
-    console = Console()
+    console = make_console()
     bad = ", ".join(f"{r} {n}" for r, n in sorted(s["reasons"].items())) or "none"
     console.print(f"{s['path']}: {s['tars']} tars, {s['rows']} rows ({s['shard_rows']} per Zarr shard), "
                   f"{s['samples']} samples, {s['valid']} valid; bad: {bad}")  # fmt: skip

@@ -9,7 +9,6 @@ task whose worker died. Re-running the same job resumes: complete (tar, key) pai
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
