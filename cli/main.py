@@ -10,6 +10,8 @@ import typer
 from . import config_cmd, store_cmd
 from .featurize_cmd import featurize
 from .fit_phis_cmd import fit_phis
+from .distill_cmd import distill
+from .export_cmd import export, plot
 from .sample_data import sample_data
 from .scan import scan
 
@@ -27,6 +29,9 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(store_cmd.app, name="store")
 app.command("featurize")(featurize)
 app.command("fit-phis")(fit_phis)
+app.command("distill")(distill)
+app.command("export")(export)
+app.command("plot")(plot)
 app.command("sample-data")(sample_data)
 app.command("scan")(scan)
 

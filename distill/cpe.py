@@ -114,8 +114,15 @@ class CPE(nn.Module):
         self.grid_size = max_size // patch
         self.grid = nn.Parameter(torch.randn(1, self.grid_size, self.grid_size, dim) * dim**-0.5)
 
-    def forward(self, h: int, w: int, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Position embeddings for ``batch`` images of ``h x w`` tokens: ``[B, h*w, D]``."""
+    def forward(
+        self, h: int, w: int, batch: int, generator: torch.Generator | None = None, crops: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Position embeddings for ``batch`` images of ``h x w`` tokens: ``[B, h*w, D]``.
+
+        ``crops [B, 4]`` (training only) gives the crop boxes instead of drawing them: the trainer
+        draws a whole global batch's boxes and hands each DDP rank its slice, so a step computes the
+        same thing whatever the number of ranks.
+        """
         if self.training:
-            return resample_crops(self.grid, draw_crops(batch, generator), h, w)
+            return resample_crops(self.grid, draw_crops(batch, generator) if crops is None else crops, h, w)
         return resize_then_crop(self.grid, h, w).expand(batch, -1, -1)

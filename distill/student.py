@@ -183,12 +183,15 @@ class Student(nn.Module):
             raise ValueError(f"student input size {height}x{width} (HxW) is not a multiple of the patch size {patch}")
         return height // patch, width // patch
 
-    def embed(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Images ``[B, 3, H, W]`` → tokens ``[B, P + h*w, D]`` before the first block, and ``(h, w)``."""
+    def embed(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, crops: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Images ``[B, 3, H, W]`` → tokens ``[B, P + h*w, D]`` before the first block, and ``(h, w)``.
+        ``crops [B, 4]``: training-mode CPE boxes to use instead of drawing them."""
         h, w = self.input_grid(x)
         batch = x.shape[0]
         patches = self.patch_embed(self.input_conditioner(x)).flatten(2).transpose(1, 2)  # [B, h*w, D]
-        patches = patches + self.cpe(h, w, batch, generator=generator).to(patches.dtype)
+        patches = patches + self.cpe(h, w, batch, generator=generator, crops=crops).to(patches.dtype)
         prefix = [t.expand(batch, -1, -1).to(patches.dtype) for t in (self.cls_tokens, self.registers) if t is not None]
         return torch.cat([*prefix, patches], dim=1), (h, w)
 
@@ -207,10 +210,12 @@ class Student(nn.Module):
         }
         return StudentOutput(summary, features, adaptors)
 
-    def forward(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> StudentOutput:
+    def forward(
+        self, x: torch.Tensor, *, generator: torch.Generator | None = None, crops: torch.Tensor | None = None
+    ) -> StudentOutput:
         """Images ``[B, 3, H, W]`` in [0, 1] → :class:`StudentOutput`. ``generator`` drives the
-        training-mode CPE crops (None: the global torch RNG)."""
-        tokens, (h, w) = self.embed(x, generator)
+        training-mode CPE crops (None: the global torch RNG) unless ``crops [B, 4]`` gives them."""
+        tokens, (h, w) = self.embed(x, generator, crops)
         for block in self.blocks:
             tokens = block(tokens)
         return self.head(tokens, h, w)

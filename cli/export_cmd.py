@@ -1,0 +1,73 @@
+"""`radio export` and `radio plot`: ship a trained student; look at a run's loss curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .errors import user_errors
+from .options import DEFAULT_CONFIG, ConfigOpt, PipelineOpt, StoreOpt, load
+
+RunOpt = Annotated[Path | None, typer.Option("--run", help="run folder [default: the pipeline's `out`]")]
+
+
+@user_errors
+def export(
+    out: Annotated[Path, typer.Option("--out", help="folder to write model.safetensors and config.json into")],
+    run: RunOpt = None,
+    stage: Annotated[int | None, typer.Option("--stage", help="stage to export [default: the last finished one]")] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    pipeline: PipelineOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Export the trained student, its adaptors and each teacher's PHI-S inverse for `radio.load`."""
+    from radio.distill.export import export as do_export
+    from radio.store.layout import FeatureStore
+
+    cfg = load(config, pipeline, store=store)
+    where = do_export(run or Path(cfg.out), out, FeatureStore(cfg.store.path), cfg, stage)
+    print(f"exported to {where}: model.safetensors, config.json (load with radio.load({str(where)!r}))")
+
+
+@user_errors
+def plot(
+    run: RunOpt = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    pipeline: PipelineOpt = None,
+) -> None:
+    """Write loss-curve PNGs (total, per target key, learning rate) for every stage of a run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from radio.distill.trainer import METRICS, read_metrics
+
+    folder = run or Path(load(config, pipeline).out)
+    stages = sorted(folder.glob(f"stage*/{METRICS}"))
+    if not stages:
+        from .errors import fail
+
+        raise fail(f"{folder}: no stage*/{METRICS} to plot; run `radio distill` first")
+    for path in stages:
+        records = read_metrics(path)
+        steps = [r["step"] for r in records]
+        losses = sorted(k for k in records[0] if "/" in k)
+        fig, (a, b, c) = plt.subplots(1, 3, figsize=(18, 4.5))
+        a.plot(steps, [r["total"] for r in records])
+        a.set(title=f"{path.parent.name}: total loss", xlabel="step", yscale="log")
+        for k in losses:
+            b.plot(steps, [r[k] for r in records], label=k)
+        b.set(title="per target key (resolution:key/stream)", xlabel="step", yscale="log")
+        b.legend(fontsize=6)
+        c.plot(steps, [r["lr"] for r in records])
+        c.set(title="learning rate", xlabel="step")
+        for ax in (a, b, c):
+            ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        png = path.parent / "losses.png"
+        fig.savefig(png, dpi=100)
+        plt.close(fig)
+        print(f"{png}")

@@ -1,0 +1,88 @@
+"""Before training: does the store hold what the stage asks for? One clear error if not.
+
+The trainer reads everything it needs (grids, dims, which keys are SAM mosaics, normalizers)
+from the store's provenance, never from featurize's code.
+"""
+
+from __future__ import annotations
+
+from radio.config import PATCH, PipelineConfig
+from radio.store.layout import FeatureStore, StoreError
+
+from .adaptors import AdaptorSpec
+from .loss import KeyTarget
+
+
+class StageMismatch(StoreError):
+    """The store does not hold the targets (or normalizers) a stage needs."""
+
+
+def describe_store(store: FeatureStore) -> str:
+    """``key (grid, state, PHI-S)`` for every key, for error messages."""
+    parts = []
+    for key in store.target_keys:
+        t = store.target(key)
+        done = store.completed(key)
+        state = "complete" if done.all() else f"{int(done.sum())}/{len(done)} tars"
+        phis = "PHI-S" if "phis" in store.root["targets"][key] else "no PHI-S"
+        parts.append(f"{key} ({t.grid[0]}x{t.grid[1]}, {state}, {phis})")
+    return ", ".join(parts) or "no target keys"
+
+
+def adaptor_specs(store: FeatureStore, config: PipelineConfig) -> list[AdaptorSpec]:
+    """One adaptor per config teacher, with the dims its keys have in the store."""
+    specs, missing = [], []
+    for name, teacher in config.teachers.items():
+        key = next((k for k in teacher.targets if k in store.target_keys), None)
+        if key is None:
+            missing.append(name)
+            continue
+        t = store.target(key)
+        specs.append(AdaptorSpec(name, t.summary_dim, t.feature_dim))
+    if missing:
+        raise StageMismatch(
+            f"teacher(s) {', '.join(missing)} have no target key in the store {store.path} "
+            f"(the store has: {describe_store(store)}); run `radio featurize`"
+        )
+    return specs
+
+
+def stage_targets(store: FeatureStore, config: PipelineConfig, stage: int) -> list[tuple[int, list[KeyTarget]]]:
+    """The partitions of stage ``stage`` (1-based) as ``(resolution, [KeyTarget])``; raises
+    :class:`StageMismatch` listing every problem and what the store has."""
+    s = config.stages[stage - 1]
+    problems: list[str] = []
+    partitions = []
+    have = set(store.target_keys)
+    for part in s.partitions:
+        keys = []
+        grid = part.resolution // PATCH
+        for key in part.targets:
+            if key not in have:
+                problems.append(f"missing target key {key}")
+                continue
+            info = store.target(key)
+            teacher_name, _, spec = config.target(key)
+            prov = info.attrs
+            if prov.get("resolution") != spec.resolution or prov.get("mosaic") != spec.mosaic:
+                problems.append(f"{key} was featurized at resolution {prov.get('resolution')} mosaic {prov.get('mosaic')}, "
+                                f"the config asks for {spec.resolution} mosaic {spec.mosaic}")  # fmt: skip
+            done = store.completed(key)
+            if not done.all():
+                problems.append(f"{key} is incomplete ({int(done.sum())}/{len(done)} tars)")
+            if config.normalization != "none" and "phis" not in store.root["targets"][key]:
+                problems.append(f"no PHI-S for {key} (run `radio fit-phis`)")
+            exact = prov.get("mosaic") is not None
+            if exact and tuple(info.grid) != (grid, grid):
+                problems.append(f"{key} grid {info.grid[0]}x{info.grid[1]} != student grid {grid}x{grid} at "
+                                f"{part.resolution} px (SAM targets are never interpolated)")  # fmt: skip
+            w = s.loss_weights.get(key)
+            keys.append(KeyTarget(key, teacher_name, tuple(info.grid), exact, info.summary_dim is not None,
+                                  w.summary if w else 1.0, w.features if w else 1.0))  # fmt: skip
+        partitions.append((part.resolution, keys))
+    if problems:
+        raise StageMismatch(
+            f"stage {stage} does not match the store {store.path}: {'; '.join(problems)}. "
+            f"The store has: {describe_store(store)}"
+        )
+    return partitions

@@ -1,0 +1,67 @@
+"""Process group for `torchrun` (DDP): NCCL on GPUs, gloo on CPU; a single process otherwise."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the only one that writes checkpoints, metrics and exports."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def setup(device: str | None = None) -> Dist:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1), else run alone."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device:
+        dev = torch.device(device)
+    elif torch.cuda.is_available():
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank, world, local, dev)
+
+
+def teardown(d: Dist) -> None:
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def mean_across(d: Dist, values: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` over ranks (identity alone)."""
+    if not d.enabled:
+        return values
+    values = values.clone()
+    dist.all_reduce(values)
+    return values / d.world
+
+
+def any_across(d: Dist, flag: bool) -> bool:
+    """True on every rank if it is True on any (e.g. one rank got SIGTERM)."""
+    if not d.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=d.device if d.device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return bool(t.item() > 0)

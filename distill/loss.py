@@ -1,0 +1,85 @@
+"""The distillation loss (paper §3, Table A8): per target key, summary cosine + feature MSE.
+
+Features are compared in the normalized (PHI-S) space, where every teacher's targets have unit
+channel variance, so equal weights mean balanced teachers. Summaries are compared by cosine in
+the teacher's own space (a direction loss: what zero-shot classification and kNN use).
+
+The student's adaptor features are resized to the target grid when they differ (bilinear,
+antialiased when shrinking), except for keys whose grid must match exactly (SAM mosaics:
+interpolating SAM features ruins them, paper §4.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class KeyTarget:
+    """A target key as one partition trains it."""
+
+    key: str
+    teacher: str  # the adaptor that predicts it
+    grid: tuple[int, int]
+    exact_grid: bool  # never interpolate (SAM)
+    summary: bool
+    weight_summary: float = 1.0
+    weight_features: float = 1.0
+
+
+class GridMismatch(ValueError):
+    """A key whose grid must match the student's does not."""
+
+
+def align_features(pred: torch.Tensor, grid: tuple[int, int], exact: bool, key: str = "") -> torch.Tensor:
+    """Student features ``[B, h, w, C]`` → ``[B, H, W, C]`` on the target grid (float32)."""
+    h, w = pred.shape[1:3]
+    if (h, w) == tuple(grid):
+        return pred.float()
+    if exact:
+        raise GridMismatch(f"{key}: student grid {h}x{w} != target grid {grid[0]}x{grid[1]} (SAM targets are never interpolated)")
+    shrink = grid[0] < h or grid[1] < w
+    x = pred.permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=tuple(grid), mode="bilinear", align_corners=False, antialias=shrink)
+    return x.permute(0, 2, 3, 1)
+
+
+def cosine_distance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean of ``1 - cos`` over the batch, for ``[B, C]`` tensors."""
+    return (1.0 - F.cosine_similarity(pred.float(), target.float(), dim=-1)).mean()
+
+
+class DistillLoss(nn.Module):
+    """Losses of one step: ``{"RES:KEY/features", "RES:KEY/summary", ..., "total"}``.
+
+    ``normalizers`` maps each target key to its feature :class:`~radio.store.normalizers.Normalizer`.
+    """
+
+    def __init__(self, partitions: list[tuple[int, list[KeyTarget]]], normalizers: dict[str, nn.Module]):
+        super().__init__()
+        self.partitions = partitions
+        self.normalizers = nn.ModuleDict(normalizers)
+
+    def forward(self, outputs: list, batches: list[dict]) -> dict[str, torch.Tensor]:
+        """``outputs[p]`` is the student's output on ``batches[p]["image"]`` of partition ``p``."""
+        losses: dict[str, torch.Tensor] = {}
+        total = torch.zeros((), device=batches[0]["image"].device)
+        for (resolution, keys), out, batch in zip(self.partitions, outputs, batches):
+            for t in keys:
+                adaptor = out.adaptors[t.teacher]
+                target = batch["targets"][t.key]
+                pred = align_features(adaptor.features, t.grid, t.exact_grid, t.key)
+                normed = self.normalizers[t.key].normalize(target["features"].float())
+                loss_f = F.mse_loss(pred, normed)
+                losses[f"{resolution}:{t.key}/features"] = loss_f
+                total = total + t.weight_features * loss_f
+                if t.summary:
+                    loss_s = cosine_distance(adaptor.summary, target["summary"])
+                    losses[f"{resolution}:{t.key}/summary"] = loss_s
+                    total = total + t.weight_summary * loss_s
+        losses["total"] = total
+        return losses

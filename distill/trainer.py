@@ -1,0 +1,306 @@
+"""`radio distill --stage N`: train the student against the cached targets of one stage.
+
+One sectioned loop (set-up, resume, the step, logging, checkpoints), no callback framework.
+Runs alone or under torchrun (DDP: NCCL on GPUs, gloo on CPU); bf16 autocast on GPU.
+
+Reproducibility: everything random (rows, flips, CPE crops) is a function of (seed, stage,
+partition, step), so a run killed at any point and resumed from its last checkpoint computes
+exactly the steps an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from radio.config import PipelineConfig, to_yaml
+from radio.store.images import ImageLimits
+from radio.store.layout import FeatureStore, StoreError
+from radio.store.normalizers import Normalizer
+
+from . import distributed
+from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
+from .checks import adaptor_specs, stage_targets
+from .cpe import draw_crops
+from .data import PartitionRows, StepBatches, TargetSpec, collate, split_rows
+from .loss import DistillLoss, KeyTarget
+from .schedule import lr_at
+from .student import Student
+
+CHECKPOINT = "checkpoint.pt"
+FINAL = "final.safetensors"
+METRICS = "metrics.jsonl"
+
+
+class DistillError(StoreError):
+    """A distill request that cannot start (missing previous stage, bad stage number, ...)."""
+
+
+def stage_dir(run: Path, stage: int) -> Path:
+    return run / f"stage{stage}"
+
+
+def build_student(store: FeatureStore, config: PipelineConfig) -> Student:
+    s = config.student
+    return Student(s.size, adaptor_specs(store, config), cpe_max_size=s.cpe_max_size,
+                   register_multiple=s.register_multiple, adaptor_hidden=s.adaptor_hidden)  # fmt: skip
+
+
+def build_normalizers(store: FeatureStore, keys: list[str], mode: str) -> dict[str, Normalizer]:
+    out = {}
+    for key in keys:
+        if mode == "none":
+            out[key] = Normalizer("none", np.zeros(store.target(key).feature_dim))
+        else:
+            out[key] = Normalizer.from_store(store, key, "features", mode)
+    return out
+
+
+class Partitions(nn.Module):
+    """The student run on every partition's images in one forward call, so DDP sees one forward
+    per backward even when a stage trains two resolutions at once."""
+
+    def __init__(self, student: Student):
+        super().__init__()
+        self.student = student
+
+    def forward(self, images: list[torch.Tensor], crops: list[torch.Tensor]) -> list:
+        return [self.student(x, crops=c) for x, c in zip(images, crops)]
+
+
+@dataclass
+class StageResult:
+    stage: int
+    run: Path
+    start_step: int
+    end_step: int
+    total_steps: int
+    stopped_by: str | None  # the signal that stopped it early, if any
+    losses: list[float]
+
+
+class _StopFlag:
+    """Set by SIGTERM / SIGUSR1 (cluster preemption): finish the step, checkpoint, exit."""
+
+    def __init__(self):
+        self.signal: str | None = None
+        self._previous = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            with contextlib.suppress(ValueError):  # not the main thread: no handlers
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {
+        "image": batch["image"].to(device, non_blocking=True),
+        "row": batch["row"],
+        "targets": {k: {n: v.to(device, non_blocking=True) for n, v in t.items()} for k, t in batch["targets"].items()},
+    }
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _crop_generator(seed: int, stage: int, partition: int, step: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(int(np.random.SeedSequence([seed, stage, partition, step]).generate_state(1)[0]))
+    return g
+
+
+def _optimizer(student: Student, cfg) -> torch.optim.Optimizer:
+    from timm.optim import create_optimizer_v2
+
+    return create_optimizer_v2(student, opt=cfg.name, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _initial_weights(run: Path, stage: int, init: Path | None) -> Path | None:
+    if init is not None:
+        if not Path(init).is_file():
+            raise DistillError(f"--init {init}: no such file")
+        return Path(init)
+    if stage == 1:
+        return None
+    previous = stage_dir(run, stage - 1) / FINAL
+    if not previous.is_file():
+        raise DistillError(
+            f"stage {stage} starts from stage {stage - 1}'s final weights {previous}, which do not exist; "
+            f"run `radio distill --stage {stage - 1}` first or pass --init CKPT"
+        )
+    return previous
+
+
+def _load_student_weights(student: Student, path: Path) -> None:
+    state = load_weights(path) if path.suffix == ".safetensors" else load_checkpoint(path)["model"]
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise DistillError(f"{path}: weights do not fit this student (missing {list(missing)[:5]}, "
+                           f"unexpected {list(unexpected)[:5]})")  # fmt: skip
+
+
+def train_stage(
+    config: PipelineConfig,
+    stage: int,
+    *,
+    steps: int | None = None,
+    out: str | Path | None = None,
+    init: Path | None = None,
+    workers: int = 0,
+    device: str | None = None,
+    flip: bool = False,
+    on_step: Callable[[dict], None] | None = None,
+) -> StageResult:
+    """Train stage ``stage`` (1-based) of ``config``; resumes from the stage's checkpoint if present."""
+    if not 1 <= stage <= len(config.stages):
+        raise DistillError(f"--stage {stage}: the pipeline has stages 1..{len(config.stages)}")
+    d = distributed.setup(device)
+    try:
+        return _train(config, stage, d, steps, Path(out or config.out), init, workers, flip, on_step)
+    finally:
+        distributed.teardown(d)
+
+
+def _train(config, stage, d, steps, run, init, workers, flip, on_step) -> StageResult:
+    # ---- set-up: store, targets, student, loss, optimizer ------------------------------------
+    cfg = config.stages[stage - 1]
+    store = FeatureStore(config.store.path)
+    partitions: list[tuple[int, list[KeyTarget]]] = stage_targets(store, config, stage)
+    keys = sorted({t.key for _, ts in partitions for t in ts})
+    total = steps or cfg.steps
+    sdir = stage_dir(run, stage)
+    student = build_student(store, config)
+    loss_fn = DistillLoss(partitions, build_normalizers(store, keys, config.normalization)).to(d.device)
+    init_from = _initial_weights(run, stage, init)
+
+    # ---- resume --------------------------------------------------------------------------------
+    start = 0
+    ckpt_path = sdir / CHECKPOINT
+    if ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path)
+        student.load_state_dict(state["model"])
+        start = int(state["step"])
+    elif init_from is not None:
+        _load_student_weights(student, init_from)
+    student.to(d.device)
+    optimizer = _optimizer(student, cfg.optimizer)
+    if ckpt_path.is_file():
+        optimizer.load_state_dict(state["optimizer"])
+    used = {t.teacher for _, ts in partitions for t in ts}
+    model: nn.Module = Partitions(student)
+    if d.enabled:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[d.device.index] if d.device.type == "cuda" else None,
+            find_unused_parameters=used != set(student.adaptors.keys()),  # a teacher absent from this stage
+        )  # fmt: skip
+    if cfg.compile:
+        model = torch.compile(model)
+
+    # ---- data: deterministic batches from (seed, stage, partition, step) -----------------------
+    limits = ImageLimits(config.data.min_image_size, config.data.max_image_pixels)
+    split = split_rows(store, keys, config.eval.held_out)
+    loaders = []
+    for p, (resolution, ts) in enumerate(partitions):
+        part = cfg.partitions[p]
+        dataset = PartitionRows(str(store.path), resolution, [TargetSpec(t.key, t.grid, t.summary) for t in ts], limits)
+        try:
+            sampler = StepBatches(split.train, part.batch_size, cfg.seed * 1000 + stage, p, start, total,
+                                  d.rank, d.world, flip)  # fmt: skip
+        except ValueError as e:
+            raise DistillError(f"stage {stage} partition {resolution} px: {e}") from None
+        loaders.append(iter(DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                                       pin_memory=d.device.type == "cuda", persistent_workers=workers > 0)))  # fmt: skip
+
+    # ---- bookkeeping: run folder, metrics (rank 0) ----------------------------------------------
+    metrics_path = sdir / METRICS
+    if d.main:
+        sdir.mkdir(parents=True, exist_ok=True)
+        (sdir / "config.yaml").write_text(to_yaml(config))
+        _truncate_metrics(metrics_path, start)  # steps after the last checkpoint are redone
+
+    def checkpoint(step: int) -> None:
+        if d.main:
+            save_checkpoint(ckpt_path, {"model": student.state_dict(), "optimizer": optimizer.state_dict(),
+                                        "step": step, "stage": stage, "total_steps": total})  # fmt: skip
+
+    # ---- the loop --------------------------------------------------------------------------------
+    losses: list[float] = []
+    step = start
+    stopped_by = None
+    model.train()
+    with _StopFlag() as stop, open(metrics_path, "a") if d.main else contextlib.nullcontext() as log:
+        while step < total:
+            t0 = time.perf_counter()
+            batches = [_to(next(it), d.device) for it in loaders]
+            t_data = time.perf_counter() - t0
+            lr = lr_at(step, total, cfg.optimizer.lr, cfg.schedule.warmup_steps, cfg.schedule.min_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            crops = []
+            for p, b in enumerate(batches):
+                global_b = cfg.partitions[p].batch_size
+                c = draw_crops(global_b, _crop_generator(cfg.seed, stage, p, step))
+                local = global_b // d.world
+                crops.append(c[d.rank * local : (d.rank + 1) * local].to(d.device))
+            with _autocast(d.device):
+                outputs = model([b["image"] for b in batches], crops)
+                out = loss_fn(outputs, batches)
+            optimizer.zero_grad(set_to_none=True)
+            out["total"].backward()
+            if cfg.optimizer.grad_clip:
+                torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.optimizer.grad_clip)
+            optimizer.step()
+            step += 1
+
+            names = list(out)
+            values = distributed.mean_across(d, torch.stack([out[n].detach().float() for n in names]))
+            dt = time.perf_counter() - t0
+            images = sum(p.batch_size for p in cfg.partitions)
+            record = {"step": step, "lr": lr, **{n: float(v) for n, v in zip(names, values.cpu())},
+                      "images_per_s": images / dt, "data_wait": t_data / dt}  # fmt: skip
+            losses.append(record["total"])
+            if d.main:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            if on_step:
+                on_step(record)
+            if step % cfg.checkpoint_every == 0 or step == total:
+                checkpoint(step)
+            if distributed.any_across(d, stop.signal is not None):
+                stopped_by = stop.signal or "a signal on another rank"
+                checkpoint(step)
+                break
+    if step == total and d.main:
+        save_weights(student.state_dict(), sdir / FINAL, {"stage": str(stage), "steps": str(total)})
+    return StageResult(stage, run, start, step, total, stopped_by, losses)
+
+
+def _truncate_metrics(path: Path, start: int) -> None:
+    """Keep only the records of steps ≤ ``start`` (a killed run may have logged later ones)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= start]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
