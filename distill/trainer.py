@@ -50,10 +50,13 @@ def stage_dir(run: Path, stage: int) -> Path:
     return run / f"stage{stage}"
 
 
-def build_student(store: FeatureStore, config: PipelineConfig) -> Student:
+def build_student(store: FeatureStore, config: PipelineConfig, seed: int = 0) -> Student:
+    """The pipeline's student, randomly initialised from ``seed`` (the global RNG is left as it was)."""
     s = config.student
-    return Student(s.size, adaptor_specs(store, config), cpe_max_size=s.cpe_max_size,
-                   register_multiple=s.register_multiple, adaptor_hidden=s.adaptor_hidden)  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Student(s.size, adaptor_specs(store, config), cpe_max_size=s.cpe_max_size,
+                       register_multiple=s.register_multiple, adaptor_hidden=s.adaptor_hidden)  # fmt: skip
 
 
 def build_normalizers(store: FeatureStore, keys: list[str], mode: str) -> dict[str, Normalizer]:
@@ -188,7 +191,7 @@ def _train(config, stage, d, steps, run, init, workers, flip, on_step) -> StageR
     keys = sorted({t.key for _, ts in partitions for t in ts})
     total = steps or cfg.steps
     sdir = stage_dir(run, stage)
-    student = build_student(store, config)
+    student = build_student(store, config, cfg.seed)
     loss_fn = DistillLoss(partitions, build_normalizers(store, keys, config.normalization)).to(d.device)
     init_from = _initial_weights(run, stage, init)
 
