@@ -81,31 +81,32 @@ class PartitionRows(Dataset):
         self.resolution = resolution
         self.targets = targets
         self.limits = limits
-        self._store: FeatureStore | None = None
         self._manifest: dict[int, dict] | None = None
+        self._arrays: dict[tuple[str, str], object] = {}
 
-    def _open(self) -> tuple[FeatureStore, dict[int, dict]]:
-        if self._store is None:
-            self._store = FeatureStore(self.store_path)
-            m = self._store.manifest().to_pylist()
-            self._manifest = {r["row"]: r for r in m}
-        return self._store, self._manifest  # type: ignore[return-value]
+    def _open(self) -> dict[int, dict]:
+        """The manifest by row; opens the arrays once (opening reads metadata files)."""
+        if self._manifest is None:
+            store = FeatureStore(self.store_path)
+            self._manifest = {r["row"]: r for r in store.manifest().to_pylist()}
+            for t in self.targets:
+                for name in ("features", "summary") if t.summary else ("features",):
+                    self._arrays[(t.key, name)] = store.array(t.key, name)
+        return self._manifest
 
     def image(self, row: int) -> np.ndarray:
         """The row's recorded crop, resized to the partition resolution: ``[r, r, 3] uint8``."""
-        _, manifest = self._open()
-        m = manifest[row]
+        m = self._open()[row]
         pixels = read_image(m["tar"], m["offset"], m["size"], self.limits)
         return crop_resize(pixels, CropBox(m["crop_x"], m["crop_y"], m["crop_size"]), self.resolution)
 
     def __getitem__(self, item: tuple[int, bool]) -> dict:
         row, flip = int(item[0]), bool(item[1])
-        store, _ = self._open()
         image = torch.from_numpy(self.image(row).copy()).permute(2, 0, 1).float().div_(255.0)
         targets = {}
         for t in self.targets:
-            feats = torch.from_numpy(store.array(t.key, "features")[row].astype(np.float32))
-            summary = torch.from_numpy(store.array(t.key, "summary")[row].astype(np.float32)) if t.summary else None
+            feats = torch.from_numpy(self._arrays[(t.key, "features")][row].astype(np.float32))
+            summary = torch.from_numpy(self._arrays[(t.key, "summary")][row].astype(np.float32)) if t.summary else None
             if flip:
                 feats = feats.flip(1)  # [h, w, C]: mirror the grid with the image
             targets[t.key] = {"features": feats} | ({"summary": summary} if summary is not None else {})
@@ -114,8 +115,7 @@ class PartitionRows(Dataset):
         return {"image": image, "row": row, "targets": targets}
 
     def __len__(self) -> int:  # only for tools that ask; batches come from StepBatches
-        store, _ = self._open()
-        return store.plan.total_rows
+        return len(self._open())
 
 
 def collate(samples: list[dict]) -> dict:

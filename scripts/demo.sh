@@ -7,7 +7,7 @@ RADIO=.venv/bin/radio
 export RAY_AUTH_MODE=disabled RAY_DATA_DISABLE_PROGRESS_BARS=1
 
 echo "== 1. sample data (DataComp layout, real photos, a few bad samples)"
-rm -rf data/sample
+rm -rf data/sample data/store.zarr runs/tiny
 $RADIO sample-data --out data/sample --images 48 --shard-size 16 --corrupt 3 --exotic 4
 
 echo "== 2. read it back through the shard reader"
@@ -28,3 +28,18 @@ $RADIO store verify "$STORE"
 
 echo "== 5. PHI-S normalizers from the featurize moments"
 $RADIO fit-phis --pipeline "$PIPELINE"
+
+echo "== 6. distill: stages 1, 2, 3 (a few steps each on the tiny pipeline), then export"
+$RADIO distill --pipeline "$PIPELINE" --stage 1
+$RADIO distill --pipeline "$PIPELINE" --stage 2
+$RADIO distill --pipeline "$PIPELINE" --stage 3
+OUT=$($RADIO config show --pipeline "$PIPELINE" | .venv/bin/python -c "import sys, yaml; print(yaml.safe_load(sys.stdin)['out'])")
+$RADIO plot --pipeline "$PIPELINE"
+$RADIO export --pipeline "$PIPELINE" --out "$OUT/export"
+.venv/bin/python - "$OUT/export" <<'PY'
+import sys, torch, radio
+model = radio.load(sys.argv[1])
+out = model(torch.rand(2, 3, 432, 432))
+print(f"radio.load({sys.argv[1]!r}): summary {tuple(out.summary.shape)}, features {tuple(out.features.shape)}, "
+      + ", ".join(f"{k} {tuple(v.features.shape)}" for k, v in out.adaptors.items()))
+PY

@@ -12,6 +12,9 @@ same :class:`ClipTeacher`.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 from copy import deepcopy
 from dataclasses import dataclass, field
 from functools import partial
@@ -45,9 +48,24 @@ class OpenClipArch:
 
     def create(self, **kwargs: Any) -> nn.Module:
         """``open_clip.create_model`` on the ambient default device (meta under ``torch.device``)."""
-        return open_clip.create_model(
-            self.model_name, device=torch.get_default_device(), **deepcopy(self.overrides), **kwargs
-        )
+        # open_clip warns "No pretrained weights loaded for model <config name>" on every random
+        # init, naming the base config even for tiny overrides; here random init is intended.
+        with _quiet_open_clip(not kwargs.get("pretrained")):
+            return open_clip.create_model(
+                self.model_name, device=torch.get_default_device(), **deepcopy(self.overrides), **kwargs
+            )
+
+
+@contextlib.contextmanager
+def _quiet_open_clip(quiet: bool):
+    root = logging.getLogger()
+    level = root.level
+    if quiet:
+        root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def create_open_clip(arch: OpenClipArch, spec: TeacherSpec, weights: str | None) -> nn.Module:

@@ -1,0 +1,105 @@
+"""Distill benchmarks, measured in one run on a freshly featurized tiny store.
+
+1. Loader: samples/s one loader worker delivers (tar random access, decode, recorded crop, resize,
+   every target key's features and summary from Zarr) ÷ images/s of decode + crop + resize alone
+   on the same rows. The gap is what reading targets costs.
+2. Trainer (CPU, tiny student, stage 1 of the `tiny` pipeline): images/s and the fraction of step
+   time spent waiting for data, with 0, 1 and 2 DataLoader workers.
+
+    .venv/bin/python bench/distill_bench.py [--steps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from radio.config import load_pipeline
+from radio.distill.checks import stage_targets
+from radio.distill.data import PartitionRows, TargetSpec, split_rows
+from radio.distill.trainer import read_metrics, train_stage
+from radio.store.crops import CropBox, crop_resize
+from radio.store.layout import FeatureStore
+from radio.store.normalizers import fit_store
+from radio.store.sampledata import write_sample_data
+from radio.store.shards import read_image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=96)
+    ap.add_argument("--steps", type=int, default=30)
+    args = ap.parse_args()
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import featurize_in_process  # the same in-process featurize the tests use
+
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        write_sample_data(tmp / "shards", images=args.images, shard_size=32, seed=0)
+        config = load_pipeline(REPO / "pipelines.yaml", "tiny", data=str(tmp / "shards" / "*.tar"),
+                               store=str(tmp / "store.zarr"), out=str(tmp / "run"))  # fmt: skip
+        featurize_in_process(config)
+        store = FeatureStore(config.store.path)
+        fit_store(store)
+
+        # ---- 1. loader vs decode + resize ---------------------------------------------------
+        (resolution, keys), = stage_targets(store, config, 1)
+        rows = split_rows(store, [t.key for t in keys], 0).train
+        ds = PartitionRows(str(store.path), resolution, [TargetSpec(t.key, t.grid, t.summary) for t in keys])
+        ds[(int(rows[0]), False)]  # open the store and manifest outside the timing
+        manifest = {r["row"]: r for r in store.manifest().to_pylist()}
+
+        def decode_resize():
+            for r in rows:
+                m = manifest[int(r)]
+                crop_resize(read_image(m["tar"], m["offset"], m["size"]), CropBox(m["crop_x"], m["crop_y"], m["crop_size"]), resolution)
+
+        def loader():
+            for r in rows:
+                ds[(int(r), False)]
+
+        times = {"decode_resize": [], "loader": []}
+        for _ in range(3):  # alternate, keep the best of each
+            for name, fn in (("decode_resize", decode_resize), ("loader", loader)):
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
+        base = len(rows) / min(times["decode_resize"])
+        load = len(rows) / min(times["loader"])
+        results["loader"] = {"rows": len(rows), "keys": len(keys), "decode_resize_per_s": base,
+                             "loader_per_s": load, "ratio": load / base}  # fmt: skip
+
+        # ---- 2. trainer images/s and data wait ------------------------------------------------
+        results["trainer"] = {}
+        for workers in (0, 1, 2):
+            out = tmp / f"run{workers}"
+            cfg = config.model_copy(update={"out": str(out)})
+            train_stage(cfg, 1, steps=args.steps, workers=workers)
+            recs = read_metrics(out / "stage1" / "metrics.jsonl")[5:]  # skip start-up steps
+            results["trainer"][workers] = {
+                "images_per_s": float(np.mean([r["images_per_s"] for r in recs])),
+                "data_wait": float(np.mean([r["data_wait"] for r in recs])),
+            }
+
+    lo = results["loader"]
+    print(f"loader ({lo['rows']} rows at {resolution} px, {lo['keys']} target keys): {lo['loader_per_s']:.1f} samples/s "
+          f"per worker ÷ decode + crop + resize alone {lo['decode_resize_per_s']:.1f} images/s = {lo['ratio']:.3f}")
+    for workers, r in results["trainer"].items():
+        print(f"trainer (tiny student, stage 1, batch {config.stages[0].partitions[0].batch_size}, {workers} loader "
+              f"workers): {r['images_per_s']:.1f} images/s, data wait {r['data_wait']:.1%} of step time")
+    out_dir = Path(__file__).parent / "results"
+    out_dir.mkdir(exist_ok=True)
+    (out_dir / "distill.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
