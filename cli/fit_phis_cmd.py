@@ -38,11 +38,12 @@ def fit_phis(
     cfg = load(config, pipeline, store=store)
     fs = FeatureStore(cfg.store.path)
     reports = fit_store(fs, keys, allow_partial)
-    table = Table("target key", "stream", "tars", "vectors", "φ", "top 1", "top 10", "top 100", "Hadamard", "",
+    table = Table("target key", "stream", "tars", "rows", "vectors", "φ", "top 1", "top 10", "top 100", "Hadamard", "",
                   title="PHI-S")  # fmt: skip
     for r in reports:
         p = r.phis
-        table.add_row(r.key, r.stream, str(r.tars), str(r.count), f"{p.phi:.4g}", f"{p.variance_share(1):.1%}",
+        tokens = 1 if r.stream == "summary" else fs.target(r.key).grid[0] * fs.target(r.key).grid[1]
+        table.add_row(r.key, r.stream, str(r.tars), str(r.count // tokens), str(r.count), f"{p.phi:.4g}", f"{p.variance_share(1):.1%}",
                       f"{p.variance_share(10):.1%}", f"{p.variance_share(100):.1%}", r.hadamard,
                       "unchanged" if r.unchanged else "fitted")  # fmt: skip
     make_console().print(table)

@@ -6,6 +6,10 @@ Variances are per channel over every sample and position, summed over channels (
 ratio of the traces of the two covariances). F = 1 for predicting the mean, F → ∞ for a perfect
 prediction. Measured in the teacher's own space and in the normalized (PHI-S) space; Table 3
 summarizes keys by their geometric mean.
+
+:func:`key_fidelity` takes all samples at once; :class:`FidelityAccumulator` gives the same
+numbers batch by batch (per-channel moments merged with Chan's formula in float64), for
+evaluations too large to hold in memory.
 """
 
 from __future__ import annotations
@@ -50,6 +54,71 @@ def key_fidelity(key: str, stream: str, teacher: torch.Tensor, prediction: torch
     """``teacher``/``prediction`` ``[..., C]`` in the teacher's space; ``normalizer`` maps to normalized space."""
     tn, pn = normalizer.normalize(teacher.double()), normalizer.normalize(prediction.double())
     return KeyFidelity(key, stream, fidelity(teacher, prediction), fidelity(tn, pn), mse(teacher, prediction), mse(tn, pn))
+
+
+class ChannelMoments:
+    """Streaming per-channel count, mean and centred sum of squares of ``[..., C]`` tensors
+    (float64, merged with Chan's parallel formula); the diagonal of :class:`radio.store.moments.Moments`."""
+
+    def __init__(self):
+        self.count = 0
+        self.mean: torch.Tensor | None = None
+        self.m2: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor) -> None:
+        flat = x.reshape(-1, x.shape[-1]).double()
+        n = flat.shape[0]
+        if n == 0:
+            return
+        mean = flat.mean(dim=0)
+        m2 = ((flat - mean) ** 2).sum(dim=0)
+        if self.mean is None:
+            self.count, self.mean, self.m2 = n, mean, m2
+            return
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta**2 * (self.count * n / total)
+        self.count = total
+
+    @property
+    def total_variance(self) -> float:
+        """Sum over channels of the population variance (as :func:`fidelity` uses)."""
+        if self.m2 is None:
+            raise ValueError("no samples")
+        return float(self.m2.sum() / self.count)
+
+
+class FidelityAccumulator:
+    """:func:`key_fidelity` over batches: ``add(teacher, prediction)`` per batch, then :meth:`result`."""
+
+    def __init__(self, key: str, stream: str, normalizer):
+        self.key, self.stream, self.normalizer = key, stream, normalizer
+        self._teacher, self._error = ChannelMoments(), ChannelMoments()
+        self._teacher_n, self._error_n = ChannelMoments(), ChannelMoments()
+        self._sse = self._sse_n = 0.0
+        self._values = 0
+
+    def add(self, teacher: torch.Tensor, prediction: torch.Tensor) -> None:
+        """``teacher``/``prediction`` ``[..., C]`` in the teacher's space, equal shapes."""
+        if teacher.shape != prediction.shape:
+            raise ValueError(f"fidelity needs equal shapes, got {tuple(teacher.shape)} and {tuple(prediction.shape)}")
+        t, p = teacher.double(), prediction.double()
+        tn, pn = self.normalizer.normalize(t), self.normalizer.normalize(p)
+        for moments, x in ((self._teacher, t), (self._error, t - p), (self._teacher_n, tn), (self._error_n, tn - pn)):
+            moments.add(x)
+        self._sse += float(((t - p) ** 2).sum())
+        self._sse_n += float(((tn - pn) ** 2).sum())
+        self._values += t.numel()
+
+    def result(self) -> KeyFidelity:
+        def ratio(t: ChannelMoments, e: ChannelMoments) -> float:
+            err = e.total_variance
+            return math.inf if err == 0.0 else t.total_variance / err
+
+        return KeyFidelity(self.key, self.stream, ratio(self._teacher, self._error),
+                           ratio(self._teacher_n, self._error_n), self._sse / self._values,
+                           self._sse_n / self._values)  # fmt: skip
 
 
 def geometric_mean(values: list[float]) -> float:

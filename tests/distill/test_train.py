@@ -167,6 +167,13 @@ def test_stage3_trains_both_partitions_every_step_without_interpolating_sam(phis
     for r in records:
         assert "192:sam@192/features" in r and "256:sam@256/features" in r
         assert "256:clip@168/features" in r  # 16x16 student features shrunk to CLIP's 12x12
+    result = CliRunner().invoke(app, ["plot", "--run", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    from PIL import Image
+
+    for stage in (1, 2, 3):
+        png = tmp_path / "run" / f"stage{stage}" / "losses.png"
+        assert str(png) in result.stdout and Image.open(png).size[0] > 1000
     with pytest.raises(GridMismatch, match=r"sam@256: student grid 12x12 != target grid 16x16 \(SAM targets are never interpolated\)"):
         align_features(torch.zeros(1, 12, 12, 4), (16, 16), exact=True, key="sam@256")
 

@@ -1,0 +1,8 @@
+"""The one error type of evaluation: a request that cannot be evaluated as asked."""
+
+from __future__ import annotations
+
+
+class EvalError(ValueError):
+    """Bad evaluation input (no images, an unknown adaptor, a teacher without a text tower, ...);
+    the CLI prints it as one line and exits 2."""
