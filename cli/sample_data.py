@@ -23,10 +23,23 @@ def sample_data(
     exotic: Annotated[
         int, typer.Option("--exotic", help="add M valid images in unusual encodings (CMYK, 16-bit, RGBA, ...)")
     ] = 0,
+    labeled: Annotated[
+        bool,
+        typer.Option("--labeled", help="write a labeled ImageFolder set instead (OUT/{train,val}/CLASS/*.jpg, "
+                     "class = source photo) for `radio eval knn|zero-shot`; --images = train images per class, "
+                     "val gets half as many"),
+    ] = False,
 ) -> None:
     """Write sample data in DataComp/img2dataset layout (tars, parquet, stats) from real photos."""
-    from radio.store.sampledata import write_sample_data
+    from radio.store.sampledata import write_labeled_data, write_sample_data
 
+    if labeled:
+        try:
+            s = write_labeled_data(out, train_per_class=images, val_per_class=max(1, images // 2), seed=seed)
+        except ValueError as e:
+            raise fail(str(e)) from None
+        print(f"wrote a labeled set to {s.out}: {s.classes} classes, {s.train} train and {s.val} val images")
+        return
     try:
         s = write_sample_data(out, images=images, shard_size=shard_size, seed=seed, corrupt=corrupt, exotic=exotic)
     except ValueError as e:

@@ -67,7 +67,9 @@ def avg_pool_tokens(x: torch.Tensor, grid: tuple[int, int], tokens: int, max_asp
     t = pooled[0] * pooled[1]
     merged, sizes = group_means(x.float(), group, t)
     positions, _ = group_means(grid_positions(grid, x.device).expand(b, n, 2), group, t)
-    return MergeResult(merged.to(x.dtype), sizes, group, positions, (t,))
+    # A pooled cell has no surviving token; its anchor is its first input token in raster order.
+    anchors = torch.full((b, t), n, device=x.device).scatter_reduce(1, group, torch.arange(n, device=x.device).expand(b, n), "amin")
+    return MergeResult(merged.to(x.dtype), sizes, group, positions, anchors, (t,))
 
 
 def pixel_unshuffle_tokens(x: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -73,12 +73,14 @@ __all__ = [
 class MergeResult:
     """``tokens [B, T, C]`` (group means), ``sizes [B, T]`` int64 (sum to N), ``group [B, N]``
     int64 (input token → merged token), ``positions [B, T, 2]`` float64 (each group's mean
-    (row, col) on the input grid), ``counts``: token count after each merging round."""
+    (row, col) on the input grid), ``anchors [B, T]`` int64 (input index of each group's
+    surviving token, ascending), ``counts``: token count after each merging round."""
 
     tokens: torch.Tensor
     sizes: torch.Tensor
     group: torch.Tensor
     positions: torch.Tensor
+    anchors: torch.Tensor
     counts: tuple[int, ...] = ()
 
 
@@ -218,7 +220,7 @@ def _random_subset(counts: torch.Tensor, n: int, batch: int, generator: torch.Ge
 
 def merge_tokens(x: torch.Tensor, grid: tuple[int, int], tokens: int, *, stride: tuple[int, int] = (2, 2),
                  layout: Layout = "strided", generator: torch.Generator | None = None,
-                 metric: torch.Tensor | None = None, schedule: str = "greedy") -> MergeResult:  # fmt: skip
+                 metric: torch.Tensor | None = None) -> MergeResult:  # fmt: skip
     """Merge ``x [B, N, C]`` on an h×w grid (N = h·w, row-major) to exactly ``tokens`` tokens.
 
     ``metric [B, N, Cm]``: what similarity is measured on (default: ``x`` itself). ``generator``:
@@ -245,14 +247,7 @@ def merge_tokens(x: torch.Tensor, grid: tuple[int, int], tokens: int, *, stride:
     anchor = group.clone()  # input index of each current token's surviving token
     current = metric
     n, window, first, counts = n_in, (sy, sx), True, []
-    import math
-    k_rounds, win = 1, (sy, sx)
-    while (h // win[0]) * (w // win[1]) > tokens if k_rounds == 1 else (-(-h // win[0])) * (-(-w // win[1])) > tokens:
-        k_rounds += 1; win = (win[0] * 2, win[1] * 2)
-    rnd = 0
     while n > tokens:
-        rnd += 1
-        goal = tokens if (schedule == "greedy" or rnd >= k_rounds) else max(tokens, round(n_in * (tokens / n_in) ** (rnd / k_rounds)))
         keys = None
         if layout == "strided" and generator is not None:
             keys = torch.rand(1 if first else b, n, generator=generator, dtype=torch.float64).to(x.device)
@@ -261,7 +256,7 @@ def merge_tokens(x: torch.Tensor, grid: tuple[int, int], tokens: int, *, stride:
         if layout == "random":
             is_dst = _random_subset(n_dst, n, b, generator, shared=first)
         caps = torch.where(n_dst > 0, n - n_dst, torch.zeros_like(n_dst))
-        r = min(n - goal, int(caps.min()))
+        r = min(n - tokens, int(caps.min()))
         if r > 0:
             with torch.no_grad():
                 newidx, kept = match_round(current, is_dst, r)
@@ -273,4 +268,4 @@ def merge_tokens(x: torch.Tensor, grid: tuple[int, int], tokens: int, *, stride:
         window, first = (window[0] * 2, window[1] * 2), False
     merged, sizes = group_means(x.float(), group, n)  # sums in float32 even for half inputs
     positions, _ = group_means(pos_in.expand(b, n_in, 2), group, n)
-    return MergeResult(merged.to(x.dtype), sizes, group, positions, tuple(counts))
+    return MergeResult(merged.to(x.dtype), sizes, group, positions, anchor, tuple(counts))

@@ -179,14 +179,11 @@ class TarFeaturizer:
                 valid = [i for i, x in enumerate(samples) if x.valid]
                 for job in item.keys:
                     t0 = time.perf_counter()
-                    feats, summ = self._window_targets(teacher, job, samples, boxes, valid)
+                    feats, summ, window_moments = self._window_targets(teacher, job, samples, boxes, valid)
                     result.compute_seconds[job.key] += time.perf_counter() - t0
-                    for stream, arr in (("features", feats), ("summary", summ)):
-                        if arr is not None and valid:
-                            x = arr[valid].reshape(-1, arr.shape[-1])
-                            m = _moments(x)
-                            prev = moments[(job.key, stream)]
-                            moments[(job.key, stream)] = m if prev is None else prev.merge(m)
+                    for stream, m in window_moments.items():
+                        prev = moments[(job.key, stream)]
+                        moments[(job.key, stream)] = m if prev is None else prev.merge(m)
                     result.bytes_written[job.key] += feats[valid].nbytes + (summ[valid].nbytes if summ is not None else 0)
                     writes.append(writer.submit(self.store.write_shard, job.key, row_start, feats, summ))
                 # Surface write errors early and bound memory: at most a few windows in flight.
@@ -242,23 +239,29 @@ class TarFeaturizer:
 
     def _window_targets(
         self, teacher: Teacher, job: KeyJob, samples: list[Sample], boxes: list[CropBox | None], valid: list[int]
-    ) -> tuple[np.ndarray, np.ndarray | None]:
+    ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Moments]]:
         """Targets of one window for one key: ``features [R, h, w, C]`` and ``summary [R, Cs]`` fp16,
-        zero rows where a sample is invalid or the window is shorter than a shard."""
+        zero rows where a sample is invalid or the window is shorter than a shard; and the moments
+        of the valid rows' fp16 targets per stream."""
         spec = teacher.spec
         r = self.store.plan.shard_rows
         g = job.resolution // spec.patch
         feats = np.zeros((r, g, g, spec.feature_dim), np.float16)
         summ = np.zeros((r, spec.summary_dim), np.float16) if spec.summary_dim else None
         if not valid:
-            return feats, summ
+            return feats, summ, {}
         crops = np.stack([crop_resize(samples[i].pixels, boxes[i], job.resolution) for i in valid])
         with torch.inference_mode(), autocast_for(self.device):
             f, sm = self._forward(teacher, job, torch.from_numpy(crops), [samples[i].key for i in valid])
-        feats[valid] = f.float().cpu().numpy().astype(np.float16)
+        # Round to fp16 first: the moments describe the stored targets, the values the trainer sees.
+        f16 = f.to(torch.float16)
+        window_moments = {"features": _moments(f16.reshape(-1, f16.shape[-1]))}
+        feats[valid] = f16.cpu().numpy()
         if summ is not None and sm is not None:
-            summ[valid] = sm.float().cpu().numpy().astype(np.float16)
-        return feats, summ
+            sm16 = sm.to(torch.float16)
+            window_moments["summary"] = _moments(sm16)
+            summ[valid] = sm16.cpu().numpy()
+        return feats, summ, window_moments
 
     def _forward(
         self, teacher: Teacher, job: KeyJob, crops: torch.Tensor, keys: list[str]
@@ -285,9 +288,13 @@ class TarFeaturizer:
             self.teachers.clear()
 
 
-def _moments(x: np.ndarray) -> Moments:
-    """Moments of fp16 targets ``x [N, C]`` as stored (the values the trainer will see)."""
-    return Moments.of(x.astype(np.float64))
+def _moments(x: torch.Tensor) -> Moments:
+    """Moments of ``x [N, C]`` in float64 on its own device: on a GPU, the C² work of M2 stays
+    off the CPU (for SAM-H, 4096 tokens × 1280² per image would otherwise stall the pipeline)."""
+    x64 = x.to(torch.float64)
+    mean = x64.mean(dim=0)
+    xc = x64 - mean
+    return Moments(x.shape[0], mean.cpu().numpy(), (xc.T @ xc).cpu().numpy())
 
 
 def autocast_for(device: torch.device):

@@ -8,6 +8,14 @@ Keys are DataComp's 12 digits: 8 of shard id, 4 of index in the input shard.
 Images are distinct: random crops, scales, flips and JPEG qualities of real photos. Optional
 *exotic* samples are valid images in unusual encodings (CMYK, 16-bit, RGBA, palette, grayscale,
 EXIF-rotated); optional *corrupt* samples are the bad inputs a real crawl contains.
+
+:func:`write_labeled_data` (``radio sample-data --labeled``) writes a small labeled set instead,
+for kNN and zero-shot evaluation: torchvision ImageFolder layout, one class per source photo::
+
+    OUT/train/CLASS/NNNN.jpg      CLASS = the photo's name (astronaut, chelsea, ...)
+    OUT/val/CLASS/NNNN.jpg
+
+every image a different random view (crop, flip, scale, JPEG quality) of its photo.
 """
 
 from __future__ import annotations
@@ -261,3 +269,32 @@ def _write_shard(
     }  # fmt: skip
     (out / f"{shard:08d}_stats.json").write_text(json.dumps(stats, indent=4))
     return len(members)
+
+
+@dataclass(frozen=True)
+class LabeledDataSummary:
+    out: Path
+    classes: int
+    train: int
+    val: int
+
+
+def write_labeled_data(
+    out: str | Path, *, train_per_class: int = 8, val_per_class: int = 4, seed: int = 0
+) -> LabeledDataSummary:
+    """Write an ImageFolder set under ``out``: ``train/`` and ``val/``, one class per photo of
+    :data:`PHOTOS`, each image a random view of its photo (see the module docstring)."""
+    if train_per_class < 1 or val_per_class < 1:
+        raise ValueError("a labeled set needs at least 1 train and 1 val image per class")
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    for name in PHOTOS:
+        photo = load_photo(name)
+        for split, count in (("train", train_per_class), ("val", val_per_class)):
+            folder = out / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                img, _ = _random_view(photo, rng)
+                (folder / f"{i:04d}.jpg").write_bytes(_encode(img, "JPEG", quality=int(rng.integers(75, 96))))
+    n = len(PHOTOS)
+    return LabeledDataSummary(out, n, n * train_per_class, n * val_per_class)
