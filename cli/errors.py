@@ -24,11 +24,12 @@ def _user_errors() -> dict[type[BaseException], int]:
     from radio.featurize.job import FeaturizeError
     from radio.featurize.teachers.registry import TeacherError
     from radio.distill.export import ExportError
+    from radio.evaluate.errors import EvalError
     from radio.store.hadamard import HadamardError
 
     return {ConfigError: EXIT_USAGE, ShardError: EXIT_USAGE, StoreError: EXIT_USAGE,
             FeaturizeError: EXIT_USAGE, TeacherError: EXIT_USAGE, HadamardError: EXIT_USAGE,
-            ExportError: EXIT_USAGE}  # fmt: skip
+            ExportError: EXIT_USAGE, EvalError: EXIT_USAGE}  # fmt: skip
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:

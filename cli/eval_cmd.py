@@ -33,16 +33,18 @@ TeacherOpt = Annotated[
     str | None, typer.Option("--teacher", help="evaluate a registered teacher instead (e.g. dinov2_g_reg, dinov2_tiny)")
 ]
 WeightsOpt = Annotated[
-    str | None, typer.Option("--weights", help="teacher weights: hub id or file [default: the teacher's released ones]")
+    str | None, typer.Option("--weights", help="teacher weights: hub id or file (default: the teacher's released ones)")
 ]
 AdaptorOpt = Annotated[
     str | None, typer.Option("--adaptor", help="use this teacher head of the export instead of the backbone")
 ]
 JsonOpt = Annotated[
     Path | None,
-    typer.Option("--json", help="where to write the JSON [default: MODEL/eval/COMMAND.json, or ./eval-COMMAND-TEACHER.json]"),
+    typer.Option(
+        "--json", help="where to write the JSON (default: MODEL/eval/COMMAND.json, or ./eval-COMMAND-TEACHER.json)"
+    ),
 ]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="torch device [default: cuda if available, else cpu]")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="torch device (default: cuda if available, else cpu)")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="images per forward pass")]
 ResolutionsOpt = Annotated[
     str, typer.Option("--resolutions", help="comma-separated student resolutions (multiples of 16)")
@@ -93,7 +95,9 @@ def make_encoder(model: Path | None, teacher: str | None, weights: str | None, a
     return load_student(model, adaptor, device)
 
 
-def json_path(explicit: Path | None, command: str, model: Path | None, teacher: str | None, adaptor: str | None) -> Path:
+def json_path(
+    explicit: Path | None, command: str, model: Path | None, teacher: str | None, adaptor: str | None
+) -> Path:
     if explicit is not None:
         return explicit
     if model is not None:
@@ -107,6 +111,13 @@ def write_json(path: Path, result) -> None:
     print(f"wrote {path}")
 
 
+def add_row(table, *cells: str) -> None:
+    """A table row of plain text (model names like ``run[clip]`` are not rich markup)."""
+    from rich.markup import escape
+
+    table.add_row(*(escape(str(c)) for c in cells))
+
+
 def _fmt(v: float | None, spec: str = ".4f") -> str:
     return "N/A" if v is None else format(v, spec)
 
@@ -117,7 +128,8 @@ def equivariance(
     images: Annotated[Path, typer.Option("--images", help="a folder of images (searched recursively) or one image")],
     resolutions: ResolutionsOpt = "256,384,512,768,1024",
     tiling: Annotated[
-        bool, typer.Option("--tiling", help="also measure k×k tiles at the smallest resolution, stitched (coarse range)")
+        bool,
+        typer.Option("--tiling", help="also measure k×k tiles at the smallest resolution, stitched (coarse range)"),
     ] = False,
     max_images: Annotated[int | None, typer.Option("--max-images", min=1, help="use the first N images")] = None,
     model: ModelOpt = None,
@@ -143,9 +155,9 @@ def equivariance(
     paths = list_images(images)[:max_images]
     r = measure_equivariance(enc, paths, rs, tiling=tiling, batch_size=batch_size)
     table = Table("model", "fine scale", "coarse scale", "all", title="scale equivariance (lower is better)")
-    table.add_row(r.model, *(_fmt(r.native[k]) for k in ("fine", "coarse", "all")))
+    add_row(table, r.model, *(_fmt(r.native[k]) for k in ("fine", "coarse", "all")))
     if r.tiling is not None:
-        table.add_row(f"{r.model} (tiling)", *(_fmt(r.tiling[k]) for k in ("fine", "coarse", "all")))
+        add_row(table, f"{r.model} (tiling)", *(_fmt(r.tiling[k]) for k in ("fine", "coarse", "all")))
     console = make_console()
     console.print(table)
     console.print(f"{len(paths)} images; fine = {r.ranges['fine']}, coarse = {r.ranges['coarse']}, "
@@ -157,9 +169,12 @@ def equivariance(
 @eval_errors
 def fidelity(
     model: Annotated[Path, typer.Option("--model", help="a student export folder (`radio export --out`)")],
-    rows: Annotated[Rows, typer.Option("--rows", help="held-out (the config's eval.held_out rows) or train")] = Rows.held_out,
+    rows: Annotated[
+        Rows, typer.Option("--rows", help="held-out (the config's eval.held_out rows) or train")
+    ] = Rows.held_out,
     stage: Annotated[
-        int | None, typer.Option("--stage", help="evaluate this stage's keys and resolutions [default: the exported stage]")
+        int | None,
+        typer.Option("--stage", help="evaluate this stage's keys and resolutions (default: the exported stage)"),
     ] = None,
     max_rows: Annotated[int | None, typer.Option("--max-rows", min=1, help="use the first N of those rows")] = None,
     batch_size: BatchOpt = 8,
@@ -180,13 +195,14 @@ def fidelity(
     cfg = load(config, pipeline, store=store)
     net = load_export(model, pick_device(device))
     r = measure_fidelity(net, FeatureStore(cfg.store.path), cfg, rows.value, stage, max_rows, batch_size)
+    title = f"fidelity, stage {r.stage}, {len(r.row_ids)} {r.rows} rows"
     table = Table("resolution", "target key", "teacher", "MSE", f"MSE ({r.normalization})", "F[X]",
-                  f"F[X] ({r.normalization})", title=f"fidelity, stage {r.stage}, {len(r.row_ids)} {r.rows} rows")  # fmt: skip
+                  f"F[X] ({r.normalization})", title=title)  # fmt: skip
     for k in r.keys:
-        table.add_row(str(k["resolution"]), k["key"], k["teacher"], f"{k['mse']:.4g}", f"{k['mse_normalized']:.4g}",
-                      f"{k['fidelity']:.4g}", f"{k['fidelity_normalized']:.4g}")  # fmt: skip
-    table.add_row("", "geometric mean", "", "", "", f"{r.geometric_mean['fidelity']:.4g}",
-                  f"{r.geometric_mean['fidelity_normalized']:.4g}")  # fmt: skip
+        add_row(table, str(k["resolution"]), k["key"], k["teacher"], f"{k['mse']:.4g}", f"{k['mse_normalized']:.4g}",
+                f"{k['fidelity']:.4g}", f"{k['fidelity_normalized']:.4g}")  # fmt: skip
+    add_row(table, "", "geometric mean", "", "", "", f"{r.geometric_mean['fidelity']:.4g}",
+            f"{r.geometric_mean['fidelity_normalized']:.4g}")  # fmt: skip
     make_console().print(table)
     write_json(json_path(json_out, "fidelity", model, None, None), r)
 
@@ -201,21 +217,28 @@ def _resolution(resolution: int | None, enc) -> int:
 
 ResolutionOpt = Annotated[
     int | None,
-    typer.Option("--resolution", help="student resolution [default: the export's highest training resolution; 224 for a teacher]"),
+    typer.Option(
+        "--resolution",
+        help="student resolution (default: the export's highest training resolution; 224 for a teacher)",
+    ),
 ]
 
 
 @app.command()
 @eval_errors
 def knn(
-    data: Annotated[Path, typer.Option("--data", help="ImageFolder set with train/ and val/ (`radio sample-data --labeled`)")],
+    data: Annotated[
+        Path, typer.Option("--data", help="ImageFolder set with train/ and val/ (`radio sample-data --labeled`)")
+    ],
     model: ModelOpt = None,
     teacher: TeacherOpt = None,
     weights: WeightsOpt = None,
     adaptor: AdaptorOpt = None,
     resolution: ResolutionOpt = None,
     k: Annotated[int, typer.Option("--k", min=1, help="neighbours that vote")] = 20,
-    temperature: Annotated[float, typer.Option("--temperature", min=1e-6, help="vote weight exp(similarity / τ)")] = 0.07,
+    temperature: Annotated[
+        float, typer.Option("--temperature", min=1e-6, help="vote weight exp(similarity / τ)")
+    ] = 0.07,
     batch_size: BatchOpt = 32,
     device: DeviceOpt = None,
     json_out: JsonOpt = None,
@@ -230,9 +253,10 @@ def knn(
     train = read_split(data, "train")
     val = read_split(data, "val", train.classes)
     r = measure_knn(enc, train, val, _resolution(resolution, enc), k, temperature, batch_size)
-    table = Table("model", "resolution", "classes", "train", "val", "top-1", "top-5", title=f"kNN (k={k}, τ={temperature})")
-    table.add_row(r.model, str(r.resolution), str(len(r.classes)), str(r.train), str(r.val), f"{r.top1:.1%}",
-                  f"{r.top5:.1%}")  # fmt: skip
+    title = f"kNN (k={k}, τ={temperature})"
+    table = Table("model", "resolution", "classes", "train", "val", "top-1", "top-5", title=title)
+    add_row(table, r.model, str(r.resolution), str(len(r.classes)), str(r.train), str(r.val), f"{r.top1:.1%}",
+            f"{r.top5:.1%}")  # fmt: skip
     make_console().print(table)
     write_json(json_path(json_out, "knn", model, teacher, adaptor), r)
 
@@ -241,14 +265,20 @@ def knn(
 @eval_errors
 def zero_shot(
     model: Annotated[Path, typer.Option("--model", help="a student export folder (`radio export --out`)")],
-    data: Annotated[Path, typer.Option("--data", help="ImageFolder set (DATA/SPLIT/CLASS/*.jpg); class names from folders")],
-    teacher: Annotated[str, typer.Option("--teacher", help="the export's CLIP/SigLIP teacher whose head and text tower to use")] = "clip",
+    data: Annotated[
+        Path, typer.Option("--data", help="ImageFolder set (DATA/SPLIT/CLASS/*.jpg); class names from folders")
+    ],
+    teacher: Annotated[
+        str, typer.Option("--teacher", help="the export's CLIP/SigLIP teacher whose head and text tower to use")
+    ] = "clip",
     teacher_model: Annotated[
-        str | None, typer.Option("--teacher-model", help="registry name of that teacher [default: from the export's provenance]")
+        str | None,
+        typer.Option("--teacher-model", help="registry name of that teacher (default: from the export's provenance)"),
     ] = None,
     weights: WeightsOpt = None,
     template: Annotated[
-        list[str] | None, typer.Option("--template", help="prompt template with {name}; repeatable [default: 'a photo of a {name}.']")
+        list[str] | None,
+        typer.Option("--template", help="prompt template with {name}; repeatable (default: 'a photo of a {name}.')"),
     ] = None,
     split: Annotated[str, typer.Option("--split", help="which split folder of --data to classify")] = "val",
     resolution: ResolutionOpt = None,
@@ -256,7 +286,11 @@ def zero_shot(
     device: DeviceOpt = None,
     json_out: JsonOpt = None,
 ) -> None:
-    """Zero-shot classification: the export's CLIP-head summary vs the CLIP teacher's text embeddings of class prompts."""
+    """Zero-shot classification: the export's CLIP-head summary vs the CLIP teacher's text embeddings of prompts.
+
+    Prompts: each template with {name} = the class folder's name, underscores as spaces
+    ("a photo of a {name}." by default); several templates are averaged as CLIP does.
+    """
     from rich.table import Table
 
     from radio.evaluate.encoders import load_student, load_teacher
@@ -268,13 +302,13 @@ def zero_shot(
     name, recorded = export_teacher_model(enc.model.config, teacher) if teacher_model is None else (teacher_model, None)
     w = weights or recorded
     text_teacher = load_teacher(name, w, device)
-    tokenizer = open_clip_tokenizer(name, w or getattr(text_teacher.spec, "weights", None))
+    tokenizer = open_clip_tokenizer(text_teacher)
     data_split = read_split(data, split)
     r = measure_zero_shot(enc, text_teacher, tokenizer, data_split, _resolution(resolution, enc),
                           tuple(template) if template else DEFAULT_TEMPLATES, batch_size)  # fmt: skip
     table = Table("model", "text tower", "resolution", "classes", "images", "top-1", "top-5", title="zero-shot")
-    table.add_row(r.model, r.teacher_model, str(r.resolution), str(len(r.classes)), str(r.images), f"{r.top1:.1%}",
-                  f"{r.top5:.1%}")  # fmt: skip
+    add_row(table, r.model, r.teacher_model, str(r.resolution), str(len(r.classes)), str(r.images), f"{r.top1:.1%}",
+            f"{r.top5:.1%}")  # fmt: skip
     make_console().print(table)
     print(f"prompts: {len(r.templates)} template(s), e.g. {r.prompts[0][0]!r}")
     write_json(json_path(json_out, "zero-shot", model, None, teacher), r)

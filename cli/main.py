@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from . import config_cmd, store_cmd
+from . import config_cmd, eval_cmd, store_cmd, viz_cmd
 from .featurize_cmd import featurize
 from .fit_phis_cmd import fit_phis
 from .distill_cmd import distill
@@ -27,6 +27,8 @@ app = typer.Typer(
 )
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(store_cmd.app, name="store")
+app.add_typer(eval_cmd.app, name="eval")
+app.add_typer(viz_cmd.app, name="viz")
 app.command("featurize")(featurize)
 app.command("fit-phis")(fit_phis)
 app.command("distill")(distill)

@@ -19,7 +19,7 @@ def pca(
     images: Annotated[Path, typer.Option("--images", help="a folder of images (searched recursively) or one image")],
     resolutions: ResolutionsOpt = "256,432,512,768,1024",
     out: Annotated[
-        Path | None, typer.Option("--out", help="PNG to write [default: MODEL/eval/pca.png, or ./pca-TEACHER.png]")
+        Path | None, typer.Option("--out", help="PNG to write (default: MODEL/eval/pca.png, or ./pca-TEACHER.png)")
     ] = None,
     max_images: Annotated[int, typer.Option("--max-images", min=1, help="rows: the first N images")] = 6,
     cell: Annotated[int, typer.Option("--cell", min=16, help="pixels per picture")] = 160,

@@ -64,7 +64,7 @@ def scale_variance(features: Sequence[torch.Tensor], antialias: bool = False) ->
 def scale_ranges(resolutions: Sequence[int]) -> dict[str, tuple[int, ...]]:
     """``{"fine": ..., "coarse": ..., "all": ...}``: the resolutions each Table 2 column measures
     (see the module docstring); a range with fewer than 2 resolutions cannot be measured."""
-    rs = tuple(sorted(set(int(r) for r in resolutions)))
+    rs = tuple(sorted({int(r) for r in resolutions}))
     if not rs:
         raise ValueError("no resolutions given")
     base = rs[0]

@@ -47,9 +47,9 @@ def list_images(folder: str | Path) -> list[Path]:
     return found
 
 
-def load_square(path: Path, size: int, limits: ImageLimits = ImageLimits()) -> np.ndarray:
+def load_square(path: Path, size: int, limits: ImageLimits | None = None) -> np.ndarray:
     """The image's largest centred square resized to ``[size, size, 3] uint8``."""
-    decoded = decode_image(Path(path).read_bytes(), limits)
+    decoded = decode_image(Path(path).read_bytes(), limits or ImageLimits())
     if not decoded.ok:
         raise EvalError(f"{path}: cannot use this image ({decoded.reason})")
     h, w = decoded.pixels.shape[:2]

@@ -44,6 +44,12 @@ class EquivarianceResult:
 def measure_equivariance(
     encoder: Encoder, paths: Sequence[Path], resolutions: Sequence[int], tiling: bool = False, batch_size: int = 4
 ) -> EquivarianceResult:
+    """The A.5 measure of ``encoder`` on the images at ``paths``, per range of :func:`scale_ranges`.
+
+    Each image is centre-cropped and resized to every resolution (the encoder's input size for
+    it); with ``tiling`` the coarse range is measured a second time with each resolution
+    ``k·r_min`` emulated by k×k tiles at ``r_min``, their feature grids stitched.
+    """
     ranges = scale_ranges(resolutions)
     rs = ranges["all"]
     if len(rs) < 2:
@@ -73,7 +79,7 @@ def measure_equivariance(
         resolutions=list(rs),
         input_sizes=[sizes[r] for r in rs],
         ranges={k: list(v) for k, v in ranges.items()},
-        images=[p.name for p in paths],
+        images=image_labels(paths),
         native={n: mean(f"native:{n}") for n in ranges},
         tiling={"fine": None, "coarse": mean("tiling:coarse"), "all": None} if tiling else None,
         per_image=per_image,
@@ -136,7 +142,8 @@ def measure_fidelity(model, store, config, rows: str = "held-out", stage: int | 
     device = next(model.parameters()).device
     results = []
     for resolution, targets in partitions:
-        data = PartitionRows(str(store.path), resolution, [TargetSpec(t.key, t.grid, t.summary) for t in targets], limits)
+        specs = [TargetSpec(t.key, t.grid, t.summary) for t in targets]
+        data = PartitionRows(str(store.path), resolution, specs, limits)
         acc = {t.key: FidelityAccumulator(t.key, "features", normalizers[t.key]) for t in targets}
         for i in range(0, len(chosen), batch_size):
             batch = collate([data[(int(r), False)] for r in chosen[i : i + batch_size]])
@@ -213,19 +220,14 @@ def export_teacher_model(model_config: dict, teacher: str) -> tuple[str, str | N
     return prov["model"], None if weights in (None, "random-init") else weights
 
 
-def open_clip_tokenizer(model: str, weights: str | None):
-    """The open_clip tokenizer of a registered CLIP/SigLIP teacher: a hub id's own, else the one
-    of the open_clip architecture the registry builds the size from."""
-    import open_clip
-
-    if weights and weights.startswith("hf-hub:"):
-        return open_clip.get_tokenizer(weights)
-    from radio.featurize.teachers import registry
-
-    arch = getattr(registry._entry(model).builder, "keywords", {}).get("arch")
-    if arch is None or not hasattr(arch, "model_name"):
-        raise EvalError(f"{model}: not an open_clip teacher, it has no text tokenizer")
-    return open_clip.get_tokenizer(arch.model_name)
+def open_clip_tokenizer(teacher):
+    """The tokenizer of a CLIP/SigLIP teacher's text tower (its hub id's own, else its architecture's)."""
+    if not hasattr(teacher, "tokenizer"):
+        raise EvalError(f"{teacher.spec.name} has no text tower (zero-shot needs a CLIP or SigLIP teacher)")
+    try:
+        return teacher.tokenizer()
+    except Exception as e:  # noqa: BLE001 - hub/network/missing-package failures, reported as one line
+        raise EvalError(f"{teacher.spec.name}: cannot load its open_clip tokenizer ({type(e).__name__}: {e})") from None
 
 
 def measure_zero_shot(encoder: StudentEncoder, text_teacher, tokenizer, split: LabeledSplit, resolution: int,
@@ -234,7 +236,10 @@ def measure_zero_shot(encoder: StudentEncoder, text_teacher, tokenizer, split: L
     embeddings of the class prompts (:mod:`radio.evaluate.zero_shot`)."""
     if not hasattr(text_teacher, "encode_text"):
         raise EvalError(f"{text_teacher.spec.name} has no text tower (zero-shot needs a CLIP or SigLIP teacher)")
-    prompts = build_prompts(split.classes, templates)
+    try:
+        prompts = build_prompts(split.classes, templates)
+    except ValueError as e:
+        raise EvalError(str(e)) from None
     device = next(text_teacher.parameters()).device
 
     @torch.inference_mode()
@@ -243,6 +248,9 @@ def measure_zero_shot(encoder: StudentEncoder, text_teacher, tokenizer, split: L
 
     classifier = text_classifier(encode_text, prompts)
     images = encode_in_batches(encoder.summary, list(split.paths), encoder.input_size(resolution), batch_size)
+    if images.shape[-1] != classifier.shape[-1]:
+        raise EvalError(f"the {encoder.name} summary has {images.shape[-1]} dims, {text_teacher.spec.name}'s text "
+                        f"embeddings {classifier.shape[-1]}: use the head distilled from that teacher")  # fmt: skip
     scores = zero_shot_scores(images, classifier)
     acc = topk_accuracy(scores, torch.from_numpy(split.labels), (1, 5))
     return ZeroShotResult(encoder.name, encoder.adaptor or "", text_teacher.spec.name, str(split.root), resolution,
@@ -250,6 +258,16 @@ def measure_zero_shot(encoder: StudentEncoder, text_teacher, tokenizer, split: L
 
 
 # ---- PCA pictures (Fig. 3, A1) ---------------------------------------------------------------------------
+
+
+def image_labels(paths: Sequence[Path]) -> list[str]:
+    """Each path relative to the folder the paths share (``chelsea/0001.jpg``), else its name."""
+    import os
+
+    if len(paths) < 2:
+        return [Path(p).name for p in paths]
+    common = Path(os.path.commonpath([Path(p).resolve().parent for p in paths]))
+    return [str(Path(p).resolve().relative_to(common)) for p in paths]
 
 
 def pca_picture(encoder: Encoder, paths: Sequence[Path], resolutions: Sequence[int], out: Path,
@@ -261,7 +279,7 @@ def pca_picture(encoder: Encoder, paths: Sequence[Path], resolutions: Sequence[i
     from .images import load_square
     from .pca import pca_rgb, render_grid
 
-    rs = sorted(set(int(r) for r in resolutions))
+    rs = sorted({int(r) for r in resolutions})
     if not rs:
         raise EvalError("no resolutions given")
     sizes = [encoder.input_size(r) for r in rs]
@@ -271,7 +289,7 @@ def pca_picture(encoder: Encoder, paths: Sequence[Path], resolutions: Sequence[i
         row = pca_rgb(maps)
         cells.append(([load_square(path, cell)] if show_input else []) + row)
     columns = (["input"] if show_input else []) + [f"{r} px" for r in rs]
-    image, layout = render_grid(cells, [p.name for p in paths], columns, cell=cell)
+    image, layout = render_grid(cells, image_labels(paths), columns, cell=cell)
     layout |= {"model": encoder.name, "resolutions": rs, "input_sizes": sizes, "png": out.name,
                "images": [str(p) for p in paths]}  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -54,7 +54,7 @@ def render_grid(
     col_labels: Sequence[str],
     cell: int = 160,
     gap: int = 4,
-    label_width: int = 180,
+    label_width: int = 200,
     header: int = 28,
 ):
     """A PIL image of ``cells[r][c]`` (``[h, w, 3]`` float in [0, 1] or uint8), each scaled to
@@ -75,7 +75,8 @@ def render_grid(
                   anchor="mm")  # fmt: skip
     for r, label in enumerate(row_labels):
         y = header + gap + r * (cell + gap)
-        draw.text((gap, y + cell // 2), label[:24], fill="black", font=font, anchor="lm")
+        short = label if len(label) <= 24 else "…" + label[-23:]  # the file name is the telling end
+        draw.text((gap, y + cell // 2), short, fill="black", font=font, anchor="lm")
         row_boxes = []
         for c, img in enumerate(cells[r]):
             x = label_width + gap + c * (cell + gap)

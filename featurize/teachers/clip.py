@@ -88,14 +88,22 @@ def create_open_clip(arch: OpenClipArch, spec: TeacherSpec, weights: str | None)
 class OpenClipTeacher(Teacher):
     """A teacher that holds a whole open_clip model (``self.model``) and exposes its text tower."""
 
-    def __init__(self, spec: TeacherSpec, model: nn.Module):
+    def __init__(self, spec: TeacherSpec, model: nn.Module, tokenizer_name: str | None = None):
         super().__init__()
         self.spec = spec
         self.model = model
+        # open_clip names tokenizers like models: a hub id's own, else the architecture's config
+        self.tokenizer_name = tokenizer_name
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Token ids ``[B, L]`` → text embeddings ``[B, E]`` (zero-shot classifier rows)."""
         return self.model.encode_text(text, normalize=normalize)
+
+    def tokenizer(self):
+        """open_clip's tokenizer for this text tower: ``tokenizer(list[str]) → [B, L]`` token ids."""
+        if self.tokenizer_name is None:
+            raise TeacherError(f"{self.spec.name}: no tokenizer is known for this text tower")
+        return open_clip.get_tokenizer(self.tokenizer_name)
 
 
 class ClipTeacher(OpenClipTeacher):
@@ -105,8 +113,8 @@ class ClipTeacher(OpenClipTeacher):
     features ``[B, H/p, W/p, C]`` = ``ln_post`` patch tokens.
     """
 
-    def __init__(self, spec: TeacherSpec, model: nn.Module):
-        super().__init__(spec, model)
+    def __init__(self, spec: TeacherSpec, model: nn.Module, tokenizer_name: str | None = None):
+        super().__init__(spec, model, tokenizer_name)
         visual = model.visual
         # the summary/feature split below is open_clip's class-token pooling; other poolings
         # (attentional pooler, avg, LN after pool) would need their own targets
@@ -133,8 +141,12 @@ class ClipTeacher(OpenClipTeacher):
         return TeacherOutput(summary=summary, features=to_grid(tokens[:, 1:], grid))
 
 
+def tokenizer_name(arch: OpenClipArch, weights: str | None) -> str:
+    return weights if weights is not None and is_hub_id(weights) else arch.model_name
+
+
 def build_clip_teacher(spec: TeacherSpec, weights: str | None, *, arch: OpenClipArch) -> ClipTeacher:
-    return ClipTeacher(spec, create_open_clip(arch, spec, weights))
+    return ClipTeacher(spec, create_open_clip(arch, spec, weights), tokenizer_name(arch, weights))
 
 
 CLIP_TINY = OpenClipArch(

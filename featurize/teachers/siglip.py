@@ -29,7 +29,7 @@ from radio.featurize.teachers.base import (
     TeacherSpec,
     check_architecture,
 )
-from radio.featurize.teachers.clip import OpenClipArch, OpenClipTeacher, create_open_clip
+from radio.featurize.teachers.clip import OpenClipArch, OpenClipTeacher, create_open_clip, tokenizer_name
 from radio.featurize.teachers.registry import register_teacher
 from radio.featurize.teachers.vit import timm_vit_tokens, to_grid
 
@@ -55,8 +55,8 @@ class SiglipTeacher(OpenClipTeacher):
     features ``[B, H/p, W/p, C]`` = the trunk's normed patch tokens.
     """
 
-    def __init__(self, spec: TeacherSpec, model: nn.Module):
-        super().__init__(spec, model)
+    def __init__(self, spec: TeacherSpec, model: nn.Module, tokenizer_name: str | None = None):
+        super().__init__(spec, model, tokenizer_name)
         visual = model.visual
         trunk = getattr(visual, "trunk", None)
         # the pool's own position table (feat_size) would tie the summary to one grid
@@ -83,7 +83,7 @@ class SiglipTeacher(OpenClipTeacher):
 
 
 def build_siglip_teacher(spec: TeacherSpec, weights: str | None, *, arch: OpenClipArch) -> SiglipTeacher:
-    return SiglipTeacher(spec, create_open_clip(arch, spec, weights))
+    return SiglipTeacher(spec, create_open_clip(arch, spec, weights), tokenizer_name(arch, weights))
 
 
 SIGLIP_TINY = OpenClipArch(

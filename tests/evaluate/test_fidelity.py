@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from radio.evaluate.fidelity import fidelity, geometric_mean, key_fidelity, mse
+from radio.evaluate.fidelity import FidelityAccumulator, fidelity, geometric_mean, key_fidelity, mse
 from radio.store.moments import Moments
 from radio.store.normalizers import Normalizer
 from radio.store.phis import fit_phis
@@ -47,3 +47,17 @@ def test_normalized_space_and_geometric_mean():
 def test_shape_mismatch_is_refused():
     with pytest.raises(ValueError, match=r"fidelity needs equal shapes, got \(2, 3\) and \(3, 2\)"):
         fidelity(torch.zeros(2, 3), torch.zeros(3, 2))
+
+
+def test_accumulator_over_batches_equals_one_shot():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 8)) * np.logspace(1, -1, 8) + 50.0  # a large mean: Chan merging matters
+    norm = Normalizer.from_phis("phis", fit_phis(Moments.of(x)))
+    t = torch.from_numpy(x).view(10, 4, 10, 8)
+    pred = t + 0.3 * torch.randn(t.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    acc = FidelityAccumulator("k@1", "features", norm)
+    for i in range(0, 10, 3):  # uneven batches
+        acc.add(t[i : i + 3], pred[i : i + 3])
+    got, want = acc.result(), key_fidelity("k@1", "features", t, pred, norm)
+    for name in ("fidelity", "fidelity_normalized", "mse", "mse_normalized"):
+        assert getattr(got, name) == pytest.approx(getattr(want, name), rel=1e-10), name
