@@ -19,8 +19,8 @@ def compress(
     images: Annotated[list[Path], typer.Option("--images", help="image file or folder of images; repeat for more")],
     tokens: Annotated[int, typer.Option("--tokens", help="token budget T per image")] = 196,
     resolution: Annotated[int, typer.Option("--resolution", help="input size R (R×R, a multiple of 16)")] = 432,
-    out: Annotated[Path | None, typer.Option("--out", help="folder for merged tokens, sizes and maps (safetensors)")] = None,
-    picture: Annotated[bool, typer.Option("--picture", help="also write a PNG per image of its merged regions (needs --out)")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="folder for merged tokens, sizes, maps (safetensors)")] = None,
+    picture: Annotated[bool, typer.Option("--picture", help="also a PNG per image of its merged regions (needs --out)")] = False,
     stride: Annotated[tuple[int, int], typer.Option("--stride", help="destination windows, rows cols")] = (2, 2),
     seed: Annotated[int, typer.Option("--seed", help="seed of the random-destination baseline")] = 0,
 ) -> None:

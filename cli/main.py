@@ -8,10 +8,11 @@ from __future__ import annotations
 import typer
 
 from . import config_cmd, eval_cmd, store_cmd, viz_cmd
-from .featurize_cmd import featurize
-from .fit_phis_cmd import fit_phis
+from .compress_cmd import compress
 from .distill_cmd import distill
 from .export_cmd import export, plot
+from .featurize_cmd import featurize
+from .fit_phis_cmd import fit_phis
 from .sample_data import sample_data
 from .scan import scan
 
@@ -25,18 +26,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.add_typer(config_cmd.app, name="config")
-app.add_typer(store_cmd.app, name="store")
-app.add_typer(eval_cmd.app, name="eval")
-app.add_typer(viz_cmd.app, name="viz")
-app.command("featurize")(featurize)
-app.command("fit-phis")(fit_phis)
-app.command("distill")(distill)
-app.command("export")(export)
-app.command("plot")(plot)
+# In pipeline order, which is the order `radio --help` lists them in.
 app.command("sample-data")(sample_data)
 app.command("scan")(scan)
-
+app.add_typer(config_cmd.app, name="config")
+app.command("featurize")(featurize)
+app.add_typer(store_cmd.app, name="store")
+app.command("fit-phis")(fit_phis)
+app.command("distill")(distill)
+app.command("plot")(plot)
+app.command("export")(export)
+app.add_typer(eval_cmd.app, name="eval")
+app.add_typer(viz_cmd.app, name="viz")
+app.command("compress")(compress)
 
 def main() -> None:
     app()

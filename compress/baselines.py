@@ -22,11 +22,18 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .tome import MergeResult, grid_positions, group_means
+from .tome import MergeResult, wide_float, grid_positions, group_means
 
 MAX_ASPECT = 1.5
 
-__all__ = ["MAX_ASPECT", "avg_pool_tokens", "pixel_shuffle_tokens", "pixel_unshuffle_tokens", "pool_grid", "pool_groups"]
+__all__ = [
+    "MAX_ASPECT",
+    "avg_pool_tokens",
+    "pixel_shuffle_tokens",
+    "pixel_unshuffle_tokens",
+    "pool_grid",
+    "pool_groups",
+]
 
 
 def pool_grid(grid: tuple[int, int], tokens: int, max_aspect: float = MAX_ASPECT) -> tuple[int, int]:
@@ -65,17 +72,18 @@ def avg_pool_tokens(x: torch.Tensor, grid: tuple[int, int], tokens: int, max_asp
     pooled = pool_grid(grid, tokens, max_aspect)
     group = pool_groups(grid, pooled, x.device).expand(b, n).clone()
     t = pooled[0] * pooled[1]
-    merged, sizes = group_means(x.float(), group, t)
+    merged, sizes = group_means(wide_float(x), group, t)
     positions, _ = group_means(grid_positions(grid, x.device).expand(b, n, 2), group, t)
     # A pooled cell has no surviving token; its anchor is its first input token in raster order.
-    anchors = torch.full((b, t), n, device=x.device).scatter_reduce(1, group, torch.arange(n, device=x.device).expand(b, n), "amin")
+    index = torch.arange(n, device=x.device).expand(b, n)
+    anchors = torch.full((b, t), n, device=x.device).scatter_reduce(1, group, index, "amin")
     return MergeResult(merged.to(x.dtype), sizes, group, positions, anchors, (t,))
 
 
 def pixel_unshuffle_tokens(x: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
     """``x [B, h·w, C]`` → ``([B, ⌈h/2⌉·⌈w/2⌉, 4C], (⌈h/2⌉, ⌈w/2⌉))``: each 2×2 block becomes one
     token, channels ordered (dy, dx, c). An odd last row/column is padded by repeating it."""
-    b, n, c = x.shape
+    b, _, c = x.shape
     h, w = grid
     img = x.reshape(b, h, w, c).permute(0, 3, 1, 2)
     img = F.pad(img, (0, w % 2, 0, h % 2), mode="replicate") if (h % 2 or w % 2) else img

@@ -58,13 +58,14 @@ __all__ = [
     "LAYOUTS",
     "MergeResult",
     "Reconstruction",
-    "group_means",
     "grid_positions",
+    "group_means",
     "match_round",
     "merge_tokens",
     "reconstruction_error",
     "stride_destinations",
     "unmerge",
+    "wide_float",
     "window_destinations",
 ]
 
@@ -120,6 +121,11 @@ def group_means(x: torch.Tensor, group: torch.Tensor, n: int) -> tuple[torch.Ten
     return sums.reshape(b, n, c) / sizes[..., None].to(x.dtype), sizes
 
 
+def wide_float(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision tokens are summed in float32; float32 and float64 as they are."""
+    return x.float() if x.is_floating_point() and x.element_size() < 4 else x
+
+
 def unmerge(tokens: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
     """``tokens [B, T, C]``, ``group [B, N]`` → ``[B, N, C]``: every input position gets its group's
     token (equal to undoing every round in reverse order)."""
@@ -152,9 +158,9 @@ def window_destinations(positions: torch.Tensor, grid: tuple[int, int], window: 
                         partial: bool, keys: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """One destination per window that holds a token: ``is_dst [B, n]`` bool.
 
-    ``positions [B, n, 2]`` (row, col) of the current tokens on the input grid (their anchors); ``window``
-    (wh, ww) in input tokens. ``partial``: border windows smaller than ``window`` count (else
-    their tokens are all sources). In each window the token with the smallest key wins (ties:
+    ``positions [B, n, 2]`` (row, col) of the current tokens on the input grid (their anchors);
+    ``window`` (wh, ww) in input tokens. ``partial``: border windows smaller than ``window``
+    count (else their tokens are all sources). In each window the token with the smallest key wins (ties:
     the lowest index); ``keys [B or 1, n]`` default to the squared distance to the window centre.
     """
     h, w = grid
@@ -213,7 +219,7 @@ def match_round(metric: torch.Tensor, is_dst: torch.Tensor, r: int) -> tuple[tor
 
 def _random_subset(counts: torch.Tensor, n: int, batch: int, generator: torch.Generator, shared: bool) -> torch.Tensor:
     """``[batch, n]`` bool with ``counts[b]`` True entries drawn uniformly (one draw if ``shared``)."""
-    noise = torch.rand(1 if shared else batch, n, generator=generator).to(counts.device)
+    noise = torch.rand(1 if shared else batch, n, generator=generator, device=generator.device).to(counts.device)
     rank = noise.argsort(dim=1).argsort(dim=1).expand(batch, n)
     return rank < counts[:, None]
 
@@ -250,7 +256,8 @@ def merge_tokens(x: torch.Tensor, grid: tuple[int, int], tokens: int, *, stride:
     while n > tokens:
         keys = None
         if layout == "strided" and generator is not None:
-            keys = torch.rand(1 if first else b, n, generator=generator, dtype=torch.float64).to(x.device)
+            keys = torch.rand(1 if first else b, n, generator=generator, device=generator.device,
+                              dtype=torch.float64).to(x.device)  # fmt: skip
         is_dst = window_destinations(pos_in[anchor], grid, window, partial=not first, keys=keys)
         n_dst = is_dst.sum(1)
         if layout == "random":
@@ -264,8 +271,9 @@ def merge_tokens(x: torch.Tensor, grid: tuple[int, int], tokens: int, *, stride:
             anchor = anchor[kept].reshape(b, n - r)  # survivors keep their relative order
             n -= r
             counts.append(n)
-            current, _ = group_means(metric, group, n)
+            if n > tokens:
+                current, _ = group_means(metric, group, n)
         window, first = (window[0] * 2, window[1] * 2), False
-    merged, sizes = group_means(x.float(), group, n)  # sums in float32 even for half inputs
+    merged, sizes = group_means(wide_float(x), group, n)
     positions, _ = group_means(pos_in.expand(b, n_in, 2), group, n)
     return MergeResult(merged.to(x.dtype), sizes, group, positions, anchor, tuple(counts))

@@ -43,3 +43,10 @@ out = model(torch.rand(2, 3, 432, 432))
 print(f"radio.load({sys.argv[1]!r}): summary {tuple(out.summary.shape)}, features {tuple(out.features.shape)}, "
       + ", ".join(f"{k} {tuple(v.features.shape)}" for k, v in out.adaptors.items()))
 PY
+
+echo "== 7. evaluation of the demo student: scale equivariance, fidelity on held-out rows, a PCA picture"
+rm -rf data/labeled
+$RADIO sample-data --labeled --out data/labeled --images 2
+$RADIO eval equivariance --model "$OUT/export" --images data/labeled/val --resolutions 128,192,256,384,512 --max-images 8 --tiling
+$RADIO eval fidelity --model "$OUT/export" --pipeline "$PIPELINE"
+$RADIO viz pca --model "$OUT/export" --images data/labeled/val --max-images 3 --resolutions 128,256,512 --out "$OUT/pca.png"
