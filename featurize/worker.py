@@ -283,10 +283,6 @@ class TarFeaturizer:
             f, sm = mosaic.split(grid, len(keys), k, job.canvas, job.resolution, offsets), None
         return f, sm
 
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.teachers.clear()
-
 
 def _moments(x: torch.Tensor) -> Moments:
     """Moments of ``x [N, C]`` in float64 on its own device: on a GPU, the C² work of M2 stays
