@@ -18,6 +18,10 @@ def fit_phis(
     allow_partial: Annotated[
         bool, typer.Option("--allow-partial", help="fit keys whose featurize is incomplete, from the tars done so far")
     ] = False,
+    max_tars: Annotated[
+        int | None,
+        typer.Option("--max-tars", min=2, help="fit from an evenly spaced sample of this many tars (huge stores)"),
+    ] = None,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="eigenvalue-spectra PNG [default: STORE/phis_spectra.png]")
     ] = None,
@@ -37,7 +41,7 @@ def fit_phis(
 
     cfg = load(config, pipeline, store=store)
     fs = FeatureStore(cfg.store.path)
-    reports = fit_store(fs, keys, allow_partial)
+    reports = fit_store(fs, keys, allow_partial, max_tars)
     table = Table("target key", "stream", "tars", "rows", "vectors", "φ", "top 1", "top 10", "top 100", "Hadamard", "",
                   title="PHI-S")  # fmt: skip
     for r in reports:

@@ -200,17 +200,10 @@ class StageConfig(Frozen):
 
 
 class EvalConfig(Frozen):
-    held_out: int = Field(0, ge=0, description="rows reserved for evaluation (the last rows of the store); training never reads them")
-    equivariance_resolutions: tuple[int, ...] = (256, 384, 512, 768, 1024)
-    knn_k: int = Field(20, gt=0)
-    knn_temperature: float = Field(0.07, gt=0)
+    """What evaluation needs from the pipeline. Evaluation settings of their own (resolutions,
+    k, temperature) are the `radio eval` commands' options."""
 
-    @field_validator("equivariance_resolutions")
-    @classmethod
-    def _res(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        for r in v:
-            _multiple_of_patch(r, "resolution")
-        return v
+    held_out: int = Field(0, ge=0, description="rows reserved for evaluation (the last rows of the store); training never reads them")
 
 
 class PipelineConfig(Frozen):

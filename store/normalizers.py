@@ -49,8 +49,11 @@ class FitReport:
     unchanged: bool  # the stored normalizer already came from these moments
 
 
-def fit_store(store: FeatureStore, keys: list[str] | None = None, allow_partial: bool = False) -> list[FitReport]:
-    """Fit PHI-S for every stream of ``keys`` (default: all) from the store's moments; idempotent."""
+def fit_store(
+    store: FeatureStore, keys: list[str] | None = None, allow_partial: bool = False, max_tars: int | None = None
+) -> list[FitReport]:
+    """Fit PHI-S for every stream of ``keys`` (default: all) from the store's moments (of at most
+    ``max_tars`` evenly spaced tars); idempotent."""
     keys = keys or store.target_keys
     for key in keys:
         store.target(key)  # unknown key → StoreError listing what the store has
@@ -63,7 +66,7 @@ def fit_store(store: FeatureStore, keys: list[str] | None = None, allow_partial:
     reports = []
     for key in keys:
         for stream in streams_of(store, key):
-            parts = store.moments(key, stream)
+            parts = store.moments(key, stream, max_tars)
             merged = merge_all(parts) if parts else Moments(0, np.zeros(0), np.zeros((0, 0)))
             if merged.count < 2:
                 raise StoreError(f"{key}: {stream} moments cover {merged.count} vectors; PHI-S needs at least 2")

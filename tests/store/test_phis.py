@@ -110,3 +110,12 @@ def test_fit_phis_is_idempotent_and_refuses_incomplete_keys(tiny_store, tmp_path
     assert runner.invoke(app, [*base, "--allow-partial"]).exit_code == 0
     with pytest.raises(StoreError, match=r"no target key 'nope' \(the store has: clip@112, clip@168"):
         fit_store(store, ["nope"])
+
+
+def test_max_tars_fits_from_an_evenly_spaced_sample(tiny_store):
+    _, path = tiny_store
+    store = FeatureStore(path)
+    all_tars = store.moments("clip@112")
+    two = store.moments("clip@112", max_tars=2)
+    assert len(all_tars) == 3 and len(two) == 2
+    assert two[0].count == all_tars[0].count and two[1].count == all_tars[2].count  # first and last
