@@ -9,13 +9,11 @@ the evaluation ran, 2 with a one-line ``error: ...`` for a bad request.
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 
@@ -25,8 +23,6 @@ from .options import DEFAULT_CONFIG, ConfigOpt, PipelineOpt, StoreOpt, load
 
 app = typer.Typer(help="Evaluate a student export or a teacher: scale equivariance, fidelity, kNN, zero-shot.",
                   no_args_is_help=True)  # fmt: skip
-
-F = TypeVar("F", bound=Callable)
 
 ModelOpt = Annotated[Path | None, typer.Option("--model", help="a student export folder (`radio export --out`)")]
 TeacherOpt = Annotated[
@@ -54,21 +50,6 @@ ResolutionsOpt = Annotated[
 class Rows(str, Enum):
     held_out = "held-out"
     train = "train"
-
-
-def eval_errors(fn: F) -> F:
-    """:func:`user_errors` plus evaluation's own error type (exit 2, one line)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from radio.evaluate.errors import EvalError
-
-        try:
-            return fn(*args, **kwargs)
-        except EvalError as e:
-            raise fail(str(e)) from None
-
-    return user_errors(wrapper)  # type: ignore[return-value]
 
 
 def parse_resolutions(text: str) -> list[int]:
@@ -123,7 +104,7 @@ def _fmt(v: float | None, spec: str = ".4f") -> str:
 
 
 @app.command()
-@eval_errors
+@user_errors
 def equivariance(
     images: Annotated[Path, typer.Option("--images", help="a folder of images (searched recursively) or one image")],
     resolutions: ResolutionsOpt = "256,384,512,768,1024",
@@ -166,7 +147,7 @@ def equivariance(
 
 
 @app.command()
-@eval_errors
+@user_errors
 def fidelity(
     model: Annotated[Path, typer.Option("--model", help="a student export folder (`radio export --out`)")],
     rows: Annotated[
@@ -225,7 +206,7 @@ ResolutionOpt = Annotated[
 
 
 @app.command()
-@eval_errors
+@user_errors
 def knn(
     data: Annotated[
         Path, typer.Option("--data", help="ImageFolder set with train/ and val/ (`radio sample-data --labeled`)")
@@ -262,7 +243,7 @@ def knn(
 
 
 @app.command("zero-shot")
-@eval_errors
+@user_errors
 def zero_shot(
     model: Annotated[Path, typer.Option("--model", help="a student export folder (`radio export --out`)")],
     data: Annotated[

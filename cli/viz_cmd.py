@@ -7,14 +7,15 @@ from typing import Annotated
 
 import typer
 
-from .eval_cmd import AdaptorOpt, DeviceOpt, ModelOpt, ResolutionsOpt, TeacherOpt, WeightsOpt, eval_errors
+from .errors import user_errors
+from .eval_cmd import AdaptorOpt, DeviceOpt, ModelOpt, ResolutionsOpt, TeacherOpt, WeightsOpt
 from .eval_cmd import make_encoder, parse_resolutions
 
 app = typer.Typer(help="Draw pictures of a student's or a teacher's features.", no_args_is_help=True)
 
 
 @app.command()
-@eval_errors
+@user_errors
 def pca(
     images: Annotated[Path, typer.Option("--images", help="a folder of images (searched recursively) or one image")],
     resolutions: ResolutionsOpt = "256,432,512,768,1024",
