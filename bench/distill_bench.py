@@ -22,7 +22,7 @@ import numpy as np
 
 from radio.config import load_pipeline
 from radio.distill.checks import stage_targets
-from radio.distill.data import PartitionRows, TargetSpec, split_rows
+from radio.distill.data import PartitionRows, split_rows
 from radio.distill.trainer import read_metrics, train_stage
 from radio.store.crops import CropBox, crop_resize
 from radio.store.layout import FeatureStore
@@ -54,7 +54,7 @@ def main() -> None:
         # ---- 1. loader vs decode + resize ---------------------------------------------------
         (resolution, keys), = stage_targets(store, config, 1)
         rows = split_rows(store, [t.key for t in keys], 0).train
-        ds = PartitionRows(str(store.path), resolution, [TargetSpec(t.key, t.grid, t.summary) for t in keys])
+        ds = PartitionRows(str(store.path), resolution, keys)
         ds[(int(rows[0]), False)]  # open the store and manifest outside the timing
         manifest = {r["row"]: r for r in store.manifest().to_pylist()}
 

@@ -9,6 +9,7 @@ the same order, and each DDP rank takes its contiguous slice of the global batch
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,8 @@ from radio.store.crops import CropBox, crop_resize
 from radio.store.images import ImageLimits
 from radio.store.layout import FeatureStore
 from radio.store.shards import read_image
+
+from .loss import KeyTarget
 
 
 @dataclass(frozen=True)
@@ -60,15 +63,6 @@ def flips_for(rows: np.ndarray, seed: int, partition: int, step: int) -> np.ndar
     return np.random.default_rng([seed, partition, step, 1]).random(len(rows)) < 0.5
 
 
-@dataclass(frozen=True)
-class TargetSpec:
-    """What the dataset loads for a key: its grid and whether it has a summary."""
-
-    key: str
-    grid: tuple[int, int]
-    summary: bool
-
-
 class PartitionRows(Dataset):
     """``dataset[(row, flip)]`` → ``{"image": [3, r, r] float in [0, 1], "row": int,
     "targets": {key: {"features": [h, w, C] float32, "summary": [Cs] float32}}}``.
@@ -76,7 +70,7 @@ class PartitionRows(Dataset):
     Opens the store lazily, so each DataLoader worker (forked) has its own Zarr handles.
     """
 
-    def __init__(self, store_path: str, resolution: int, targets: list[TargetSpec], limits: ImageLimits = ImageLimits()):
+    def __init__(self, store_path: str, resolution: int, targets: Sequence[KeyTarget], limits: ImageLimits = ImageLimits()):
         self.store_path = store_path
         self.resolution = resolution
         self.targets = targets

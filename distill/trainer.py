@@ -32,7 +32,7 @@ from . import distributed
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from .checks import adaptor_specs, stage_targets
 from .cpe import draw_crops
-from .data import PartitionRows, StepBatches, TargetSpec, collate, split_rows
+from .data import PartitionRows, StepBatches, collate, split_rows
 from .loss import DistillLoss, KeyTarget
 from .schedule import lr_at
 from .student import Student
@@ -196,17 +196,16 @@ def _train(config, stage, d, steps, run, init, workers, flip, on_step) -> StageR
     init_from = _initial_weights(run, stage, init)
 
     # ---- resume --------------------------------------------------------------------------------
-    start = 0
     ckpt_path = sdir / CHECKPOINT
-    if ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path)
+    state = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+    start = int(state["step"]) if state else 0
+    if state:
         student.load_state_dict(state["model"])
-        start = int(state["step"])
     elif init_from is not None:
         _load_student_weights(student, init_from)
     student.to(d.device)
     optimizer = _optimizer(student, cfg.optimizer)
-    if ckpt_path.is_file():
+    if state:
         optimizer.load_state_dict(state["optimizer"])
     used = {t.teacher for _, ts in partitions for t in ts}
     model: nn.Module = Partitions(student)
@@ -224,7 +223,7 @@ def _train(config, stage, d, steps, run, init, workers, flip, on_step) -> StageR
     loaders = []
     for p, (resolution, ts) in enumerate(partitions):
         part = cfg.partitions[p]
-        dataset = PartitionRows(str(store.path), resolution, [TargetSpec(t.key, t.grid, t.summary) for t in ts], limits)
+        dataset = PartitionRows(str(store.path), resolution, ts, limits)
         try:
             sampler = StepBatches(split.train, part.batch_size, cfg.seed * 1000 + stage, p, start, total,
                                   d.rank, d.world, flip)  # fmt: skip

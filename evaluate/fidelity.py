@@ -52,8 +52,9 @@ class KeyFidelity:
 
 def key_fidelity(key: str, stream: str, teacher: torch.Tensor, prediction: torch.Tensor, normalizer) -> KeyFidelity:
     """``teacher``/``prediction`` ``[..., C]`` in the teacher's space; ``normalizer`` maps to normalized space."""
-    tn, pn = normalizer.normalize(teacher.double()), normalizer.normalize(prediction.double())
-    return KeyFidelity(key, stream, fidelity(teacher, prediction), fidelity(tn, pn), mse(teacher, prediction), mse(tn, pn))
+    acc = FidelityAccumulator(key, stream, normalizer)
+    acc.add(teacher, prediction)
+    return acc.result()
 
 
 class ChannelMoments:

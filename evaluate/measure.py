@@ -114,7 +114,7 @@ def measure_fidelity(model, store, config, rows: str = "held-out", stage: int | 
     (``config.normalization``) to both.
     """
     from radio.distill.checks import stage_targets
-    from radio.distill.data import PartitionRows, TargetSpec, collate, split_rows
+    from radio.distill.data import PartitionRows, collate, split_rows
     from radio.distill.loss import align_features
     from radio.store.images import ImageLimits
     from radio.store.normalizers import Normalizer
@@ -142,8 +142,7 @@ def measure_fidelity(model, store, config, rows: str = "held-out", stage: int | 
     device = next(model.parameters()).device
     results = []
     for resolution, targets in partitions:
-        specs = [TargetSpec(t.key, t.grid, t.summary) for t in targets]
-        data = PartitionRows(str(store.path), resolution, specs, limits)
+        data = PartitionRows(str(store.path), resolution, targets, limits)
         acc = {t.key: FidelityAccumulator(t.key, "features", normalizers[t.key]) for t in targets}
         for i in range(0, len(chosen), batch_size):
             batch = collate([data[(int(r), False)] for r in chosen[i : i + batch_size]])

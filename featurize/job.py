@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from radio.config import PipelineConfig, fingerprint
-from radio.store.layout import FeatureStore, Plan, StoreError, settings_json
+from radio.store.layout import FeatureStore, Plan, settings_json
 from radio.store.shards import count_samples, expand_shards, open_binary
 
 from .teachers import TeacherError, get_spec
@@ -210,7 +210,7 @@ def _run_on_ray(config: PipelineConfig, store: FeatureStore, items: list[WorkIte
 
     gpus = _init_ray(address)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # the driver reports progress itself
-    n = workers or max(1, gpus) or 1
+    n = workers or max(1, gpus)
     n = min(n, len(items))
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the driver shows its own, per tar
@@ -271,4 +271,4 @@ def summarize(report: FeaturizeReport) -> dict:
 
 
 
-__all__ = ["FeaturizeError", "FeaturizeReport", "StoreError", "prepare", "run_featurize", "select", "summarize"]
+__all__ = ["FeaturizeError", "FeaturizeReport", "prepare", "run_featurize", "select", "summarize"]

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from radio.distill.data import PartitionRows, StepBatches, TargetSpec, global_batch, split_rows
+from radio.distill.data import PartitionRows, StepBatches, global_batch, split_rows
+from radio.distill.loss import KeyTarget
 from radio.store.layout import FeatureStore
 
 
@@ -39,7 +40,7 @@ def test_flip_mirrors_image_and_target_grids_together(tiny_store):
     split = split_rows(store, keys, config.eval.held_out)
     assert len(split.held_out) == config.eval.held_out
     assert not set(split.train) & set(split.held_out)
-    ds = PartitionRows(str(path), 128, [TargetSpec("clip@112", (8, 8), True), TargetSpec("sam@128", (8, 8), False)])
+    ds = PartitionRows(str(path), 128, [KeyTarget("clip@112", "clip", (8, 8), False, True), KeyTarget("sam@128", "sam", (8, 8), True, False)])
     row = int(split.train[0])
     plain, flipped = ds[(row, False)], ds[(row, True)]
     assert torch.equal(flipped["image"], plain["image"].flip(2))

@@ -70,9 +70,9 @@ def test_stage1_losses_fall_and_held_out_fidelity_beats_untrained(phis_store, tm
     (resolution, keys), = stage_targets(store, config, 1)
     held = split_rows(store, [t.key for t in keys], config.eval.held_out).held_out
     assert len(held) == config.eval.held_out
-    from radio.distill.data import PartitionRows, TargetSpec, collate
+    from radio.distill.data import PartitionRows, collate
 
-    ds = PartitionRows(str(path), resolution, [TargetSpec(t.key, t.grid, t.summary) for t in keys])
+    ds = PartitionRows(str(path), resolution, keys)
     batch = collate([ds[(r, False)] for r in held])
     with torch.no_grad():
         out_t, out_u = trained(batch["image"]), untrained(batch["image"])
@@ -208,9 +208,9 @@ def test_export_matches_training_model_and_denormalizes_into_teacher_space(phis_
     # the raw teacher targets better than the teacher's mean would.
     (resolution, keys), = stage_targets(store, config, 1)
     rows = split_rows(store, [t.key for t in keys], config.eval.held_out).train[:16]
-    from radio.distill.data import PartitionRows, TargetSpec, collate
+    from radio.distill.data import PartitionRows, collate
 
-    batch = collate([PartitionRows(str(path), resolution, [TargetSpec(t.key, t.grid, t.summary) for t in keys])[(r, False)]
+    batch = collate([PartitionRows(str(path), resolution, keys)[(r, False)]
                      for r in rows])  # fmt: skip
     out = model(batch["image"])
     meta = json.loads((tmp_path / "export" / "config.json").read_text())

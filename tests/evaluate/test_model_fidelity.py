@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import radio
 from radio.distill.checks import stage_targets
-from radio.distill.data import PartitionRows, TargetSpec, collate, split_rows
+from radio.distill.data import PartitionRows, collate, split_rows
 from radio.distill.loss import align_features
 from radio.evaluate.fidelity import geometric_mean, key_fidelity
 from radio.store.layout import FeatureStore
@@ -33,7 +33,7 @@ def test_command_equals_key_fidelity_on_held_out_rows(tiny_export, eval_app, tmp
     (resolution, keys), = stage_targets(store, config, 1)
     held = split_rows(store, [t.key for t in keys], config.eval.held_out).held_out
     assert r["rows"] == "held-out" and r["row_ids"] == held.tolist() and len(held) == config.eval.held_out
-    data = PartitionRows(str(path), resolution, [TargetSpec(t.key, t.grid, t.summary) for t in keys])
+    data = PartitionRows(str(path), resolution, keys)
     batch = collate([data[(int(row), False)] for row in held])
     outputs = radio.load(model_dir)(batch["image"])
     assert [(k["resolution"], k["key"]) for k in r["keys"]] == [(resolution, t.key) for t in keys]
