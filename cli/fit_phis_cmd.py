@@ -1,4 +1,4 @@
-"""`radio fit-phis`: PHI-S normalizers from the store's moments, written beside each target key."""
+"""`radio fit-phis`: one PHI-S normalizer per teacher from the store's moments of all its keys."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .options import DEFAULT_CONFIG, ConfigOpt, PipelineOpt, StoreOpt, load
 
 @user_errors
 def fit_phis(
-    keys: Annotated[list[str] | None, typer.Option("--keys", "-k", help="target keys to fit; repeatable [default: all]")] = None,
+    keys: Annotated[list[str] | None, typer.Option("--keys", "-k", help="fit the teachers of these target keys; repeatable [default: all]")] = None,
     allow_partial: Annotated[
         bool, typer.Option("--allow-partial", help="fit keys whose featurize is incomplete, from the tars done so far")
     ] = False,
@@ -29,10 +29,11 @@ def fit_phis(
     pipeline: PipelineOpt = None,
     store: StoreOpt = None,
 ) -> None:
-    """Fit PHI-S (a rotation and one scale per target key) from the featurize moments; idempotent.
+    """Fit PHI-S (a rotation and one scale per teacher, from the merged moments of all its target
+    keys: one space per adaptor head) from the featurize moments; idempotent. --keys chooses teachers.
 
-    Prints per key the vectors used, φ and the share of variance in the top 1/10/100 principal
-    components, and plots the eigenvalue spectra so you can see how unbalanced the teachers are.
+    Prints per teacher, and per key as diagnostics, the vectors used, φ and the share of variance
+    in the top 1/10/100 principal components, and plots the eigenvalue spectra.
     """
     from rich.table import Table
 
@@ -42,14 +43,18 @@ def fit_phis(
     cfg = load(config, pipeline, store=store)
     fs = FeatureStore(cfg.store.path)
     reports = fit_store(fs, keys, allow_partial, max_tars)
-    table = Table("target key", "stream", "tars", "rows", "vectors", "φ", "top 1", "top 10", "top 100", "Hadamard", "",
-                  title="PHI-S")  # fmt: skip
+    table = Table("teacher / target key", "stream", "tars", "rows", "vectors", "φ", "top 1", "top 10", "top 100",
+                  "Hadamard", "", title="PHI-S: one normalizer per teacher (indented: each key's own spectrum, diagnostics)")  # fmt: skip
     for r in reports:
         p = r.phis
-        tokens = 1 if r.stream == "summary" else fs.target(r.key).grid[0] * fs.target(r.key).grid[1]
-        table.add_row(r.key, r.stream, str(r.tars), str(r.count // tokens), str(r.count), f"{p.phi:.4g}", f"{p.variance_share(1):.1%}",
+        table.add_row(r.teacher, r.stream, str(r.tars), "", str(r.count), f"{p.phi:.4g}", f"{p.variance_share(1):.1%}",
                       f"{p.variance_share(10):.1%}", f"{p.variance_share(100):.1%}", r.hadamard,
                       "unchanged" if r.unchanged else "fitted")  # fmt: skip
+        for k in r.spectra:
+            tokens = 1 if r.stream == "summary" else fs.target(k.key).grid[0] * fs.target(k.key).grid[1]
+            table.add_row(f"  {k.key}", r.stream, str(k.tars), str(k.count // tokens), str(k.count), f"{k.phi:.4g}",
+                          f"{k.variance_share(1):.1%}", f"{k.variance_share(10):.1%}", f"{k.variance_share(100):.1%}",
+                          "", "")  # fmt: skip
     make_console().print(table)
     fitted = sum(not r.unchanged for r in reports)
     print(f"PHI-S: {fitted} fitted, {len(reports) - fitted} unchanged (same moments as the stored ones)")
@@ -68,9 +73,11 @@ def plot_spectra(reports, out: Path) -> None:
     fig, axes = plt.subplots(1, len(streams), figsize=(6 * len(streams), 4.5), squeeze=False)
     for ax, stream in zip(axes[0], streams):
         for r in (r for r in reports if r.stream == stream):
-            ev = r.phis.eigenvalues
-            ax.semilogy(range(1, len(ev) + 1), ev.clip(min=ev.max() * 1e-12 if ev.max() > 0 else 1e-30),
-                        label=f"{r.key} (φ={r.phis.phi:.3g})")  # fmt: skip
+            curves = [(f"{r.teacher}: normalizer", r.phis.eigenvalues, r.phis.phi, "-")]
+            curves += [(k.key, k.eigenvalues, k.phi, ":") for k in r.spectra]
+            for label, ev, phi, style in curves:
+                ax.semilogy(range(1, len(ev) + 1), ev.clip(min=ev.max() * 1e-12 if ev.max() > 0 else 1e-30), style,
+                            label=f"{label} (φ={phi:.3g})")  # fmt: skip
         ax.set(title=f"{stream}: eigenvalues of the covariance", xlabel="component", ylabel="eigenvalue (log)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from radio.config import PATCH, PipelineConfig
 from radio.store.layout import FeatureStore, StoreError
+from radio.store.normalizers import normalizer_info, teacher_of
 
 from .adaptors import AdaptorSpec
 from .loss import KeyTarget
@@ -24,7 +25,8 @@ def describe_store(store: FeatureStore) -> str:
         t = store.target(key)
         done = store.completed(key)
         state = "complete" if done.all() else f"{int(done.sum())}/{len(done)} tars"
-        phis = "PHI-S" if "phis" in store.root["targets"][key] else "no PHI-S"
+        info = normalizer_info(store, teacher_of(store, key))
+        phis = "PHI-S" if info is not None and key in info.get("keys", []) else "no PHI-S"
         parts.append(f"{key} ({t.grid[0]}x{t.grid[1]}, {state}, {phis})")
     return ", ".join(parts) or "no target keys"
 
@@ -70,8 +72,10 @@ def stage_targets(store: FeatureStore, config: PipelineConfig, stage: int) -> li
             done = store.completed(key)
             if not done.all():
                 problems.append(f"{key} is incomplete ({int(done.sum())}/{len(done)} tars)")
-            if config.normalization != "none" and "phis" not in store.root["targets"][key]:
-                problems.append(f"no PHI-S for {key} (run `radio fit-phis`)")
+            if config.normalization != "none":
+                fit = normalizer_info(store, teacher_of(store, key))
+                if fit is None or key not in fit.get("keys", []):
+                    problems.append(f"no PHI-S of {teacher_of(store, key)} covering {key} (run `radio fit-phis`)")
             exact = prov.get("mosaic") is not None
             if exact and tuple(info.grid) != (grid, grid):
                 problems.append(f"{key} grid {info.grid[0]}x{info.grid[1]} != student grid {grid}x{grid} at "

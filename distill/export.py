@@ -2,7 +2,7 @@
 
 An export folder holds ``model.safetensors`` (student, adaptors, and per teacher the normalizer
 that maps its adaptor's features back to the teacher's own space) and ``config.json`` (the
-student's architecture, the teachers, which target key each normalizer came from). Nothing
+student's architecture, the teachers, which target keys each teacher's normalizer was fitted on). Nothing
 else is needed to load it: no store, no pipelines file, no pickles.
 """
 
@@ -72,10 +72,10 @@ class RadioModel(nn.Module):
 def export(run: Path, out: Path, store, config, stage: int | None = None) -> Path:
     """Write ``out/model.safetensors`` and ``out/config.json`` from a run's final weights.
 
-    Each teacher's features are de-normalized with the normalizer of its key in the exported
-    stage's last partition (the highest resolution it trained at).
+    Each teacher's features are de-normalized with the teacher's normalizer (one per teacher,
+    fitted over all its keys: the space its head was trained in at every resolution).
     """
-    from radio.store.normalizers import Normalizer
+    from radio.store.normalizers import normalizer_for, normalizer_info
 
     from .checks import adaptor_specs
     from .trainer import FINAL, stage_dir
@@ -96,9 +96,11 @@ def export(run: Path, out: Path, store, config, stage: int | None = None) -> Pat
         key = keys.get(spec.name)
         entry = asdict(spec) | {"target_key": key, "normalization": config.normalization}
         if key is not None and config.normalization != "none":
-            norm = Normalizer.from_store(store, key, "features", config.normalization)
+            norm = normalizer_for(store, teacher=spec.name, mode=config.normalization)
             for name, t in norm.state_dict().items():
                 tensors[f"normalizers.{spec.name}.{name}"] = t
+            info = normalizer_info(store, spec.name) or {}
+            entry["normalizer"] = {"keys": info.get("keys"), "fingerprint": info.get("fingerprint")}
             entry["provenance"] = store.target(key).attrs
         teachers.append(entry)
     s = config.student

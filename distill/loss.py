@@ -56,7 +56,8 @@ def cosine_distance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class DistillLoss(nn.Module):
     """Losses of one step: ``{"RES:KEY/features", "RES:KEY/summary", ..., "total"}``.
 
-    ``normalizers`` maps each target key to its feature :class:`~radio.store.normalizers.Normalizer`.
+    ``normalizers`` maps each teacher to its feature :class:`~radio.store.normalizers.Normalizer`,
+    fitted over all that teacher's keys: one adaptor head, one target space, at every resolution.
     """
 
     def __init__(self, partitions: list[tuple[int, list[KeyTarget]]], normalizers: dict[str, nn.Module]):
@@ -73,7 +74,7 @@ class DistillLoss(nn.Module):
                 adaptor = out.adaptors[t.teacher]
                 target = batch["targets"][t.key]
                 pred = align_features(adaptor.features, t.grid, t.exact_grid, t.key)
-                normed = self.normalizers[t.key].normalize(target["features"].float())
+                normed = self.normalizers[t.teacher].normalize(target["features"].float())
                 loss_f = F.mse_loss(pred, normed)
                 losses[f"{resolution}:{t.key}/features"] = loss_f
                 total = total + t.weight_features * loss_f

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from radio.config import PipelineConfig, to_yaml
 from radio.store.images import ImageLimits
 from radio.store.layout import FeatureStore, StoreError
-from radio.store.normalizers import Normalizer
+from radio.store.normalizers import Normalizer, normalizer_for, teacher_of
 
 from . import distributed
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
@@ -60,13 +60,9 @@ def build_student(store: FeatureStore, config: PipelineConfig, seed: int = 0) ->
 
 
 def build_normalizers(store: FeatureStore, keys: list[str], mode: str) -> dict[str, Normalizer]:
-    out = {}
-    for key in keys:
-        if mode == "none":
-            out[key] = Normalizer("none", np.zeros(store.target(key).feature_dim))
-        else:
-            out[key] = Normalizer.from_store(store, key, "features", mode)
-    return out
+    """The feature normalizer of every teacher of ``keys``, keyed by teacher: one target space
+    per adaptor head, whatever key (resolution) a batch came from."""
+    return {t: normalizer_for(store, teacher=t, mode=mode) for t in sorted({teacher_of(store, k) for k in keys})}
 
 
 class Partitions(nn.Module):

@@ -117,7 +117,7 @@ def measure_fidelity(model, store, config, rows: str = "held-out", stage: int | 
     from radio.distill.data import PartitionRows, collate, split_rows
     from radio.distill.loss import align_features
     from radio.store.images import ImageLimits
-    from radio.store.normalizers import Normalizer
+    from radio.store.normalizers import normalizer_for
 
     if rows not in ("held-out", "train"):
         raise EvalError(f"rows must be 'held-out' or 'train', got {rows!r}")
@@ -136,8 +136,7 @@ def measure_fidelity(model, store, config, rows: str = "held-out", stage: int | 
     if len(chosen) == 0:
         why = "the pipeline reserves none (eval.held_out = 0)" if rows == "held-out" else "all usable rows are held out"
         raise EvalError(f"no {rows} rows to evaluate: {why}")
-    normalizers = {k: Normalizer("none", np.zeros(store.target(k).feature_dim)) if config.normalization == "none"
-                   else Normalizer.from_store(store, k, "features", config.normalization) for k in keys}  # fmt: skip
+    normalizers = {k: normalizer_for(store, key=k, mode=config.normalization) for k in keys}  # the teacher's
     limits = ImageLimits(config.data.min_image_size, config.data.max_image_pixels)
     device = next(model.parameters()).device
     results = []

@@ -230,13 +230,18 @@ class FeatureStore:
         """Per-tar moments of a stream (``features`` or ``summary``), complete tars only; with
         ``max_tars``, an evenly spaced subset of them (each tar's M2 is C² float64: reading all
         of a billion-image store's would mean terabytes)."""
-        tars = np.flatnonzero(self.completed(key))
-        if max_tars is not None and len(tars) > max_tars:
-            tars = tars[np.linspace(0, len(tars) - 1, max_tars).round().astype(int)]
+        tars = self.tar_indices(key, max_tars)
         count = self.array(key, f"moments/{stream}_count")[:]
         mean = self.array(key, f"moments/{stream}_mean")
         m2 = self.array(key, f"moments/{stream}_m2")
         return [Moments(int(count[t]), mean[t], m2[t]) for t in tars]
+
+    def tar_indices(self, key: str, max_tars: int | None = None) -> list[int]:
+        """The complete tars of ``key`` that :meth:`moments` reads (an evenly spaced subset with ``max_tars``)."""
+        tars = np.flatnonzero(self.completed(key))
+        if max_tars is not None and len(tars) > max_tars:
+            tars = tars[np.linspace(0, len(tars) - 1, max_tars).round().astype(int)]
+        return [int(t) for t in tars]
 
     def manifest_path(self, tar_index: int) -> Path:
         return self.path / "manifest" / f"{tar_index:08d}.parquet"

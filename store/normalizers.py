@@ -1,12 +1,19 @@
 """Target normalizers in the store: `radio fit-phis` writes them, the trainer and evaluation load them.
 
-Per target key and stream (``features``, ``summary``) the store holds, beside the key::
+One normalizer per **teacher** and stream (``features``, ``summary``), fitted from the merged
+moments of all that teacher's target keys: the student has one adaptor head per teacher, so
+every key of a teacher must be expressed in the same space. (Separate per-key fits put
+``sam@432`` and ``sam@1024`` in different bases: ``eigh`` flips eigenvector signs and rotates
+within near-equal eigenvalues from one fit to the next.) RADIO does the same: one PHI-S and one
+head per teacher. The store holds, at its root::
 
-    targets/KEY/phis/STREAM/{mean [C], transform [C, C], inverse [C, C], eigenvalues [C], std [C]}
+    normalizers/TEACHER/STREAM/{mean [C], transform [C, C], inverse [C, C], eigenvalues [C], std [C]}
 
-(float64, plain Zarr arrays) with attributes ``phi``, ``count``, ``tars`` and ``fingerprint`` (of the
-merged moments they came from). :class:`Normalizer` applies one of the config's normalizations:
-``phis`` (the paper's), ``standardize`` (per-channel mean/std, the baseline of Table 3) or ``none``.
+(float64, plain Zarr arrays) with attributes ``phi``, ``count``, ``keys`` (the target keys
+merged), ``tars`` (per key, the tar indices whose moments were merged) and ``fingerprint`` (of
+the merged moments). :class:`Normalizer` applies one of the config's normalizations: ``phis``
+(the paper's), ``standardize`` (per-channel mean/std, the baseline of Table 3) or ``none``.
+:func:`normalizer_for` is the one way to get a teacher's (or a target key's, via its teacher).
 """
 
 from __future__ import annotations
@@ -30,6 +37,17 @@ def streams_of(store: FeatureStore, key: str) -> list[str]:
     return ["features", "summary"] if store.target(key).summary_dim else ["features"]
 
 
+def teacher_of(store: FeatureStore, key: str) -> str:
+    """The teacher (config name) whose adaptor predicts ``key``, from its provenance; keys
+    written without one fall back to the part before ``@``."""
+    return str(store.target(key).attrs.get("teacher") or key.split("@")[0])
+
+
+def teacher_keys(store: FeatureStore, teacher: str) -> list[str]:
+    """Every target key of ``teacher`` in the store, sorted."""
+    return [k for k in store.target_keys if teacher_of(store, k) == teacher]
+
+
 def moments_fingerprint(m: Moments) -> str:
     h = hashlib.sha256()
     h.update(np.int64(m.count).tobytes())
@@ -39,24 +57,51 @@ def moments_fingerprint(m: Moments) -> str:
 
 
 @dataclass(frozen=True)
-class FitReport:
+class KeySpectrum:
+    """Diagnostics of one target key's own moments (not used for normalizing)."""
+
     key: str
-    stream: str
     tars: int
-    count: int  # vectors the moments cover (rows × tokens for features)
+    count: int
+    phi: float
+    eigenvalues: np.ndarray  # [C] descending
+
+    def variance_share(self, top: int) -> float:
+        total = self.eigenvalues.sum()
+        return float(self.eigenvalues[:top].sum() / total) if total > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class FitReport:
+    teacher: str
+    keys: tuple[str, ...]  # the target keys merged into this normalizer
+    stream: str
+    tars: int  # (key, tar) moments merged
+    count: int  # vectors the moments cover (rows × tokens for features, over every key)
     phis: PhiS
     hadamard: str
     unchanged: bool  # the stored normalizer already came from these moments
+    spectra: tuple[KeySpectrum, ...]  # per key, diagnostics only
+
+
+def _key_spectrum(key: str, parts: list[Moments], merged: Moments) -> KeySpectrum:
+    cov = merged.covariance
+    ev = np.clip(np.linalg.eigvalsh((cov + cov.T) / 2)[::-1], 0.0, None)
+    return KeySpectrum(key, len(parts), merged.count, float(np.sqrt(ev.mean())), ev)
 
 
 def fit_store(
     store: FeatureStore, keys: list[str] | None = None, allow_partial: bool = False, max_tars: int | None = None
 ) -> list[FitReport]:
-    """Fit PHI-S for every stream of ``keys`` (default: all) from the store's moments (of at most
-    ``max_tars`` evenly spaced tars); idempotent."""
-    keys = keys or store.target_keys
-    for key in keys:
+    """Fit one PHI-S per teacher and stream from the merged moments (of at most ``max_tars``
+    evenly spaced tars per key) of **all** the teacher's keys in the store; ``keys`` (default:
+    all) only chooses which teachers to fit. Idempotent: a normalizer whose moments did not
+    change is left as it is."""
+    for key in keys or []:
         store.target(key)  # unknown key → StoreError listing what the store has
+    teachers = sorted({teacher_of(store, k) for k in (keys or store.target_keys)})
+    groups = {t: teacher_keys(store, t) for t in teachers}
+    for key in (k for ks in groups.values() for k in ks):
         done = store.completed(key)
         if not done.all() and not allow_partial:
             raise StoreError(
@@ -64,42 +109,84 @@ def fit_store(
                 "finish `radio featurize` or pass --allow-partial"
             )
     reports = []
-    for key in keys:
-        for stream in streams_of(store, key):
-            parts = store.moments(key, stream, max_tars)
-            merged = merge_all(parts) if parts else Moments(0, np.zeros(0), np.zeros((0, 0)))
-            if merged.count < 2:
-                raise StoreError(f"{key}: {stream} moments cover {merged.count} vectors; PHI-S needs at least 2")
+    for teacher, tkeys in groups.items():
+        for stream in streams_of(store, tkeys[0]):
+            every, spectra, tars = [], [], {}
+            for key in tkeys:
+                parts = store.moments(key, stream, max_tars)
+                merged = merge_all(parts) if parts else Moments(0, np.zeros(0), np.zeros((0, 0)))
+                if merged.count < 2:
+                    raise StoreError(f"{key}: {stream} moments cover {merged.count} vectors; PHI-S needs at least 2")
+                every += parts
+                spectra.append(_key_spectrum(key, parts, merged))
+                tars[key] = store.tar_indices(key, max_tars)
+            merged = merge_all(every)  # Chan's merge: exactly the moments of every key's vectors together
             fp = moments_fingerprint(merged)
-            group = _phis_group(store, key, stream)
+            group = _phis_group(store, teacher, stream)
             unchanged = group is not None and group.attrs.get("fingerprint") == fp
-            phis = load_phis(store, key, stream) if unchanged else fit_phis(merged)
+            phis = load_teacher_phis(store, teacher, stream) if unchanged else fit_phis(merged)
             if not unchanged:
-                _write_phis(store, key, stream, phis, merged.count, len(parts), fp)
-            reports.append(FitReport(key, stream, len(parts), merged.count, phis, describe(len(phis.mean)), unchanged))
+                _write_phis(store, teacher, stream, phis, merged.count, tars, fp)
+            reports.append(FitReport(teacher, tuple(tkeys), stream, len(every), merged.count, phis,
+                                     describe(len(phis.mean)), unchanged, tuple(spectra)))  # fmt: skip
     return reports
 
 
-def _phis_group(store: FeatureStore, key: str, stream: str):
-    g = store.root["targets"][key]
-    return g[f"phis/{stream}"] if "phis" in g and stream in g["phis"] else None
+def _phis_group(store: FeatureStore, teacher: str, stream: str):
+    root = store.root
+    if "normalizers" not in root or teacher not in root["normalizers"] or stream not in root["normalizers"][teacher]:
+        return None
+    return root["normalizers"][teacher][stream]
 
 
-def _write_phis(store: FeatureStore, key: str, stream: str, p: PhiS, count: int, tars: int, fp: str) -> None:
-    g = store.root["targets"][key].require_group("phis").require_group(stream)
+def _write_phis(store: FeatureStore, teacher: str, stream: str, p: PhiS, count: int,
+                tars: dict[str, list[int]], fp: str) -> None:  # fmt: skip
+    g = store.root.require_group("normalizers").require_group(teacher).require_group(stream)
+    if "fingerprint" in g.attrs:
+        del g.attrs["fingerprint"]  # being rewritten: not valid until the new arrays are in
     for name in ("mean", "transform", "inverse", "eigenvalues", "std"):
         value = getattr(p, name)
         g.create_array(name, shape=value.shape, dtype="float64", chunks=value.shape, overwrite=True, fill_value=0)[...] = value
     # Attributes last: a fingerprint names arrays that are fully written.
-    g.attrs.update({"phi": p.phi, "count": count, "tars": tars, "fingerprint": fp, "hadamard": describe(len(p.mean))})
+    g.attrs.update({"phi": p.phi, "count": count, "keys": sorted(tars), "tars": tars, "fingerprint": fp,
+                    "hadamard": describe(len(p.mean))})  # fmt: skip
+
+
+def normalizer_info(store: FeatureStore, teacher: str, stream: str = "features") -> dict | None:
+    """The stored normalizer's attributes (``keys``, ``tars``, ``count``, ``fingerprint``, ...) or None."""
+    g = _phis_group(store, teacher, stream)
+    return dict(g.attrs) if g is not None and "fingerprint" in g.attrs else None
+
+
+def load_teacher_phis(store: FeatureStore, teacher: str, stream: str = "features") -> PhiS:
+    g = _phis_group(store, teacher, stream)
+    if g is None or "fingerprint" not in g.attrs:
+        raise StoreError(f"{teacher}: no PHI-S for {stream}; run `radio fit-phis`")
+    arrays = {n: g[n][...] for n in ("mean", "transform", "inverse", "eigenvalues", "std")}
+    return PhiS(phi=float(g.attrs["phi"]), **arrays)
 
 
 def load_phis(store: FeatureStore, key: str, stream: str = "features") -> PhiS:
-    g = _phis_group(store, key, stream)
-    if g is None or "fingerprint" not in g.attrs:
-        raise StoreError(f"{key}: no PHI-S for {stream}; run `radio fit-phis`")
-    arrays = {n: g[n][...] for n in ("mean", "transform", "inverse", "eigenvalues", "std")}
-    return PhiS(phi=float(g.attrs["phi"]), **arrays)
+    """The PHI-S that normalizes ``key``: its teacher's (checks the key was merged into it)."""
+    teacher = teacher_of(store, key)
+    info = normalizer_info(store, teacher, stream)
+    if info is None or key not in info.get("keys", []):
+        raise StoreError(f"{key}: no PHI-S for {stream} of teacher {teacher} covering it; run `radio fit-phis`")
+    return load_teacher_phis(store, teacher, stream)
+
+
+def normalizer_for(store: FeatureStore, *, teacher: str | None = None, key: str | None = None,
+                   stream: str = "features", mode: str = "phis") -> Normalizer:  # fmt: skip
+    """The :class:`Normalizer` of a teacher, or of a target key (its teacher's), in ``mode``
+    (``none`` needs no fit: identity of the key's / teacher's width)."""
+    if (teacher is None) == (key is None):
+        raise ValueError("normalizer_for takes exactly one of teacher= or key=")
+    if mode == "none":
+        k = key or teacher_keys(store, teacher)[0]
+        t = store.target(k)
+        return Normalizer("none", np.zeros(t.feature_dim if stream == "features" else t.summary_dim))
+    phis = load_phis(store, key, stream) if key is not None else load_teacher_phis(store, teacher, stream)
+    return Normalizer.from_phis(mode, phis)
 
 
 class Normalizer(nn.Module):
@@ -132,7 +219,8 @@ class Normalizer(nn.Module):
 
     @classmethod
     def from_store(cls, store: FeatureStore, key: str, stream: str = "features", mode: str = "phis") -> Normalizer:
-        return cls.from_phis(mode, load_phis(store, key, stream))
+        """The normalizer of ``key``'s teacher (see :func:`normalizer_for`)."""
+        return normalizer_for(store, key=key, stream=stream, mode=mode)
 
     @staticmethod
     def _work_dtype(x: torch.Tensor) -> torch.dtype:

@@ -230,7 +230,7 @@ def test_each_store_stage_mismatch_is_one_line(phis_store, tmp_path):
     copy = tmp_path / "store.zarr"
     shutil.copytree(path, copy)
     store = FeatureStore(copy)
-    shutil.rmtree(copy / "targets" / "clip@168" / "phis")
+    shutil.rmtree(copy / "normalizers" / "clip")
     store.array("dinov2@168", "complete")[0] = 0
     raw = config.model_dump(mode="json")
     raw["store"]["path"] = str(copy)
@@ -245,9 +245,9 @@ def test_each_store_stage_mismatch_is_one_line(phis_store, tmp_path):
     assert result.exit_code == 2
     err = result.stderr.strip()
     assert "\n" not in err
-    assert err.startswith(f"error: stage 2 does not match the store {copy}: no PHI-S for clip@168 (run `radio fit-phis`); "
+    assert err.startswith(f"error: stage 2 does not match the store {copy}: no PHI-S of clip covering clip@168 (run `radio fit-phis`); "
                           "dinov2@168 is incomplete (2/3 tars); missing target key sam@176. The store has: clip@112 "
-                          "(8x8, complete, PHI-S), clip@168 (12x12, complete, no PHI-S), ")  # fmt: skip
+                          "(8x8, complete, no PHI-S), clip@168 (12x12, complete, no PHI-S), ")  # fmt: skip
     result = runner.invoke(app, ["distill", "--config", str(cfg), "--stage", "1"])
     assert result.exit_code == 2
     assert ("sam@128 grid 8x8 != student grid 9x9 at 144 px (SAM targets are never interpolated)"

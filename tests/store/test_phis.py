@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from radio.cli.main import app
 from radio.store.layout import FeatureStore, StoreError
 from radio.store.moments import Moments
-from radio.store.normalizers import Normalizer, fit_store, load_phis
+from radio.store.normalizers import Normalizer, fit_store, load_phis, normalizer_for, normalizer_info
 from radio.store.phis import fit_phis
 
 
@@ -63,23 +63,30 @@ def test_normalizer_on_any_device_and_dtype_round_trips():
     assert np.allclose(std.var(0, ddof=1), 1.0, atol=1e-9)
 
 
-def test_fit_on_the_sample_store_whitens_channels(tiny_store):
+def test_one_normalizer_per_teacher_whitens_the_union_of_its_keys(tiny_store):
     config, path = tiny_store
     store = FeatureStore(path)
-    reports = fit_store(store, ["dinov2@112", "sam@128"])
-    assert {(r.key, r.stream) for r in reports} == {("dinov2@112", "features"), ("dinov2@112", "summary"),
-                                                    ("sam@128", "features")}  # fmt: skip
+    reports = fit_store(store, ["dinov2@112", "sam@128"])  # keys choose teachers; each fit takes all its keys
+    assert {(r.teacher, r.keys, r.stream) for r in reports} == {
+        ("dinov2", ("dinov2@112", "dinov2@168"), "features"), ("dinov2", ("dinov2@112", "dinov2@168"), "summary"),
+        ("sam", ("sam@128", "sam@192", "sam@256"), "features")}  # fmt: skip
     manifest = store.manifest().to_pylist()
     rows = [r["row"] for r in manifest if r["valid"]]
-    for key in ("dinov2@112", "sam@128"):
-        feats = store.array(key, "features").get_orthogonal_selection((rows,)).astype(np.float64)
-        x = feats.reshape(-1, feats.shape[-1])
-        p = load_phis(store, key)
-        report = next(r for r in reports if r.key == key and r.stream == "features")
-        assert report.count == len(x)  # the moments cover exactly the valid rows' tokens
+    for teacher in ("dinov2", "sam"):
+        report = next(r for r in reports if r.teacher == teacher and r.stream == "features")
+        per_key = [store.array(k, "features").get_orthogonal_selection((rows,)).astype(np.float64) for k in report.keys]
+        x = np.concatenate([f.reshape(-1, f.shape[-1]) for f in per_key])
+        assert report.count == len(x)  # the moments cover exactly the valid rows' tokens of every key
+        assert [s.count for s in report.spectra] == [f.shape[0] * f.shape[1] * f.shape[2] for f in per_key]
+        p = load_phis(store, report.keys[-1])  # any key of a teacher: the teacher's normalizer
+        assert np.array_equal(p.transform, load_phis(store, report.keys[0]).transform)
         y = Normalizer.from_phis("phis", p).normalize(torch.from_numpy(x)).numpy()
         assert np.abs(y.mean(0)).max() < 1e-6
         assert np.allclose(y.var(0, ddof=1), 1.0, atol=1e-6)
+    info = normalizer_info(store, "sam")
+    assert info["keys"] == ["sam@128", "sam@192", "sam@256"]
+    assert info["tars"] == {k: [0, 1, 2] for k in info["keys"]}
+    assert normalizer_for(store, key="sam@192").matrix.equal(normalizer_for(store, teacher="sam").matrix)
 
 
 def test_fit_phis_is_idempotent_and_refuses_incomplete_keys(tiny_store, tmp_path):
@@ -88,12 +95,12 @@ def test_fit_phis_is_idempotent_and_refuses_incomplete_keys(tiny_store, tmp_path
     config, path = tiny_store
     copy = tmp_path / "store.zarr"
     shutil.copytree(path, copy)
-    shutil.rmtree(copy / "targets" / "clip@112" / "phis", ignore_errors=True)  # other tests may have fitted it
+    shutil.rmtree(copy / "normalizers" / "clip", ignore_errors=True)  # other tests may have fitted it
     runner = CliRunner()
     base = ["fit-phis", "--store", str(copy), "--keys", "clip@112", "--plot", str(tmp_path / "s.png")]
     first = runner.invoke(app, base)
     assert first.exit_code == 0, first.output
-    assert "PHI-S: 2 fitted, 0 unchanged" in first.stdout  # features and summary
+    assert "PHI-S: 2 fitted, 0 unchanged" in first.stdout  # clip's features and summary, from clip@112 and @168
     assert (tmp_path / "s.png").stat().st_size > 10_000
     before = load_phis(FeatureStore(copy), "clip@112").transform.copy()
     second = runner.invoke(app, base)
