@@ -147,7 +147,13 @@ class StudentConfig(Frozen):
     patch: Literal[16] = PATCH
     cpe_max_size: int = Field(2048, description="side of the image the learned CPE grid covers")
     register_multiple: int = Field(8, gt=0, description="CLS + registers are padded to a multiple of this")
-    adaptor_hidden: int = Field(1520, gt=0, description="hidden width of each 2-layer MLP adaptor")
+    adaptor_hidden: int = Field(1520, gt=0, description="hidden width of each MLP adaptor (RADIO v2.5: 1520)")
+    adaptor_inner: int = Field(
+        0, ge=0, description="inner residual blocks (LN, GELU, Linear) of each adaptor MLP (RADIO v2.5's MLP2: 1)"
+    )
+    pos_dropout: float = Field(
+        0.1, ge=0, lt=1, description="share of training images whose position encoding is dropped (RADIO: 0.1)"
+    )
 
     @field_validator("cpe_max_size")
     @classmethod

@@ -9,7 +9,8 @@ a GeLU in between"):
 
 An adaptor belongs to a teacher, not to a target key: ``dfn_clip@224`` and ``dfn_clip@378``
 both train the ``dfn_clip`` heads. RADIO v2.5's released heads add one residual inner block
-(``MLP2``, ``num_inner=1``); this is the plain 2-layer form the paper describes.
+(``MLP2``, ``num_inner=1``): ``student.adaptor_inner`` (0 = the plain 2-layer form the paper
+describes; the ``radio-amp-*`` pipelines use 1).
 """
 
 from __future__ import annotations
@@ -46,13 +47,29 @@ class AdaptorOutput:
     features: torch.Tensor
 
 
-class AdaptorMLP(nn.Sequential):
-    """``Linear(D → hidden) → LayerNorm → GELU → Linear(hidden → C)`` on the last dim:
-    ``[..., D] → [..., C]``."""
+class InnerBlock(nn.Module):
+    """RADIO's MLP2 inner residual block: ``x + Linear(GELU(LayerNorm(x)))``, ``[..., H] → [..., H]``."""
 
-    def __init__(self, in_dim: int, hidden: int, out_dim: int):
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden)
+        self.act = nn.GELU()
+        self.fc = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc(self.act(self.norm(x)))
+
+
+class AdaptorMLP(nn.Sequential):
+    """``Linear(D → hidden) → [InnerBlock] × inner → LayerNorm → GELU → Linear(hidden → C)`` on
+    the last dim: ``[..., D] → [..., C]``. ``inner = 0`` is the paper's 2-layer MLP; RADIO v2.5's
+    released heads (``MLP2``, ``num_inner=1``) have one inner block."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, inner: int = 0):
         super().__init__()
         self.fc1 = nn.Linear(in_dim, hidden)
+        if inner:  # absent at 0, so 2-layer heads keep their state-dict names
+            self.inner = nn.Sequential(*(InnerBlock(hidden) for _ in range(inner)))
         self.norm = nn.LayerNorm(hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, out_dim)
@@ -61,11 +78,11 @@ class AdaptorMLP(nn.Sequential):
 class TeacherAdaptor(nn.Module):
     """Summary and feature heads of one teacher (:class:`AdaptorSpec`)."""
 
-    def __init__(self, spec: AdaptorSpec, dim: int, hidden: int):
+    def __init__(self, spec: AdaptorSpec, dim: int, hidden: int, inner: int = 0):
         super().__init__()
         self.spec = spec
-        self.summary = AdaptorMLP(dim, hidden, spec.summary_dim) if spec.summary_dim is not None else None
-        self.features = AdaptorMLP(dim, hidden, spec.feature_dim)
+        self.summary = AdaptorMLP(dim, hidden, spec.summary_dim, inner) if spec.summary_dim is not None else None
+        self.features = AdaptorMLP(dim, hidden, spec.feature_dim, inner)
 
     def forward(self, cls_token: torch.Tensor | None, patches: torch.Tensor) -> AdaptorOutput:
         """``cls_token [B, D]`` (this teacher's own CLS; None without a summary head),

@@ -107,7 +107,8 @@ def export(run: Path, out: Path, store, config, stage: int | None = None) -> Pat
     meta = {
         "format": EXPORT_FORMAT,
         "student": {"size": s.size, "patch": s.patch, "cpe_max_size": s.cpe_max_size,
-                    "register_multiple": s.register_multiple, "adaptor_hidden": s.adaptor_hidden},
+                    "register_multiple": s.register_multiple, "adaptor_hidden": s.adaptor_hidden,
+                    "adaptor_inner": s.adaptor_inner},
         "teachers": teachers,
         "stage": stage,
         "input": "RGB in [0, 1], [B, 3, H, W] with H and W multiples of 16",
@@ -129,7 +130,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> RadioModel:
     s = meta["student"]
     specs = [AdaptorSpec(t["name"], t["summary_dim"], t["feature_dim"]) for t in meta["teachers"]]
     student = Student(s["size"], specs, cpe_max_size=s["cpe_max_size"], register_multiple=s["register_multiple"],
-                      adaptor_hidden=s["adaptor_hidden"])  # fmt: skip
+                      adaptor_hidden=s["adaptor_hidden"], adaptor_inner=s.get("adaptor_inner", 0))  # fmt: skip
     tensors = load_weights(path / "model.safetensors")
     student.load_state_dict({k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")})
     from radio.store.normalizers import Normalizer

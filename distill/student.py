@@ -117,7 +117,9 @@ class Student(nn.Module):
 
     ``teachers`` is the ordered list of :class:`AdaptorSpec`; CLS slot ``k`` belongs to the
     ``k``-th teacher that has a summary (see ``summary_slots``). ``adaptor_hidden`` is the
-    hidden width of every adaptor MLP (RADIO v2.5: 1520).
+    hidden width of every adaptor MLP (RADIO v2.5: 1520), ``adaptor_inner`` its number of inner
+    residual blocks (v2.5: 1); ``pos_dropout`` the share of training images without position
+    encoding (RADIO: 0.1).
     """
 
     def __init__(
@@ -128,6 +130,8 @@ class Student(nn.Module):
         cpe_max_size: int = 2048,
         register_multiple: int = 8,
         adaptor_hidden: int = 1520,
+        adaptor_inner: int = 0,
+        pos_dropout: float = 0.0,
     ):
         super().__init__()
         self.spec = spec = student_spec(size)
@@ -143,14 +147,14 @@ class Student(nn.Module):
         self.input_conditioner = InputConditioner()
         # Bias-free, as in RADIO's timm students (their patch generator has no bias).
         self.patch_embed = nn.Conv2d(3, spec.dim, kernel_size=spec.patch, stride=spec.patch, bias=False)
-        self.cpe = CPE(spec.dim, cpe_max_size, spec.patch)
+        self.cpe = CPE(spec.dim, cpe_max_size, spec.patch, pos_dropout)
         self.cls_tokens = nn.Parameter(torch.zeros(1, self.num_cls, spec.dim)) if self.num_cls else None
         self.registers = nn.Parameter(torch.zeros(1, self.num_registers, spec.dim)) if self.num_registers else None
         norm = partial(nn.LayerNorm, eps=1e-6)
         self.blocks = nn.ModuleList(
             Block(spec.dim, spec.heads, spec.mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(spec.depth)
         )
-        self.adaptors = nn.ModuleDict({t.name: TeacherAdaptor(t, spec.dim, adaptor_hidden) for t in self.teachers})
+        self.adaptors = nn.ModuleDict({t.name: TeacherAdaptor(t, spec.dim, adaptor_hidden, adaptor_inner) for t in self.teachers})
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -187,7 +191,7 @@ class Student(nn.Module):
         self, x: torch.Tensor, generator: torch.Generator | None = None, crops: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, tuple[int, int]]:
         """Images ``[B, 3, H, W]`` → tokens ``[B, P + h*w, D]`` before the first block, and ``(h, w)``.
-        ``crops [B, 4]``: training-mode CPE boxes to use instead of drawing them."""
+        ``crops [B, 4 or 5]``: training-mode CPE boxes (and position-dropout keep factors) to use instead of drawing them."""
         h, w = self.input_grid(x)
         batch = x.shape[0]
         patches = self.patch_embed(self.input_conditioner(x)).flatten(2).transpose(1, 2)  # [B, h*w, D]

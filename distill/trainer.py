@@ -56,7 +56,8 @@ def build_student(store: FeatureStore, config: PipelineConfig, seed: int = 0) ->
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return Student(s.size, adaptor_specs(store, config), cpe_max_size=s.cpe_max_size,
-                       register_multiple=s.register_multiple, adaptor_hidden=s.adaptor_hidden)  # fmt: skip
+                       register_multiple=s.register_multiple, adaptor_hidden=s.adaptor_hidden,
+                       adaptor_inner=s.adaptor_inner, pos_dropout=s.pos_dropout)  # fmt: skip
 
 
 def build_normalizers(store: FeatureStore, keys: list[str], mode: str) -> dict[str, Normalizer]:
@@ -256,7 +257,7 @@ def _train(config, stage, d, steps, run, init, workers, flip, on_step) -> StageR
             crops = []
             for p, b in enumerate(batches):
                 global_b = cfg.partitions[p].batch_size
-                c = draw_crops(global_b, _crop_generator(cfg.seed, stage, p, step))
+                c = draw_crops(global_b, _crop_generator(cfg.seed, stage, p, step), config.student.pos_dropout)
                 local = global_b // d.world
                 crops.append(c[d.rank * local : (d.rank + 1) * local].to(d.device))
             with _autocast(d.device):

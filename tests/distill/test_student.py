@@ -205,19 +205,32 @@ def test_cpe_train_differs_per_call_and_per_image_but_is_seeded():
     assert torch.equal(gen_a, gen_b)
 
 
-def test_crop_boxes_stay_inside_the_grid_with_documented_area_and_aspect():
-    crops = draw_crops(4096, torch.Generator().manual_seed(0))
-    x0, y0, width, height = crops.unbind(1)
+def test_crop_boxes_follow_radio_side_and_aspect_and_stay_inside_the_grid():
+    crops = draw_crops(20000, torch.Generator().manual_seed(0))
+    x0, y0, width, height, keep = crops.unbind(1)
+    assert (keep == 1).all()  # no position dropout unless asked
     assert (x0 >= 0).all() and (y0 >= 0).all()
     assert (x0 + width <= 1 + 1e-6).all() and (y0 + height <= 1 + 1e-6).all()
-    area = width * height
-    assert area.min() >= 0.1 - 1e-6 and area.max() <= 1 + 1e-6
     unclamped = (width < 1) & (height < 1)
-    aspect = (width / height)[unclamped]
-    assert aspect.min() >= 3 / 4 - 1e-5 and aspect.max() <= 4 / 3 + 1e-5
-    # Clamping only trims areas above 0.75 (width > 1 needs area * aspect > 1), so below that the
-    # area is uniform on [0.1, 1]: P(area < 0.5) = 0.4 / 0.9.
-    assert abs((area < 0.5).float().mean() - 0.4 / 0.9) < 0.02
+    side, a = (width * height).sqrt()[unclamped], (width / height).sqrt()[unclamped]  # width = s·a, height = s/a
+    assert side.min() >= 0.1**0.5 - 1e-5 and a.min() >= 3 / 4 - 1e-5 and a.max() <= 4 / 3 + 1e-5
+    # Clamping needs s·a > 1, so s > 3/4: below that the side is uniform on [sqrt(0.1), 1] (RADIO),
+    # P(s < 0.6) = (0.6 - sqrt(0.1)) / (1 - sqrt(0.1)) = 0.415 (uniform *area* would give 0.289).
+    assert abs((side < 0.6).float().sum() / len(width) - (0.6 - 0.1**0.5) / (1 - 0.1**0.5)) < 0.015
+    assert abs((width * height).mean() - 0.457) < 0.01  # clamped mean area (uniform area: 0.544)
+    # log a is uniform on [log 3/4, log 4/3]: half of the unclamped boxes are wider than tall
+    assert abs((a > 1).float().mean() - 0.5) < 0.02
+
+
+def test_position_dropout_zeroes_the_whole_encoding_of_a_share_of_images():
+    keep = draw_crops(20000, torch.Generator().manual_seed(1), pos_dropout=0.1)[:, 4]
+    assert set(keep.unique().tolist()) == {0.0, 1.0} and abs((keep == 0).float().mean() - 0.1) < 0.01
+    cpe = CPE(8, max_size=64, patch=16, pos_dropout=0.5).train()
+    out = cpe(3, 4, batch=64, generator=torch.Generator().manual_seed(2))  # [B, h*w, D]
+    dropped = out.abs().amax(dim=(1, 2)) == 0
+    assert 16 < int(dropped.sum()) < 48  # whole images dropped, about half of them
+    assert (out[~dropped].abs().amax(dim=2) > 0).all()  # the others keep every token's encoding
+    assert torch.equal(cpe.eval()(3, 4, batch=2), cpe(3, 4, batch=2))  # never at inference
 
 
 def test_crop_resampling_orientation():
@@ -295,3 +308,21 @@ def test_gradients_reach_every_adaptor_and_the_cpe_grid(train):
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_adaptor_inner_blocks_are_radio_mlp2():
+    from radio.distill.adaptors import AdaptorMLP
+
+    plain, mlp2 = AdaptorMLP(16, 24, 8), AdaptorMLP(16, 24, 8, inner=1)
+    # inner = 0 keeps the 2-layer names (old checkpoints load); inner = 1 adds x + Linear(GELU(LN(x))).
+    assert [n for n, _ in plain.named_parameters()] == ["fc1.weight", "fc1.bias", "norm.weight", "norm.bias",
+                                                        "fc2.weight", "fc2.bias"]  # fmt: skip
+    mlp2.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.randn(5, 16)
+    h = mlp2.fc1(x)
+    block = mlp2.inner[0]
+    want = mlp2.fc2(mlp2.act(mlp2.norm(h + block.fc(torch.nn.functional.gelu(block.norm(h))))))
+    torch.testing.assert_close(mlp2(x), want)
+    with torch.no_grad():
+        block.fc.weight.zero_(), block.fc.bias.zero_()
+    torch.testing.assert_close(mlp2(x), plain(x))  # a zero inner block is the identity
