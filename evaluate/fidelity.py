@@ -1,11 +1,15 @@
-"""Fidelity (paper eq. 2): how much of a teacher's variance the student's prediction explains.
+"""Fidelity (paper eq. 2, Table 3): how much of a teacher's variance the student's prediction explains.
 
-    F[X] = Var(teacher) / Var(teacher - prediction)
+    F[X] = Var(teacher) / MSE(teacher, prediction)
 
-Variances are per channel over every sample and position, summed over channels (so F is the
-ratio of the traces of the two covariances). F = 1 for predicting the mean, F → ∞ for a perfect
-prediction. Measured in the teacher's own space and in the normalized (PHI-S) space; Table 3
-summarizes keys by their geometric mean.
+``Var(teacher)`` is the mean over channels of each channel's variance over every sample and
+position; ``MSE`` the mean squared error over every value. This is the paper's arithmetic
+(Table 3: 27.263 / 3.719 = 7.331): a constant bias in the prediction counts as error. F = 1 for
+predicting the mean, F → ∞ for a perfect prediction. Also reported, labelled as such: the
+*variance ratio* Σ Var(t) / Σ Var(t − p), which ignores a constant bias. Both are invariant
+under PHI-S (a rotation and one scale), so they are computed in the teacher's space only;
+the MSE is also given in the normalized (PHI-S) space, the loss's. Table 3 summarizes keys by
+their geometric mean.
 
 :func:`key_fidelity` takes all samples at once; :class:`FidelityAccumulator` gives the same
 numbers batch by batch (per-channel moments merged with Chan's formula in float64), for
@@ -26,10 +30,21 @@ def _total_variance(x: torch.Tensor) -> float:
     return float(flat.var(dim=0, unbiased=False).sum())
 
 
-def fidelity(teacher: torch.Tensor, prediction: torch.Tensor) -> float:
-    """F = Var(teacher) / Var(teacher − prediction) for ``[..., C]`` tensors of the same shape."""
+def _check(teacher: torch.Tensor, prediction: torch.Tensor) -> None:
     if teacher.shape != prediction.shape:
         raise ValueError(f"fidelity needs equal shapes, got {tuple(teacher.shape)} and {tuple(prediction.shape)}")
+
+
+def fidelity(teacher: torch.Tensor, prediction: torch.Tensor) -> float:
+    """F = Var(teacher) / MSE for ``[..., C]`` tensors of the same shape (the paper's)."""
+    _check(teacher, prediction)
+    err = mse(teacher, prediction)
+    return math.inf if err == 0.0 else _total_variance(teacher) / teacher.shape[-1] / err
+
+
+def variance_ratio(teacher: torch.Tensor, prediction: torch.Tensor) -> float:
+    """Σ Var(teacher) / Σ Var(teacher − prediction): blind to a constant bias (not the paper's F)."""
+    _check(teacher, prediction)
     err = _total_variance(teacher.double() - prediction.double())
     return math.inf if err == 0.0 else _total_variance(teacher) / err
 
@@ -40,12 +55,13 @@ def mse(teacher: torch.Tensor, prediction: torch.Tensor) -> float:
 
 @dataclass(frozen=True)
 class KeyFidelity:
-    """One target key and stream: F and MSE in the teacher's space and in normalized space."""
+    """One target key and stream: F (paper), the variance ratio, and MSE in the teacher's and in
+    normalized space."""
 
     key: str
     stream: str
     fidelity: float
-    fidelity_normalized: float
+    variance_ratio: float
     mse: float
     mse_normalized: float
 
@@ -96,30 +112,26 @@ class FidelityAccumulator:
     def __init__(self, key: str, stream: str, normalizer):
         self.key, self.stream, self.normalizer = key, stream, normalizer
         self._teacher, self._error = ChannelMoments(), ChannelMoments()
-        self._teacher_n, self._error_n = ChannelMoments(), ChannelMoments()
         self._sse = self._sse_n = 0.0
         self._values = 0
 
     def add(self, teacher: torch.Tensor, prediction: torch.Tensor) -> None:
         """``teacher``/``prediction`` ``[..., C]`` in the teacher's space, equal shapes."""
-        if teacher.shape != prediction.shape:
-            raise ValueError(f"fidelity needs equal shapes, got {tuple(teacher.shape)} and {tuple(prediction.shape)}")
+        _check(teacher, prediction)
         t, p = teacher.double(), prediction.double()
         tn, pn = self.normalizer.normalize(t), self.normalizer.normalize(p)
-        for moments, x in ((self._teacher, t), (self._error, t - p), (self._teacher_n, tn), (self._error_n, tn - pn)):
-            moments.add(x)
+        self._teacher.add(t)
+        self._error.add(t - p)
         self._sse += float(((t - p) ** 2).sum())
         self._sse_n += float(((tn - pn) ** 2).sum())
         self._values += t.numel()
 
     def result(self) -> KeyFidelity:
-        def ratio(t: ChannelMoments, e: ChannelMoments) -> float:
-            err = e.total_variance
-            return math.inf if err == 0.0 else t.total_variance / err
-
-        return KeyFidelity(self.key, self.stream, ratio(self._teacher, self._error),
-                           ratio(self._teacher_n, self._error_n), self._sse / self._values,
-                           self._sse_n / self._values)  # fmt: skip
+        mse, err_var = self._sse / self._values, self._error.total_variance
+        channels = len(self._teacher.mean)
+        f = math.inf if mse == 0.0 else self._teacher.total_variance / channels / mse
+        ratio = math.inf if err_var == 0.0 else self._teacher.total_variance / err_var
+        return KeyFidelity(self.key, self.stream, f, ratio, mse, self._sse_n / self._values)
 
 
 def geometric_mean(values: list[float]) -> float:

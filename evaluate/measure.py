@@ -91,7 +91,7 @@ def measure_equivariance(
 
 @dataclass
 class FidelityResult:
-    """Per (partition resolution, target key): F and MSE in the teacher's and the normalized space."""
+    """Per (partition resolution, target key): F (paper), the variance ratio, MSE in the teacher's and the normalized space."""
 
     stage: int
     rows: str
@@ -152,9 +152,9 @@ def measure_fidelity(model, store, config, rows: str = "held-out", stage: int | 
         for t in targets:
             f = acc[t.key].result()
             results.append({"resolution": resolution, "key": t.key, "teacher": t.teacher, "fidelity": f.fidelity,
-                            "fidelity_normalized": f.fidelity_normalized, "mse": f.mse,
+                            "variance_ratio": f.variance_ratio, "mse": f.mse,
                             "mse_normalized": f.mse_normalized})  # fmt: skip
-    gm = {name: geometric_mean([r[name] for r in results]) for name in ("fidelity", "fidelity_normalized")}
+    gm = {name: geometric_mean([r[name] for r in results]) for name in ("fidelity", "variance_ratio")}
     return FidelityResult(stage, rows, [int(r) for r in chosen], config.normalization, results, gm)
 
 

@@ -40,7 +40,7 @@ def test_command_equals_key_fidelity_on_held_out_rows(tiny_export, eval_app, tmp
     for t, got in zip(keys, r["keys"]):
         pred = align_features(outputs.adaptors[t.teacher].features, t.grid, t.exact_grid, t.key)
         want = key_fidelity(t.key, "features", batch["targets"][t.key]["features"], pred, Normalizer.from_store(store, t.key))
-        for name in ("fidelity", "fidelity_normalized", "mse", "mse_normalized"):
+        for name in ("fidelity", "variance_ratio", "mse", "mse_normalized"):
             assert got[name] == pytest.approx(getattr(want, name), rel=1e-6), (t.key, name)
     assert r["geometric_mean"]["fidelity"] == pytest.approx(geometric_mean([k["fidelity"] for k in r["keys"]]))
 
