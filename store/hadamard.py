@@ -36,11 +36,14 @@ def _is_prime(n: int) -> bool:
 
 
 def _jacobsthal(q: int) -> np.ndarray:
-    """``Q[i, j] = χ(j - i)`` with χ the quadratic character mod the prime ``q`` (χ(0) = 0)."""
+    """``Q[i, j] = χ(i - j)`` with χ the quadratic character mod the prime ``q`` (χ(0) = 0).
+
+    The sign convention of NVlabs/FeatSharp and RADIO (``χ(j - i)`` would be ``Qᵀ``, which for
+    q ≡ 3 (mod 4) is ``-Q``): with it our normalizers are interchangeable with theirs."""
     chi = np.full(q, -1, dtype=np.int64)
     chi[0] = 0
     chi[[(x * x) % q for x in range(1, q)]] = 1
-    idx = (np.arange(q)[None, :] - np.arange(q)[:, None]) % q
+    idx = (np.arange(q)[:, None] - np.arange(q)[None, :]) % q
     return chi[idx]
 
 
@@ -54,13 +57,14 @@ def _paley1(q: int) -> np.ndarray:
 
 def _paley2(q: int) -> np.ndarray:
     """Order 2(q + 1), q ≡ 1 (mod 4), from the symmetric conference matrix C = [[0, 1ᵀ], [1, Q]]:
-    H = C ⊗ [[1, -1], [-1, -1]] + I ⊗ [[1, 1], [1, -1]]."""
+    every 0 of C becomes [[1, -1], [-1, -1]] and every ±1 becomes ±[[1, 1], [1, -1]], i.e.
+    H = C ⊗ [[1, 1], [1, -1]] + I ⊗ [[1, -1], [-1, -1]] (FeatSharp's and RADIO's convention)."""
     n = q + 1
     c = np.zeros((n, n), dtype=np.int64)
     c[0, 1:], c[1:, 0], c[1:, 1:] = 1, 1, _jacobsthal(q)
-    a = np.array([[1, -1], [-1, -1]], dtype=np.int64)
-    b = np.array([[1, 1], [1, -1]], dtype=np.int64)
-    return np.kron(c, a) + np.kron(np.eye(n, dtype=np.int64), b)
+    zero = np.array([[1, -1], [-1, -1]], dtype=np.int64)
+    unit = np.array([[1, 1], [1, -1]], dtype=np.int64)
+    return np.kron(c, unit) + np.kron(np.eye(n, dtype=np.int64), zero)
 
 
 @lru_cache(maxsize=None)

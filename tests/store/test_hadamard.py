@@ -53,3 +53,28 @@ def test_normalized_is_orthogonal():
     h = normalized_hadamard(384)
     assert np.allclose(h @ h.T, np.eye(384), atol=1e-12)
     assert np.allclose(np.abs(h), 1 / np.sqrt(384))
+
+
+def test_paley_signs_match_featsharp_entries_derived_by_hand():
+    # FeatSharp/RADIO: Q[i, j] = χ(i - j); Paley I: H = I + [[0, 1ᵀ], [-1, Q]]; Paley II: each 0 of
+    # C = [[0, 1ᵀ], [1, Q]] → [[1, -1], [-1, -1]], each ±1 → ±[[1, 1], [1, -1]]; Sylvester factors first.
+    from radio.store.hadamard import _paley1, _paley2
+
+    # q = 3: squares mod 3 = {1}, so χ(1) = 1, χ(2) = -1; Q = [[0, χ(2), χ(1)], [χ(1), 0, χ(2)], [χ(2), χ(1), 0]].
+    assert _paley1(3).tolist() == [[1, 1, 1, 1], [-1, 1, -1, 1], [-1, 1, 1, -1], [-1, -1, 1, 1]]
+    # q = 7: squares {1, 2, 4}. Row 1 is e_1 + Q[0] = χ(0 - j): χ(6) = -1, χ(5) = -1, χ(4) = 1, ...
+    assert _paley1(7)[1].tolist() == [-1, 1, -1, -1, 1, -1, 1, 1]
+    assert _paley1(7)[2, 1] == 1  # χ(1 - 0)
+    # q = 5 (Paley II, order 12): squares {1, 4}; blocks (0, 0): C = 0; (1, 2): χ(-1) = χ(4) = 1;
+    # (1, 3): χ(-2) = χ(3) = -1; (1, 1): C = 0.
+    p2 = _paley2(5)
+    assert p2[0:2, 0:2].tolist() == [[1, -1], [-1, -1]] and p2[2:4, 2:4].tolist() == [[1, -1], [-1, -1]]
+    assert p2[0:2, 2:4].tolist() == [[1, 1], [1, -1]]
+    assert p2[2:4, 4:6].tolist() == [[1, 1], [1, -1]]
+    assert p2[2:4, 6:8].tolist() == [[-1, -1], [-1, 1]]
+    # Order 12 is paley1(q=11): squares mod 11 = {1, 3, 4, 5, 9}; row 1 = e_1 + χ(-j).
+    assert describe(12) == "paley1(q=11)"
+    assert hadamard(12)[1].tolist() == [-1, 1, -1, 1, -1, -1, -1, 1, 1, 1, -1, 1]
+    # 24 = sylvester(2) ⊗ paley1(q=11) = [[P, P], [P, -P]], as FeatSharp's kron(syl, paley).
+    h24, p12 = hadamard(24), hadamard(12)
+    assert np.array_equal(h24, np.block([[p12, p12], [p12, -p12]]))
