@@ -22,6 +22,9 @@ def compress(
     out: Annotated[Path | None, typer.Option("--out", help="folder for merged tokens, sizes, maps (safetensors)")] = None,
     picture: Annotated[bool, typer.Option("--picture", help="also a PNG per image of its merged regions (needs --out)")] = False,
     stride: Annotated[tuple[int, int], typer.Option("--stride", help="destination windows, rows cols")] = (2, 2),
+    one_round: Annotated[
+        bool, typer.Option("--one-round", help="pick the smallest k×k windows (k ≤ 4) that merge to --tokens in one round")
+    ] = False,
     seed: Annotated[int, typer.Option("--seed", help="seed of the random-destination baseline")] = 0,
 ) -> None:
     """Merge each image's tokens to --tokens with strided ToMe and print the reconstruction error of
@@ -60,10 +63,11 @@ def compress(
         x = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0
         feats = net(x).features  # [B, h, w, D]
         b, fh, fw, d = feats.shape
-        scores, merged = compare_methods(feats.reshape(b, fh * fw, d).float(), (fh, fw), tokens, stride=stride, seed=seed)
+        scores, merged = compare_methods(feats.reshape(b, fh * fw, d).float(), (fh, fw), tokens,
+                                        stride="auto" if one_round else stride, seed=seed)  # fmt: skip
         per_batch.append(scores)
         if out is not None:
-            _write(out, names[start : start + b], paths[start : start + b], merged, (fh, fw), tokens, stride, resolution,
+            _write(out, names[start : start + b], paths[start : start + b], merged, (fh, fw), tokens, merged.stride, resolution,
                    str(model), pixels[start : start + b] if picture else None)  # fmt: skip
     _print_table(per_batch, names, tokens, (h, w), resolution)
     if out is not None:
@@ -117,7 +121,7 @@ def _print_table(per_batch, names, tokens, grid, resolution) -> None:
     shown = names if len(names) <= MAX_IMAGE_COLUMNS else []
     for name in shown:
         table.add_column(name, justify="right")
-    for col in ("mean", "worst", "cosine", "max group", "detail"):
+    for col in ("mean", "worst", "cosine", "max group", "rounds", "detail"):
         table.add_column(col, justify="right" if col != "detail" else "left")
     for m, first in enumerate(methods):
         rows = [batch[m] for batch in per_batch]
@@ -129,5 +133,6 @@ def _print_table(per_batch, names, tokens, grid, resolution) -> None:
             cells = [f"{v:.4f}" for v in rel[: len(shown)].tolist()]
             cells += [f"{rel.mean():.4f}", f"{rel.max():.4f}", f"{cos.mean():.4f}"]
         table.add_row(first.method, str(first.tokens), str(first.channels), *cells,
-                      str(max(r.max_group for r in rows)), first.detail)  # fmt: skip
+                      str(max(r.max_group for r in rows)), "" if first.rounds is None else str(first.rounds),
+                      first.detail)  # fmt: skip
     make_console().print(table)

@@ -26,7 +26,7 @@ __all__ = ["AVG_POOL", "PIXEL_UNSHUFFLE", "TOME_RANDOM", "TOME_STRIDED", "Method
 class MethodScore:
     """One compressor on a batch: its output ``tokens`` and ``channels`` per image, and per image
     ``relative_mse [B]`` / ``cosine [B]`` of the unmerged tokens (None where lossless by
-    construction), the largest group, and a ``detail`` such as the pooled grid."""
+    construction), the largest group, a ``detail`` such as the pooled grid, and ToMe's rounds."""
 
     method: str
     tokens: int
@@ -35,15 +35,16 @@ class MethodScore:
     cosine: torch.Tensor | None
     max_group: int
     detail: str = ""
+    rounds: int | None = None  # merging rounds (ToMe); None for one-shot methods
 
 
-def _score(method: str, x: torch.Tensor, result: MergeResult, detail: str = "") -> MethodScore:
+def _score(method: str, x: torch.Tensor, result: MergeResult, detail: str = "", rounds: int | None = None) -> MethodScore:
     rec = reconstruction_error(x, unmerge(result.tokens, result.group))
     return MethodScore(method, result.tokens.shape[1], result.tokens.shape[2], rec.relative_mse, rec.cosine,
-                       int(result.sizes.max()), detail)  # fmt: skip
+                       int(result.sizes.max()), detail, rounds)  # fmt: skip
 
 
-def compare_methods(x: torch.Tensor, grid: tuple[int, int], tokens: int, *, stride: tuple[int, int] = (2, 2),
+def compare_methods(x: torch.Tensor, grid: tuple[int, int], tokens: int, *, stride: tuple[int, int] | str = (2, 2),
                     seed: int = 0) -> tuple[list[MethodScore], MergeResult]:  # fmt: skip
     """Score every method on ``x [B, N, C]`` (h×w ``grid``) at a budget of ``tokens``.
 
@@ -51,6 +52,7 @@ def compare_methods(x: torch.Tensor, grid: tuple[int, int], tokens: int, *, stri
     ``seed`` draws the random destinations.
     """
     strided = merge_tokens(x, grid, tokens, stride=stride)
+    stride = strided.stride
     random = merge_tokens(x, grid, tokens, stride=stride, layout="random",
                           generator=torch.Generator().manual_seed(seed))  # fmt: skip
     pooled = avg_pool_tokens(x, grid, tokens)
@@ -60,8 +62,8 @@ def compare_methods(x: torch.Tensor, grid: tuple[int, int], tokens: int, *, stri
         raise AssertionError("pixel unshuffle must be lossless")  # a bug, not a user error
     rounds = " → ".join(str(c) for c in (grid[0] * grid[1], *strided.counts))
     scores = [
-        _score(TOME_STRIDED, x, strided, f"{stride[0]}x{stride[1]} windows, rounds {rounds}"),
-        _score(TOME_RANDOM, x, random, f"seed {seed}"),
+        _score(TOME_STRIDED, x, strided, f"{stride[0]}x{stride[1]} windows, {rounds}", strided.rounds),
+        _score(TOME_RANDOM, x, random, f"seed {seed}", random.rounds),
         _score(AVG_POOL, x, pooled, f"{hp}x{wp} grid"),
         MethodScore(PIXEL_UNSHUFFLE, h2 * w2, unshuffled.shape[2], None, None, 4, "2x2 → channels, lossless"),
     ]

@@ -20,13 +20,15 @@ class TokenMerger(nn.Module):
     window (tomesd), a fresh draw per call from one generator; None (default) is deterministic.
     """
 
-    def __init__(self, tokens: int, stride: tuple[int, int] = (2, 2), layout: str = "strided", seed: int | None = None):
+    def __init__(self, tokens: int, stride: tuple[int, int] | str = (2, 2), layout: str = "strided",
+                 seed: int | None = None):  # fmt: skip
         super().__init__()
         if tokens < 1:
             raise ValueError(f"tokens must be ≥ 1, got {tokens}")
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r} (known: {', '.join(LAYOUTS)})")
-        self.tokens, self.stride, self.layout, self.seed = tokens, tuple(stride), layout, seed
+        self.tokens, self.layout, self.seed = tokens, layout, seed
+        self.stride = stride if stride == "auto" else tuple(stride)  # "auto": one round per grid (auto_stride)
         self._generator = None if seed is None else torch.Generator().manual_seed(seed)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int], metric: torch.Tensor | None = None) -> MergeResult:

@@ -81,6 +81,8 @@ def test_compress_two_images(app, export, images, tmp_path):
     tome = rows["ToMe strided"].split("│")
     assert tome[2].strip() == "50" and tome[3].strip() == "64"  # tokens, channels
     assert 0 < float(tome[6]) < 1  # mean relative MSE
+    # 10x10 → 50: 2x2 windows give 25 destinations ≤ 50: one round
+    assert tome[10].strip() == "1" and "2x2 windows, 100 → 50" in tome[11]
     assert [c.strip() for c in rows["pixel unshuffle"].split("│")[2:4]] == ["25", "256"]
     assert "lossless" in rows["pixel unshuffle"]
     assert "7x7 grid" in rows["avg pool"]  # 49 ≤ 50 tokens
@@ -93,6 +95,19 @@ def test_compress_two_images(app, export, images, tmp_path):
             assert f.metadata()["grid"] == "10x10"
         with Image.open(io.BytesIO((out / f"{name}.png").read_bytes())) as png:
             assert png.size[0] > 0 and png.size == (3 * 160 + 16, 160)
+
+
+def test_one_round_picks_coarser_windows_and_the_table_reports_rounds(app, export, images):
+    def tome_row(*extra: str) -> list[str]:
+        result = CliRunner().invoke(app, ["compress", "--model", str(export), "--images", str(images), "--tokens", "10",
+                                          "--resolution", "160", *extra], terminal_width=200)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return next(line for line in result.stdout.splitlines() if line.lstrip("│ ").startswith("ToMe strided")).split("│")
+
+    # 10x10 → 10: 2x2 windows (25 destinations) need two rounds; 3x3 windows (9 ≤ 10) need one.
+    default, one = tome_row(), tome_row("--one-round")
+    assert default[10].strip() == "2" and "2x2 windows, 100 → 25 → 10" in default[11]
+    assert one[10].strip() == "1" and "3x3 windows, 100 → 10" in one[11]
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -62,8 +62,8 @@ def test_every_window_keeps_its_destination_when_the_budget_allows(h, w, t, stri
 
 
 def test_later_rounds_form_a_quadtree_over_the_strided_grid():
-    # 64x64 → 256: round 1 keeps one token per 2x2 window (1024), round 2 one per 4x4 window.
-    res = merge_tokens(_x(2, 64 * 64, seed=2), (64, 64), 256)
+    # 64x64 → 256 with 2x2 windows: round 1 keeps one token per 2x2 window (1024), round 2 one per 4x4 window.
+    res = merge_tokens(_x(2, 64 * 64, seed=2), (64, 64), 256, stride=(2, 2))
     assert res.counts == (1024, 256)
     for b in range(2):
         rows, cols = res.anchors[b] // 64, res.anchors[b] % 64
@@ -73,7 +73,7 @@ def test_later_rounds_form_a_quadtree_over_the_strided_grid():
 
 def test_merged_tokens_are_the_means_of_their_sources():
     x = _x(2, 27 * 27, c=5, seed=3, dtype=torch.float64)
-    res = merge_tokens(x, (27, 27), 30)  # three rounds: 169, 49, 30
+    res = merge_tokens(x, (27, 27), 30)  # three rounds: 169, 49, 30 (4x4 windows would leave 36 > 30)
     assert len(res.counts) == 3
     for b in range(2):
         for g in range(30):
@@ -104,7 +104,7 @@ def test_unmerge_is_exact_on_piecewise_constant_tokens(seed):
     # Small integers: group sums are exact in float32, so the means equal the pieces bit for bit.
     values = torch.randint(-9, 10, (2, pieces, 16), generator=torch.Generator().manual_seed(10 + seed)).float()
     x = values[:, labels]
-    res = merge_tokens(x, (16, 16), pieces)
+    res = merge_tokens(x, (16, 16), pieces, stride=(2, 2))
     assert len(res.counts) == 2  # 2x2 windows, then 4x4 windows
     assert torch.equal(unmerge(res.tokens, res.group), x)
     assert reconstruction_error(x, unmerge(res.tokens, res.group)).mean_relative_mse == 0.0
@@ -174,3 +174,28 @@ def test_half_precision_inputs():
     x = _x(1, 16 * 16, seed=8).half()
     res = merge_tokens(x, (16, 16), 30)
     assert res.tokens.dtype == torch.float16 and res.tokens.shape == (1, 30, 8)
+
+
+@pytest.mark.parametrize(("grid", "t", "k"), [
+    ((48, 48), 256, 3),  # the paper's r = 2048: 2304 → 256 in one round needs 3x3 windows (256 destinations)
+    ((64, 64), 512, 3),  # r = 3584: 441 destinations
+    ((64, 64), 256, 4),  # r = 3840
+    ((48, 48), 196, 4),  # r = 2108: 144 destinations (3x3 would give 256 > 196)
+    ((32, 32), 256, 2),  # r = 768
+    ((27, 27), 196, 2),  # 169 destinations
+])  # fmt: skip
+def test_the_stride_is_chosen_so_one_round_reaches_the_budget(grid, t, k):
+    from radio.compress.tome import auto_stride
+
+    assert auto_stride(grid, t) == (k, k)
+    res = merge_tokens(_x(1, grid[0] * grid[1], c=8, seed=5), grid, t, stride="auto")
+    assert res.stride == (k, k) and res.counts == (t,) and res.rounds == 1
+
+
+def test_budgets_below_the_coarsest_auto_window_keep_multi_round():
+    from radio.compress.tome import MAX_AUTO_WINDOW, auto_stride
+
+    # 27x27 → 30: even 4x4 windows leave 6·6 = 36 > 30 destinations, so 2x2 windows and rounds.
+    assert (27 // MAX_AUTO_WINDOW) ** 2 > 30 and auto_stride((27, 27), 30) == (2, 2)
+    res = merge_tokens(_x(1, 729, c=8, seed=6), (27, 27), 30, stride="auto")
+    assert res.stride == (2, 2) and res.counts == (169, 49, 30) and res.rounds == 3
