@@ -182,7 +182,10 @@ def normalizer_for(store: FeatureStore, *, teacher: str | None = None, key: str 
     if (teacher is None) == (key is None):
         raise ValueError("normalizer_for takes exactly one of teacher= or key=")
     if mode == "none":
-        k = key or teacher_keys(store, teacher)[0]
+        keys = [key] if key is not None else teacher_keys(store, teacher)
+        if not keys:
+            raise StoreError(f"{store.path}: no target key of teacher {teacher!r}")
+        k = keys[0]
         t = store.target(k)
         return Normalizer("none", np.zeros(t.feature_dim if stream == "features" else t.summary_dim))
     phis = load_phis(store, key, stream) if key is not None else load_teacher_phis(store, teacher, stream)
