@@ -14,7 +14,10 @@ from .options import DEFAULT_CONFIG, ConfigOpt, PipelineOpt, StoreOpt, load
 
 @user_errors
 def fit_phis(
-    keys: Annotated[list[str] | None, typer.Option("--keys", "-k", help="fit the teachers of these target keys; repeatable [default: all]")] = None,
+    keys: Annotated[
+        list[str] | None,
+        typer.Option("--keys", "-k", help="fit the teachers of these target keys; repeatable [default: all]"),
+    ] = None,
     allow_partial: Annotated[
         bool, typer.Option("--allow-partial", help="fit keys whose featurize is incomplete, from the tars done so far")
     ] = False,
@@ -44,7 +47,8 @@ def fit_phis(
     fs = FeatureStore(cfg.store.path)
     reports = fit_store(fs, keys, allow_partial, max_tars)
     table = Table("teacher / target key", "stream", "tars", "rows", "vectors", "φ", "top 1", "top 10", "top 100",
-                  "Hadamard", "", title="PHI-S: one normalizer per teacher (indented: each key's own spectrum, diagnostics)")  # fmt: skip
+                  "Hadamard", "",
+                  title="PHI-S: one normalizer per teacher (indented: each key's own spectrum, diagnostics)")  # fmt: skip
     for r in reports:
         p = r.phis
         table.add_row(r.teacher, r.stream, str(r.tars), "", str(r.count), f"{p.phi:.4g}", f"{p.variance_share(1):.1%}",

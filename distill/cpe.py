@@ -4,7 +4,8 @@ One learned grid ``[1, G, G, D]`` covers the largest input the student supports
 (``G = cpe_max_size / patch``: 128 tokens per side at 2048 px, patch 16).
 
 Training: every image gets its own random crop of the grid, bilinearly resampled to the
-image's token grid; with probability ``pos_dropout`` (RADIO: 0.1) an image gets none at all. The student then never sees a fixed map from resolution to position
+image's token grid; with probability ``pos_dropout`` (RADIO: 0.1) an image gets none at all.
+The student then never sees a fixed map from resolution to position
 embedding, which is what causes RADIO's "mode switching" between low and high resolution.
 
 Inference: deterministic *resize-then-crop*: the whole grid is resized to a square of side
