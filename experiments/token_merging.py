@@ -85,12 +85,18 @@ def run(out: Path, scale: Scale) -> Outcome:
         f"{i}: strided {rel(196, i, 'ToMe strided'):.3f}, random {rel(196, i, 'ToMe random dest'):.3f}, "
         f"avg pool {rel(196, i, 'avg pool'):.3f}" for i in features) + ". ")  # fmt: skip
     verdict += (f"ToMe strided is best in {sum(wins.values())} of {len(wins)} (budget, image set) cells"
-                + (", as in the paper." if agrees else "; where it is not: " + ", ".join(
-                    f"{b} tokens on {i}" for (b, i), ok in wins.items() if not ok) + "."))  # fmt: skip
+                + (", as in the paper." if agrees else "; not on: " + ", ".join(
+                    f"{b} tokens on the {i}" for (b, i), ok in wins.items() if not ok) + "."))  # fmt: skip
+    beats_pool = all(rel(b, i, "ToMe strided") < rel(b, i, "avg pool") for b in budgets for i in features)
+    gap = max(abs(rel(b, i, "ToMe strided") / rel(b, i, "ToMe random dest") - 1) for b in budgets for i in features)
+    verdict += (f" ToMe (either layout) is {'below' if beats_pool else 'NOT always below'} average pooling at every "
+                f"budget; strided and random destinations differ by at most {gap:.1%}.")
     verdict += " Pixel unshuffle is lossless but fixed at 4× (729 → 196 tokens of 4× the channels)."
     if not agrees:
-        verdict += (" The tiny student's features are smooth and low-rank (few hundred steps from random-init "
-                    "teachers), so grid pooling loses little where the paper's trained features need merging.")
+        verdict += (" The paper's own ablation (Table A9) reports errors of 0.48–0.59 across sink layouts and matching "
+                    "spaces, a small spread; with a tiny student trained for a few hundred steps the layout's effect is "
+                    "within a few percent here, so the direction against random destinations is not reproduced"
+                    + (", while the one against pooling is." if beats_pool else "."))
     _picture(out / f"{NAME}.png", lossy, budgets, read_image(sets["document"][0], RESOLUTION), merged_doc)
     return Outcome(NAME, CLAIM, table, agrees, verdict, f"{NAME}.png",
                    extra={"resolution": RESOLUTION, "images": {k: [p.stem for p in v] for k, v in sets.items()}})
