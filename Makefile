@@ -1,13 +1,14 @@
 # Two commands do all the set-up on a fresh clone:
 #   make demo   create .venv if missing, install, run the tiny pipeline end to end
 #   make test   same set-up, then the full test suite
+#   make experiments  the paper's findings at small scale (`radio experiment all`, regenerates README)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIPELINE ?= tiny
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench experiments install clean
 
 install: $(STAMP)
 
@@ -27,6 +28,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	bash scripts/bench.sh
+
+experiments: $(STAMP)
+	RAY_AUTH_MODE=disabled $(BIN)/radio experiment all
 
 clean:
 	rm -rf data/sample data/store.zarr runs/tiny

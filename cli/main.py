@@ -10,6 +10,7 @@ import typer
 from . import config_cmd, eval_cmd, store_cmd, viz_cmd
 from .compress_cmd import compress
 from .distill_cmd import distill
+from .experiment_cmd import experiment
 from .export_cmd import export, plot
 from .featurize_cmd import featurize
 from .fit_phis_cmd import fit_phis
@@ -39,6 +40,7 @@ app.command("export")(export)
 app.add_typer(eval_cmd.app, name="eval")
 app.add_typer(viz_cmd.app, name="viz")
 app.command("compress")(compress)
+app.command("experiment")(experiment)
 
 def main() -> None:
     app()

@@ -126,6 +126,12 @@ class TeacherConfig(Frozen):
         description="hub id (hf-hub:ORG/NAME) or local checkpoint file; null = random init (tiny models, tests)",
     )
     targets: dict[str, TargetConfig] = Field(min_length=1)
+    output_scale: float = Field(
+        1.0,
+        gt=0,
+        description="multiply the teacher's outputs by this (recorded in provenance); experiments use it to make "
+        "one teacher's variance dominate, as SAM's does among the real teachers (paper §4.4)",
+    )
 
     @field_validator("targets")
     @classmethod

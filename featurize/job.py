@@ -140,6 +140,7 @@ def provenance(config: PipelineConfig, teacher: str, job: KeyJob) -> dict:
         "summary_dim": spec.summary_dim,
         "mean": list(spec.mean),
         "std": list(spec.std),
+        "output_scale": tc.output_scale,
         "code_version": CODE_VERSION,
     }
 
@@ -168,7 +169,7 @@ def prepare(config: PipelineConfig, selection: Selection, overwrite: bool = Fals
         for tp in plan.tars:
             todo = tuple(j for j in jobs if not done[j.key][tp.index])
             if todo:
-                items.append(WorkItem(tp.index, teacher, model, weights, todo))
+                items.append(WorkItem(tp.index, teacher, model, weights, todo, config.teachers[teacher].output_scale))
     return store, items
 
 

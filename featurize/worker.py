@@ -51,6 +51,7 @@ class WorkItem:
     model: str  # registry name
     weights: str | None
     keys: tuple[KeyJob, ...]
+    output_scale: float = 1.0  # the teacher config's output_scale, applied to every output
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -58,7 +59,8 @@ class WorkItem:
     @classmethod
     def from_json(cls, s: str) -> WorkItem:
         d = json.loads(s)
-        return cls(d["tar_index"], d["teacher"], d["model"], d["weights"], tuple(KeyJob(**k) for k in d["keys"]))
+        return cls(d["tar_index"], d["teacher"], d["model"], d["weights"], tuple(KeyJob(**k) for k in d["keys"]),
+                   d.get("output_scale", 1.0))  # fmt: skip
 
 
 @dataclass
@@ -72,6 +74,7 @@ class TarResult:
     seconds: float = 0.0
     compute_seconds: dict[str, float] = field(default_factory=dict)  # per key: teacher time only
     bytes_written: dict[str, int] = field(default_factory=dict)  # per key: raw fp16 bytes of valid rows
+    teacher_inputs: dict[str, int] = field(default_factory=dict)  # per key: images or canvases the teacher ran on
     truncated: str | None = None
     error: str | None = None
 
@@ -170,6 +173,7 @@ class TarFeaturizer:
         reasons: Counter[str] = Counter()
         result.compute_seconds = {k.key: 0.0 for k in item.keys}
         result.bytes_written = {k.key: 0 for k in item.keys}
+        result.teacher_inputs = {k.key: 0 for k in item.keys}
         writes: list[Future] = []
         with ThreadPoolExecutor(max_workers=1) as writer:
             for row_start, samples in _prefetch(self._windows(reader, tp)):
@@ -179,8 +183,11 @@ class TarFeaturizer:
                 valid = [i for i, x in enumerate(samples) if x.valid]
                 for job in item.keys:
                     t0 = time.perf_counter()
-                    feats, summ, window_moments = self._window_targets(teacher, job, samples, boxes, valid)
+                    self.last_inputs = 0
+                    feats, summ, window_moments = self._window_targets(teacher, job, samples, boxes, valid,
+                                                                       item.output_scale)  # fmt: skip
                     result.compute_seconds[job.key] += time.perf_counter() - t0
+                    result.teacher_inputs[job.key] += self.last_inputs
                     for stream, m in window_moments.items():
                         prev = moments[(job.key, stream)]
                         moments[(job.key, stream)] = m if prev is None else prev.merge(m)
@@ -238,11 +245,12 @@ class TarFeaturizer:
         }  # fmt: skip
 
     def _window_targets(
-        self, teacher: Teacher, job: KeyJob, samples: list[Sample], boxes: list[CropBox | None], valid: list[int]
+        self, teacher: Teacher, job: KeyJob, samples: list[Sample], boxes: list[CropBox | None], valid: list[int],
+        output_scale: float = 1.0,
     ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Moments]]:
         """Targets of one window for one key: ``features [R, h, w, C]`` and ``summary [R, Cs]`` fp16,
         zero rows where a sample is invalid or the window is shorter than a shard; and the moments
-        of the valid rows' fp16 targets per stream."""
+        of the valid rows' fp16 targets per stream. ``output_scale`` multiplies both outputs."""
         spec = teacher.spec
         r = self.store.plan.shard_rows
         g = job.resolution // spec.patch
@@ -253,6 +261,8 @@ class TarFeaturizer:
         crops = np.stack([crop_resize(samples[i].pixels, boxes[i], job.resolution) for i in valid])
         with torch.inference_mode(), autocast_for(self.device):
             f, sm = self._forward(teacher, job, torch.from_numpy(crops), [samples[i].key for i in valid])
+            if output_scale != 1.0:
+                f, sm = f * output_scale, (sm * output_scale if sm is not None else None)
         # Round to fp16 first: the moments describe the stored targets, the values the trainer sees.
         f16 = f.to(torch.float16)
         window_moments = {"features": _moments(f16.reshape(-1, f16.shape[-1]))}
@@ -271,6 +281,7 @@ class TarFeaturizer:
         x = crops.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
         x = teacher.normalize(x)
         if job.mosaic is None:
+            self.last_inputs = len(x)  # counted for the run report (mosaic: k² images per input)
             outs = [teacher(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
             f = torch.cat([o.features for o in outs])
             sm = torch.cat([o.summary for o in outs]) if spec.summary_dim else None
@@ -278,6 +289,7 @@ class TarFeaturizer:
             k = job.mosaic
             offsets = mosaic.tile_offsets(self.settings.seed, keys, job.canvas, k, job.resolution, spec.patch)
             canvases = mosaic.compose(x, k, job.canvas, offsets)
+            self.last_inputs = len(canvases)
             step = max(1, self.batch_size // (k * k))
             grid = torch.cat([teacher(canvases[i : i + step]).features for i in range(0, len(canvases), step)])
             f, sm = mosaic.split(grid, len(keys), k, job.canvas, job.resolution, offsets), None
