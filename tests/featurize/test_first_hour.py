@@ -57,15 +57,19 @@ def test_impossible_mosaic_exits_2_before_the_store_exists(repo, shards, tmp_pat
 
 
 def test_geometry_is_validated_before_any_array_is_allocated(repo, shards, tmp_path):
+    from radio.featurize.job import Selection
+    from radio.featurize.worker import KeyJob
+
     config = _tiny(repo, shards, tmp_path / "s.zarr")
-    raw = config.model_dump()
-    raw["teachers"]["sam"]["targets"]["sam@128"]["canvas"] = 512  # sam_tiny takes a 256 canvas
-    bad = type(config).model_validate(raw)
-    with pytest.raises(FeaturizeError, match=r"^sam@128: canvas 512 but sam_tiny takes 256$"):
-        prepare(bad, select(bad, ["sam"]).__class__(select(config, ["sam"]).teachers | {
-            "sam": ("sam_tiny", None, tuple(j if j.key != "sam@128" else j.__class__(j.key, 128, 2, 512)
-                                            for j in select(config, ["sam"]).teachers["sam"][2]))}))  # fmt: skip
-    assert not (tmp_path / "s.zarr").exists()
+    good = KeyJob("sam@64", 64, 4, 256)
+    for bad, message in [
+        (KeyJob("sam@128", 128, 2, 512), "sam@128: canvas 512 but sam_tiny takes 256"),
+        (KeyJob("sam@128", 128, 4, 256), "sam@128: mosaic 4 tiles of a 256 px canvas are 64 px, smaller than resolution 128"),
+    ]:
+        with pytest.raises(FeaturizeError) as e:
+            prepare(config, Selection({"sam": ("sam_tiny", None, (good, bad))}))
+        assert str(e.value) == message
+    assert not (tmp_path / "s.zarr").exists()  # not even the key that was fine
 
 
 def test_a_key_with_no_complete_tar_is_replanned_without_overwrite(repo, shards, tmp_path):
