@@ -104,7 +104,7 @@ def test_bad_input_completes_and_every_good_sample_is_kept(uninterrupted, shards
         else:
             assert r["crop_size"] is None
     assert set(store.target_keys) == {"clip@112", "clip@168", "siglip@112", "siglip@168", "dinov2@112",
-                                      "dinov2@168", "sam@128", "sam@192", "sam@256"}  # fmt: skip
+                                      "dinov2@168", "sam@64", "sam@128", "sam@192", "sam@256"}  # fmt: skip
     for key in store.target_keys:
         assert store.completed(key).all()
     assert store.array("sam@128", "features").shape[1:] == (8, 8, store.target("sam@128").feature_dim)
