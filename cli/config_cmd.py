@@ -7,7 +7,7 @@ import typer
 from .errors import user_errors
 from .options import DEFAULT_CONFIG, ConfigOpt, DataOpt, OutOpt, PipelineOpt, StoreOpt, load
 
-app = typer.Typer(help="Show or check the pipelines file.", no_args_is_help=True)
+app = typer.Typer(rich_markup_mode=None, help="Show or check the pipelines file.", no_args_is_help=True)
 
 
 @app.command()

@@ -33,13 +33,19 @@ def distill(
     Under torchrun (`torchrun --nproc-per-node N -m radio.cli distill ...`) runs DDP: NCCL on GPUs,
     gloo on CPU. SIGTERM / SIGUSR1 finish the step, write a checkpoint and exit; re-run to resume.
     """
+    main = quiet_unless_rank0()
     from radio.distill.trainer import train_stage
 
     cfg = load(config, pipeline, store=store, out=out)
-    log = _StepLog(sys.stderr.isatty())
+    log = _StepLog(sys.stderr.isatty()) if main else None
     result = train_stage(cfg, stage, steps=steps, init=init, workers=workers, device=device, flip=flip,
                          on_step=log)  # fmt: skip
-    log.close()
+    if log is not None:
+        log.close()
+    if not main:  # under torchrun only rank 0 reports; the others say something only on error
+        if result.end_step < result.total_steps and not result.stopped_by:
+            raise typer.Exit(EXIT_FAILED)
+        return
     where = result.run / f"stage{stage}"
     if result.stopped_by:
         print(f"stage {stage}: stopped by {result.stopped_by} at step {result.end_step}/{result.total_steps}; "
@@ -54,6 +60,20 @@ def distill(
           f"weights {where / 'final.safetensors'}")  # fmt: skip
     if result.end_step < result.total_steps:
         raise typer.Exit(EXIT_FAILED)
+
+
+def quiet_unless_rank0() -> bool:
+    """True on rank 0 (or alone). On other torchrun ranks: Python warnings off and the root
+    logger at ERROR, so N processes do not print N copies of the same lines."""
+    import logging
+    import os
+    import warnings
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        return True
+    warnings.simplefilter("ignore")
+    logging.getLogger().setLevel(logging.ERROR)
+    return False
 
 
 class _StepLog:

@@ -21,7 +21,7 @@ from .console import make_console
 from .errors import fail, user_errors
 from .options import DEFAULT_CONFIG, ConfigOpt, PipelineOpt, StoreOpt, load
 
-app = typer.Typer(help="Evaluate a student export or a teacher: scale equivariance, fidelity, kNN, zero-shot.",
+app = typer.Typer(rich_markup_mode=None, help="Evaluate a student export or a teacher: scale equivariance, fidelity, kNN, zero-shot.",
                   no_args_is_help=True)  # fmt: skip
 
 ModelOpt = Annotated[Path | None, typer.Option("--model", help="a student export folder (`radio export --out`)")]

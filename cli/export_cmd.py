@@ -22,13 +22,28 @@ def export(
     pipeline: PipelineOpt = None,
     store: StoreOpt = None,
 ) -> None:
-    """Export the trained student, its adaptors and each teacher's PHI-S inverse for `radio.load`."""
-    from radio.distill.export import export as do_export
-    from radio.store.layout import FeatureStore
+    """Export the trained student, its adaptors and each teacher's PHI-S inverse for `radio.load`.
 
-    cfg = load(config, pipeline, store=store)
-    where = do_export(run or Path(cfg.out), out, FeatureStore(cfg.store.path), cfg, stage)
+    Reads only the run folder: a stage's final weights carry the dims, normalizers and teacher
+    provenance, so neither the store nor (with --run) the pipelines file is needed.
+    """
+    from radio.distill.export import export as do_export
+
+    cfg = load(config, pipeline, store=store) if run is None or pipeline or store else None
+    where = do_export(run or Path(cfg.out), out, _store_if_present(cfg), cfg, stage)
     print(f"exported to {where}: model.safetensors, config.json (load with radio.load({str(where)!r}))")
+
+
+def _store_if_present(cfg):
+    """The pipeline's store when it is here (only weights written by an older radio need it)."""
+    from radio.store.layout import FeatureStore, StoreError
+
+    if cfg is None:
+        return None
+    try:
+        return FeatureStore(cfg.store.path)
+    except StoreError:
+        return None
 
 
 @user_errors

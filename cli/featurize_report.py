@@ -74,3 +74,5 @@ def print_summary(report) -> None:
         console.print(f"[yellow]truncated tar[/yellow] {r.tar_index}: {r.truncated} (samples before the break kept)")
     for r in report.failed:
         console.print(f"[red]failed[/red] tar {r.tar_index} ({r.teacher}): {r.error}")
+    if report.ray_log:
+        console.print(f"Ray's own log lines: {report.ray_log} (--verbose shows them)")

@@ -26,6 +26,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Click's plain help: a boolean option reads `--overwrite`, not `--overwrite <bool>` as rich
+    # rendering shows it (which looks as if a value were needed).
+    rich_markup_mode=None,
 )
 # In pipeline order, which is the order `radio --help` lists them in.
 app.command("sample-data")(sample_data)

@@ -14,7 +14,7 @@ PipelineOpt = Annotated[
     str | None, typer.Option("--pipeline", "-p", help="named pipeline [default: the file's `default`]")
 ]
 DataOpt = Annotated[
-    str | None, typer.Option("--data", help="override data.shards: a glob or comma-separated tar paths/URLs")
+    str | None, typer.Option("--data", help="override data.shards: a folder of tars, a glob, a brace range {000..009}, URLs; comma-separated")
 ]
 StoreOpt = Annotated[str | None, typer.Option("--store", help="override store.path")]
 OutOpt = Annotated[str | None, typer.Option("--out", help="override the run folder")]

@@ -11,7 +11,7 @@ import typer
 from .console import make_console
 from .errors import EXIT_FAILED, user_errors
 
-app = typer.Typer(help="Inspect or check a feature store.", no_args_is_help=True)
+app = typer.Typer(rich_markup_mode=None, help="Inspect or check a feature store.", no_args_is_help=True)
 
 PathArg = Annotated[Path, typer.Argument(help="the store directory (store.path of the pipeline)")]
 

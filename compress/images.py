@@ -7,12 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
+from radio.errors import RadioError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 __all__ = ["IMAGE_SUFFIXES", "CompressError", "find_images", "read_image"]
 
 
-class CompressError(ValueError):
+class CompressError(RadioError):
     """A user's mistake: a missing or unreadable image, a budget the grid cannot meet."""
 
 
@@ -37,12 +39,15 @@ def find_images(paths: Iterable[Path]) -> list[Path]:
 
 def read_image(path: Path, resolution: int) -> np.ndarray:
     """RGB ``[R, R, 3]`` uint8: the whole image resized to R×R (bicubic). The aspect ratio is not
-    kept, as for a VLM's fixed-size input: nothing is cropped away."""
-    from PIL import Image, UnidentifiedImageError
+    kept, as for a VLM's fixed-size input: nothing is cropped away. Decoded by the one image
+    reader of every command (:func:`radio.store.images.read_image_file`: EXIF orientation)."""
+    from PIL import Image
+
+    from radio.store.images import ImageLimits, ImageReadError, read_image_file
 
     try:
-        with Image.open(path) as im:
-            rgb = im.convert("RGB").resize((resolution, resolution), Image.Resampling.BICUBIC)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise CompressError(f"cannot read image {path}: {e}") from None
+        pixels = read_image_file(path, ImageLimits(min_size=1))
+    except ImageReadError as e:
+        raise CompressError(str(e)) from None
+    rgb = Image.fromarray(pixels).resize((resolution, resolution), Image.Resampling.BICUBIC)
     return np.asarray(rgb, dtype=np.uint8)

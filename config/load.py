@@ -14,10 +14,12 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from radio.errors import RadioError
+
 from .schema import PipelineConfig, PipelinesFile
 
 
-class ConfigError(ValueError):
+class ConfigError(RadioError):
     """A pipelines file or an override that does not describe a valid pipeline."""
 
 

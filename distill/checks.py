@@ -49,6 +49,28 @@ def adaptor_specs(store: FeatureStore, config: PipelineConfig) -> list[AdaptorSp
     return specs
 
 
+def _same_tiling(stored: int | None, configured: int | None) -> bool:
+    """A SAM key featurized with another mosaic k is the same target (DESIGN: a mosaic only packs
+    k² images into one canvas at patch-aligned offsets; each image's grid block is its target at
+    the key's resolution). Only canvas vs. plain inputs differ in kind."""
+    return (stored is None) == (configured is None)
+
+
+def mosaic_notes(store: FeatureStore, config: PipelineConfig, stage: int) -> list[str]:
+    """One line per key of stage ``stage`` whose stored mosaic differs from the config's: distill
+    trains on it as it is (e.g. featurized with ``radio featurize --teacher sam --mosaic 4``)."""
+    notes = []
+    keys = dict.fromkeys(k for part in config.stages[stage - 1].partitions for k in part.targets)
+    for key in keys:
+        if key not in store.target_keys:
+            continue
+        stored, configured = store.target(key).attrs.get("mosaic"), config.target(key)[2].mosaic
+        if stored != configured and _same_tiling(stored, configured):
+            notes.append(f"{key} was featurized with mosaic {stored}, the config says {configured}; training on it "
+                         "as it is (a mosaic changes only how images were packed on the teacher's canvas)")  # fmt: skip
+    return notes
+
+
 def stage_targets(store: FeatureStore, config: PipelineConfig, stage: int) -> list[tuple[int, list[KeyTarget]]]:
     """The partitions of stage ``stage`` (1-based) as ``(resolution, [KeyTarget])``; raises
     :class:`StageMismatch` listing every problem and what the store has."""
@@ -66,7 +88,7 @@ def stage_targets(store: FeatureStore, config: PipelineConfig, stage: int) -> li
             info = store.target(key)
             teacher_name, _, spec = config.target(key)
             prov = info.attrs
-            if prov.get("resolution") != spec.resolution or prov.get("mosaic") != spec.mosaic:
+            if prov.get("resolution") != spec.resolution or not _same_tiling(prov.get("mosaic"), spec.mosaic):
                 problems.append(f"{key} was featurized at resolution {prov.get('resolution')} mosaic {prov.get('mosaic')}, "
                                 f"the config asks for {spec.resolution} mosaic {spec.mosaic}")  # fmt: skip
             done = store.completed(key)

@@ -4,6 +4,10 @@ An export folder holds ``model.safetensors`` (student, adaptors, and per teacher
 that maps its adaptor's features back to the teacher's own space) and ``config.json`` (the
 student's architecture, the teachers, which target keys each teacher's normalizer was fitted on). Nothing
 else is needed to load it: no store, no pipelines file, no pickles.
+
+Nothing else is needed to *write* it either: when a stage finishes, the trainer stores in its
+``final.safetensors`` what export reads from the store (:func:`export_payload`), so a run
+trained on a cluster exports on a laptop from the run folder alone.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from radio.errors import RadioError
+
 from .adaptors import AdaptorOutput, AdaptorSpec
 from .checkpoint import load_weights, save_weights
 from .student import Student
@@ -23,7 +29,7 @@ from .student import Student
 EXPORT_FORMAT = "radio-export/1"
 
 
-class ExportError(ValueError):
+class ExportError(RadioError):
     """A run that cannot be exported, or a folder that is not an export."""
 
 
@@ -69,50 +75,115 @@ class RadioModel(nn.Module):
         return self._output(out), inter
 
 
-def export(run: Path, out: Path, store, config, stage: int | None = None) -> Path:
-    """Write ``out/model.safetensors`` and ``out/config.json`` from a run's final weights.
+EXPORT_META = "radio_export"  # safetensors metadata key of a final weights file: what export needs (JSON)
+EXPORT_PREFIX = "export."  # tensors of a final weights file that only export reads (not the student's)
 
-    Each teacher's features are de-normalized with the teacher's normalizer (one per teacher,
-    fitted over all its keys: the space its head was trained in at every resolution).
+
+def teacher_normalizers(store, config, stage: int) -> dict[str, tuple[str, nn.Module]]:
+    """Per teacher of stage ``stage``, ``(target key, Normalizer)`` that maps its adaptor's
+    features back to its own space: the teacher's one normalizer, fitted over all its keys (the
+    space its head was trained in at every resolution). The key is the one of the stage's last
+    partition (the highest resolution it trained at), recorded for provenance. Empty when the
+    config normalizes nothing.
+
+    The one place that decides which normalizer state an export carries.
     """
-    from radio.store.normalizers import normalizer_for, normalizer_info
+    from radio.store.normalizers import normalizer_for
 
-    from .checks import adaptor_specs
-    from .trainer import FINAL, stage_dir
-
-    stages = [stage] if stage else [s for s in range(len(config.stages), 0, -1) if (stage_dir(run, s) / FINAL).is_file()]
-    if not stages or not (stage_dir(run, stages[0]) / FINAL).is_file():
-        raise ExportError(f"{run}: no finished stage to export (looked for stageN/{FINAL}); run `radio distill` first")
-    stage = stages[0]
-    weights = load_weights(stage_dir(run, stage) / FINAL)
-    specs = adaptor_specs(store, config)
+    if config.normalization == "none":
+        return {}
     keys: dict[str, str] = {}
     for part in config.stages[stage - 1].partitions:
         for key in part.targets:
             keys[config.target(key)[0]] = key  # later partitions (higher resolution) win
-    tensors = {f"student.{k}": v for k, v in weights.items()}
+    return {t: (key, normalizer_for(store, teacher=t, mode=config.normalization)) for t, key in keys.items()}
+
+
+def export_payload(store, config, stage: int) -> tuple[dict[str, torch.Tensor], dict]:
+    """What an export needs beyond the student's weights, read from the store once, when a stage
+    finishes: ``({"export.normalizers.T.NAME": tensor}, meta)`` with ``meta`` holding the
+    student's architecture and per teacher its dims, target key, normalization and provenance.
+    The trainer writes both into ``final.safetensors`` so export never needs the store."""
+    from radio.store.normalizers import normalizer_info
+
+    from .checks import adaptor_specs
+
+    norms = teacher_normalizers(store, config, stage)
+    tensors: dict[str, torch.Tensor] = {}
     teachers = []
-    for spec in specs:
-        key = keys.get(spec.name)
+    for spec in adaptor_specs(store, config):
+        key, norm = norms.get(spec.name, (None, None))
         entry = asdict(spec) | {"target_key": key, "normalization": config.normalization}
-        if key is not None and config.normalization != "none":
-            norm = normalizer_for(store, teacher=spec.name, mode=config.normalization)
+        if norm is not None:
             for name, t in norm.state_dict().items():
-                tensors[f"normalizers.{spec.name}.{name}"] = t
+                tensors[f"{EXPORT_PREFIX}normalizers.{spec.name}.{name}"] = t
             info = normalizer_info(store, spec.name) or {}
             entry["normalizer"] = {"keys": info.get("keys"), "fingerprint": info.get("fingerprint")}
             entry["provenance"] = store.target(key).attrs
         teachers.append(entry)
     s = config.student
     meta = {
-        "format": EXPORT_FORMAT,
         "student": {"size": s.size, "patch": s.patch, "cpe_max_size": s.cpe_max_size,
                     "register_multiple": s.register_multiple, "adaptor_hidden": s.adaptor_hidden,
                     "adaptor_inner": s.adaptor_inner},
         "teachers": teachers,
         "stage": stage,
-        "input": "RGB in [0, 1], [B, 3, H, W] with H and W multiples of 16",
     }  # fmt: skip
+    return tensors, meta
+
+
+def final_metadata(meta: dict) -> dict[str, str]:
+    """``meta`` as safetensors metadata (strings only)."""
+    return {EXPORT_META: json.dumps(meta, default=str)}
+
+
+def student_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The student's own weights from a final weights file (without the export tensors)."""
+    return {k: v for k, v in tensors.items() if not k.startswith(EXPORT_PREFIX)}
+
+
+def _finished_stages(run: Path) -> list[int]:
+    from .trainer import FINAL
+
+    found = []
+    for d in run.glob("stage*"):
+        if d.name[5:].isdigit() and (d / FINAL).is_file():
+            found.append(int(d.name[5:]))
+    return sorted(found, reverse=True)
+
+
+def export(run: Path, out: Path, store=None, config=None, stage: int | None = None) -> Path:
+    """Write ``out/model.safetensors`` and ``out/config.json`` from a run's final weights.
+
+    Everything comes from the stage's ``final.safetensors`` (student weights, and what
+    :func:`export_payload` put there: dims, normalizers, provenance), so neither the store nor
+    the pipelines file is needed. A weights file written before it carried that payload is
+    completed from ``store`` and ``config`` when given.
+    """
+    from safetensors import safe_open
+
+    from .trainer import FINAL, stage_dir
+
+    run = Path(run)
+    stages = [stage] if stage else _finished_stages(run)
+    if not stages or not (stage_dir(run, stages[0]) / FINAL).is_file():
+        raise ExportError(f"{run}: no finished stage to export (looked for stageN/{FINAL}); run `radio distill` first")
+    stage = stages[0]
+    path = stage_dir(run, stage) / FINAL
+    weights = load_weights(path)
+    with safe_open(str(path), "pt") as f:
+        embedded = (f.metadata() or {}).get(EXPORT_META)
+    if embedded is not None:
+        meta = json.loads(embedded)
+        extra = {k: v for k, v in weights.items() if k.startswith(EXPORT_PREFIX)}
+    elif store is not None and config is not None:
+        extra, meta = export_payload(store, config, stage)
+    else:
+        raise ExportError(f"{path} carries no export metadata (written by an older radio); "
+                          "export it with the pipeline's store available")  # fmt: skip
+    tensors = {f"student.{k}": v for k, v in student_state(weights).items()}
+    tensors |= {k[len(EXPORT_PREFIX) :]: v for k, v in extra.items()}
+    meta = {"format": EXPORT_FORMAT, **meta, "input": "RGB in [0, 1], [B, 3, H, W] with H and W multiples of 16"}
     out.mkdir(parents=True, exist_ok=True)
     save_weights(tensors, out / "model.safetensors", {"format": EXPORT_FORMAT})
     (out / "config.json").write_text(json.dumps(meta, indent=2, default=str))

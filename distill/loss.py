@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from radio.errors import RadioError
+
 
 @dataclass(frozen=True)
 class KeyTarget:
@@ -31,7 +33,7 @@ class KeyTarget:
     weight_features: float = 1.0
 
 
-class GridMismatch(ValueError):
+class GridMismatch(RadioError):
     """A key whose grid must match the student's does not."""
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,9 +31,10 @@ from radio.store.normalizers import Normalizer, normalizer_for, teacher_of
 
 from . import distributed
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
-from .checks import adaptor_specs, stage_targets
+from .checks import adaptor_specs, mosaic_notes, stage_targets
 from .cpe import draw_crops
 from .data import PartitionRows, StepBatches, collate, split_rows
+from .export import export_payload, final_metadata, student_state
 from .loss import DistillLoss, KeyTarget
 from .schedule import lr_at
 from .student import Student
@@ -151,7 +153,7 @@ def _initial_weights(run: Path, stage: int, init: Path | None) -> Path | None:
 
 
 def _load_student_weights(student: Student, path: Path) -> None:
-    state = load_weights(path) if path.suffix == ".safetensors" else load_checkpoint(path)["model"]
+    state = student_state(load_weights(path)) if path.suffix == ".safetensors" else load_checkpoint(path)["model"]
     missing, unexpected = student.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise DistillError(f"{path}: weights do not fit this student (missing {list(missing)[:5]}, "
@@ -185,6 +187,9 @@ def _train(config, stage, d, steps, run, init, workers, flip, on_step) -> StageR
     cfg = config.stages[stage - 1]
     store = FeatureStore(config.store.path)
     partitions: list[tuple[int, list[KeyTarget]]] = stage_targets(store, config, stage)
+    if d.main:
+        for note in mosaic_notes(store, config, stage):
+            print(f"note: {note}", file=sys.stderr)
     keys = sorted({t.key for _, ts in partitions for t in ts})
     total = steps or cfg.steps
     sdir = stage_dir(run, stage)
@@ -289,7 +294,11 @@ def _train(config, stage, d, steps, run, init, workers, flip, on_step) -> StageR
                 checkpoint(step)
                 break
     if step == total and d.main:
-        save_weights(student.state_dict(), sdir / FINAL, {"stage": str(stage), "steps": str(total)})
+        # The final weights carry what export needs (dims, normalizers, provenance): a run can be
+        # exported where the store is not.
+        extra, meta = export_payload(store, config, stage)
+        save_weights(student.state_dict() | extra, sdir / FINAL,
+                     {"stage": str(stage), "steps": str(total)} | final_metadata(meta))  # fmt: skip
     return StageResult(stage, run, start, step, total, stopped_by, losses)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from radio.errors import RadioError
 
-class EvalError(ValueError):
+
+class EvalError(RadioError):
     """Bad evaluation input (no images, an unknown adaptor, a teacher without a text tower, ...);
     the CLI prints it as one line and exits 2."""

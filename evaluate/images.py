@@ -1,7 +1,7 @@
 """Evaluation images from folders: a plain folder of pictures, or a labeled ImageFolder set.
 
-Every image is decoded as featurize decodes (:func:`radio.store.images.decode_image`: EXIF
-orientation, any mode to RGB), cut to its largest centred square and resized to the requested
+Every image is read by the one image-file reader (:func:`radio.store.images.read_image_file`,
+which decodes as featurize does: EXIF orientation, any mode to RGB), cut to its largest centred square and resized to the requested
 side with the trainer's resize (:func:`radio.store.crops.crop_resize`, bicubic, antialiased).
 A square centre crop resized to ``s`` is the usual "shortest side to ``s``, centre crop ``s``"
 evaluation transform (notes/radio-code.md §2.10), and it keeps exactly the same content at every
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from radio.store.crops import choose_crop, crop_resize
-from radio.store.images import IMAGE_SUFFIXES, ImageLimits, decode_image
+from radio.store.images import IMAGE_SUFFIXES, ImageLimits, read_image_file
 
 from .errors import EvalError
 
@@ -49,11 +49,9 @@ def list_images(folder: str | Path) -> list[Path]:
 
 def load_square(path: Path, size: int, limits: ImageLimits | None = None) -> np.ndarray:
     """The image's largest centred square resized to ``[size, size, 3] uint8``."""
-    decoded = decode_image(Path(path).read_bytes(), limits or ImageLimits())
-    if not decoded.ok:
-        raise EvalError(f"{path}: cannot use this image ({decoded.reason})")
-    h, w = decoded.pixels.shape[:2]
-    return crop_resize(decoded.pixels, choose_crop(0, "", w, h, "center_square", (1.0, 1.0)), size)
+    pixels = read_image_file(path, limits or ImageLimits())
+    h, w = pixels.shape[:2]
+    return crop_resize(pixels, choose_crop(0, "", w, h, "center_square", (1.0, 1.0)), size)
 
 
 def to_batch(pixels: list[np.ndarray]) -> torch.Tensor:

@@ -13,19 +13,23 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from radio.config import PipelineConfig, fingerprint
+from radio.errors import RadioError
 from radio.store.layout import FeatureStore, Plan, settings_json
 from radio.store.shards import count_samples, expand_shards, open_binary
 
+from .mosaic import mosaic_misfit
+from .preflight import check_weights
+from .ray_logs import log_path, ray_output_to
 from .teachers import TeacherError, get_spec
 from .worker import FeaturizeSettings, KeyJob, TarFeaturizer, TarResult, WorkItem
 
 CODE_VERSION = "radio-featurize/1"
 
 
-class FeaturizeError(ValueError):
+class FeaturizeError(RadioError):
     """A featurize request that cannot run (unknown teacher, bad --mosaic, ...)."""
 
 
@@ -34,6 +38,8 @@ class Selection:
     """The teachers and target keys a run computes, with CLI overrides applied."""
 
     teachers: dict[str, tuple[str, str | None, tuple[KeyJob, ...]]]  # name → (model, weights, keys)
+    notes: tuple[str, ...] = ()  # one line each, for the user (e.g. where --mosaic did not apply)
+    mosaic: int | None = None  # the --mosaic override, if any
 
     @property
     def keys(self) -> list[KeyJob]:
@@ -42,27 +48,63 @@ class Selection:
 
 def select(config: PipelineConfig, names: list[str] | None = None, mosaic: int | None = None) -> Selection:
     """Target keys of the teachers matching ``names`` (a config teacher name, a registry model,
-    a family such as ``sam``, or a target key); all when ``names`` is empty."""
+    a family such as ``sam``, or a target key); all when ``names`` is empty.
+
+    ``mosaic`` k applies to the selected canvas (SAM) keys whose resolution fits k×k tiles of
+    their canvas (the paper: mosaic 4 at 256 px, 2 at 432 px on SAM's 1024 canvas); the other
+    canvas keys keep their configured mosaic and are named in one note. No key fitting is a
+    :class:`FeaturizeError`. Every key's geometry is validated here, before any store is touched.
+    """
     chosen: dict[str, tuple[str, str | None, tuple[KeyJob, ...]]] = {}
     for name in names or []:
-        if not any(_matches(name, t, tc) for t, tc in config.teachers.items()):
+        if not any(_matches(name, t, tc, k) for t, tc in config.teachers.items() for k in (None, *tc.targets)):
             known = sorted({*config.teachers, *config.target_keys})
             raise FeaturizeError(f"--teacher {name!r} matches no teacher or target key (known: {', '.join(known)})")
+    applied: list[str] = []
+    unfit: list[str] = []
     for t, tc in config.teachers.items():
         keys = [k for k in tc.targets if not names or any(_matches(n, t, tc, k) for n in names)]
         if not keys:
             continue
+        patch = get_spec(tc.model).patch
         jobs = []
         for k in keys:
             spec = tc.targets[k]
             m = spec.mosaic
-            if mosaic is not None:
-                if m is None:
-                    raise FeaturizeError(f"--mosaic applies to mosaic teachers; {k} has none (select with --teacher)")
-                m = mosaic
+            if mosaic is not None and m is not None:  # a canvas key: --mosaic may apply
+                if mosaic_misfit(spec.canvas, mosaic, spec.resolution, patch) is None:
+                    m = mosaic
+                    applied.append(k)
+                else:
+                    unfit.append(f"{k} ({spec.resolution} px)")
             jobs.append(KeyJob(k, spec.resolution, m, spec.canvas))
         chosen[t] = (tc.model, tc.weights, tuple(jobs))
-    return Selection(chosen)
+    notes: list[str] = []
+    if mosaic is not None:
+        if not applied:
+            why = f"; too large for its tiles: {', '.join(unfit)}" if unfit else "; no selected key is a canvas (SAM) key"
+            raise FeaturizeError(f"--mosaic {mosaic} fits no selected target key{why}")
+        if unfit:
+            notes.append(f"--mosaic {mosaic} applies to {', '.join(applied)}; left at their configured mosaic "
+                         f"(resolution too large for {mosaic}x{mosaic} tiles): {', '.join(unfit)}")  # fmt: skip
+    selection = Selection(chosen, tuple(notes), mosaic)
+    validate_geometry(config, selection)
+    return selection
+
+
+def validate_geometry(config: PipelineConfig, selection: Selection) -> None:
+    """Every selected key's teacher input and mosaic tiling is possible; raises FeaturizeError.
+
+    Run before the store is planned, so an impossible request leaves no arrays behind.
+    """
+    for teacher, (model, _, jobs) in selection.teachers.items():
+        spec = get_spec(model)
+        for job in jobs:
+            provenance(config, teacher, job)  # canvas / non-canvas consistency
+            if job.mosaic is not None:
+                why = mosaic_misfit(job.canvas, job.mosaic, job.resolution, spec.patch)
+                if why:
+                    raise FeaturizeError(f"{job.key}: {why}")
 
 
 def _matches(name: str, teacher: str, tc, key: str | None = None) -> bool:
@@ -83,6 +125,8 @@ class FeaturizeReport:
     results: list[TarResult] = field(default_factory=list)
     unreadable: dict[str, str] = field(default_factory=dict)  # tar → why it could not be listed
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # one-line remarks on the selection (--mosaic)
+    ray_log: str | None = None  # where Ray's own log lines went (local runs without --verbose)
 
     @property
     def failed(self) -> list[TarResult]:
@@ -124,6 +168,8 @@ def provenance(config: PipelineConfig, teacher: str, job: KeyJob) -> dict:
         raise FeaturizeError(f"{job.key}: {tc.model} runs at any size; mosaic applies to canvas teachers (SAM)")
     if canvas and job.canvas != spec.input_size:
         raise FeaturizeError(f"{job.key}: canvas {job.canvas} but {tc.model} takes {spec.input_size}")
+    if job.resolution % spec.patch:
+        raise FeaturizeError(f"{job.key}: resolution {job.resolution} is not a multiple of {tc.model}'s patch {spec.patch}")
     grid = spec.grid(job.resolution)
     return {
         "target_key": job.key,
@@ -151,17 +197,27 @@ def _settings(config: PipelineConfig) -> FeaturizeSettings:
                              config.data.max_image_pixels)  # fmt: skip
 
 
-def prepare(config: PipelineConfig, selection: Selection, overwrite: bool = False) -> tuple[FeatureStore, list[WorkItem]]:
-    """Plan (or re-open) the store, pre-allocate the selected keys, list the incomplete work."""
+def prepare(config: PipelineConfig, selection: Selection, overwrite: bool = False,
+            notes: list[str] | None = None) -> tuple[FeatureStore, list[WorkItem]]:  # fmt: skip
+    """Plan (or re-open) the store, pre-allocate the selected keys, list the incomplete work.
+
+    Without ``--mosaic``, a SAM key already featurized with another mosaic resumes with the
+    mosaic it has (a note in ``notes`` says so; ``overwrite`` recomputes it with the config's).
+    """
+    validate_geometry(config, selection)  # before anything is created
+    provs = {job.key: provenance(config, t, job) for t, (_, _, jobs) in selection.teachers.items() for job in jobs}
     tars = expand_shards(config.data.shards)
     plan = plan_rows(tars, config.store.shard_rows)
     settings = settings_json(asdict(_settings(config)) | {"shards_fingerprint": fingerprint(tars)})
     store = FeatureStore.create(config.store.path, plan, settings)
     items: list[WorkItem] = []
     for teacher, (model, weights, jobs) in selection.teachers.items():
+        if selection.mosaic is None and not overwrite:
+            jobs = tuple(_stored_mosaic(config, store, teacher, job, notes) for job in jobs)
+            provs |= {job.key: provenance(config, teacher, job) for job in jobs}
         for job in jobs:
             spec = get_spec(model)
-            prov = provenance(config, teacher, job)
+            prov = provs[job.key]
             store.create_target(job.key, grid=tuple(prov["grid"]), feature_dim=spec.feature_dim,
                                 summary_dim=spec.summary_dim, provenance=prov,
                                 compressor=config.store.compressor, overwrite=overwrite)  # fmt: skip
@@ -171,6 +227,25 @@ def prepare(config: PipelineConfig, selection: Selection, overwrite: bool = Fals
             if todo:
                 items.append(WorkItem(tp.index, teacher, model, weights, todo, config.teachers[teacher].output_scale))
     return store, items
+
+
+def _stored_mosaic(config: PipelineConfig, store: FeatureStore, teacher: str, job: KeyJob,
+                   notes: list[str] | None) -> KeyJob:  # fmt: skip
+    """``job`` with the mosaic its key was featurized with, when only the mosaic differs and some
+    tar is complete (with none, the key is re-planned with the config's: nothing is lost)."""
+    if job.mosaic is None or job.key not in store.target_keys or not store.completed(job.key).any():
+        return job
+    stored = store.target(job.key).attrs
+    k = stored.get("mosaic")
+    if k is None or k == job.mosaic:
+        return job
+    other = replace(job, mosaic=k)
+    if stored != provenance(config, teacher, other):
+        return job  # more than the mosaic differs: create_target decides
+    if notes is not None:
+        notes.append(f"{job.key} keeps the mosaic {k} it was featurized with (the config says {job.mosaic}); "
+                     "--overwrite recomputes it with the config's")  # fmt: skip
+    return other
 
 
 ProgressFn = Callable[[TarResult, int, int], None]
@@ -184,33 +259,52 @@ def run_featurize(
     address: str | None = None,
     workers: int | None = None,
     overwrite: bool = False,
+    verbose: bool = False,
     on_result: ProgressFn | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> FeaturizeReport:
-    """Featurize the selected target keys of ``config`` into its store; resumable."""
+    """Featurize the selected target keys of ``config`` into its store; resumable.
+
+    Before anything is written: the selection and its geometry are validated and every
+    teacher's weights are resolved (:func:`~radio.featurize.preflight.check_weights`). On a
+    local run Ray's own log lines go to ``OUT/logs/featurize-*.log`` (``verbose``: to stderr).
+    """
     start = time.perf_counter()
     selection = select(config, teachers, mosaic)
-    store, items = prepare(config, selection, overwrite)
-    report = FeaturizeReport(str(store.path), len(store.plan.tars), len(items), 0)
+    for note in selection.notes:
+        (on_note or print)(note)
+    check_weights({t: (model, weights) for t, (model, weights, _) in selection.teachers.items()})
+    later: list[str] = []
+    store, items = prepare(config, selection, overwrite, later)
+    for note in later:
+        (on_note or print)(note)
+    report = FeaturizeReport(str(store.path), len(store.plan.tars), len(items), 0,
+                             notes=[*selection.notes, *later])  # fmt: skip
     report.unreadable = {t.path: t.error for t in store.plan.tars if t.error and t.samples == 0}
     total_keys = sum(len(k) for _, _, k in selection.teachers.values()) * len(store.plan.tars)
     report.skipped = total_keys - sum(len(i.keys) for i in items)
     if items:
-        for i, result in enumerate(_run_on_ray(config, store, items, address, workers)):
-            report.results.append(result)
-            if on_result:
-                on_result(result, i + 1, len(items))
+        local = not (address or os.environ.get("RAY_ADDRESS"))
+        log = log_path(config.out) if local and not verbose else None
+        with ray_output_to(log):
+            for i, result in enumerate(_run_on_ray(config, store, items, address, workers, verbose)):
+                report.results.append(result)
+                if on_result:
+                    on_result(result, i + 1, len(items))
+        report.ray_log = str(log) if log else None
     report.seconds = time.perf_counter() - start
     return report
 
 
 def _run_on_ray(config: PipelineConfig, store: FeatureStore, items: list[WorkItem], address: str | None,
-                workers: int | None):  # fmt: skip
+                workers: int | None, verbose: bool = False):  # fmt: skip
     import logging
 
     import ray
 
-    gpus = _init_ray(address)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # the driver reports progress itself
+    gpus = _init_ray(address, verbose)
+    if not verbose:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # the driver reports progress itself
     n = workers or max(1, gpus)
     n = min(n, len(items))
     ctx = ray.data.DataContext.get_current()
@@ -236,13 +330,15 @@ def _run_on_ray(config: PipelineConfig, store: FeatureStore, items: list[WorkIte
         yield TarResult.from_json(row["result"])
 
 
-def _init_ray(address: str | None) -> int:
-    """Attach to ``address`` / RAY_ADDRESS, or start a local instance; returns the GPUs available."""
+def _init_ray(address: str | None, verbose: bool = False) -> int:
+    """Attach to ``address`` / RAY_ADDRESS, or start a local instance; returns the GPUs available.
+
+    ``verbose``: Ray's INFO lines and the workers' output reach the driver's terminal."""
     import ray
 
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
-        kwargs = dict(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        kwargs = dict(include_dashboard=False, logging_level="INFO" if verbose else "ERROR", log_to_driver=verbose)
         if address:
             ray.init(address=address, **kwargs)
         else:
@@ -272,4 +368,4 @@ def summarize(report: FeaturizeReport) -> dict:
 
 
 
-__all__ = ["FeaturizeError", "FeaturizeReport", "prepare", "run_featurize", "select", "summarize"]
+__all__ = ["FeaturizeError", "FeaturizeReport", "prepare", "run_featurize", "select", "summarize", "validate_geometry"]

@@ -17,8 +17,10 @@ from functools import lru_cache
 
 import numpy as np
 
+from radio.errors import RadioError
 
-class HadamardError(ValueError):
+
+class HadamardError(RadioError):
     """No exact construction is known here for the requested order."""
 
 

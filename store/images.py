@@ -10,9 +10,12 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from radio.errors import RadioError
 
 REASONS = (
     "missing_image",  # the sample has no image member
@@ -98,3 +101,21 @@ def decode_image(data: bytes | None, limits: ImageLimits = ImageLimits()) -> Dec
         return Decoded(None, "too_small")
     return Decoded(np.asarray(rgb, dtype=np.uint8), None)
 
+
+class ImageReadError(RadioError):
+    """An image file given by the user cannot be used (missing, unreadable, too small, ...)."""
+
+
+def read_image_file(path: str | Path, limits: ImageLimits = ImageLimits()) -> np.ndarray:
+    """The one reader of image *files* (eval, viz, compress): ``[H, W, 3] uint8`` RGB decoded
+    exactly as featurize decodes tar members (:func:`decode_image`: EXIF orientation applied,
+    any mode to RGB), so a rotated phone photo is upright everywhere."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageReadError(f"cannot read image {path}: {e.strerror or e}") from None
+    decoded = decode_image(data, limits)
+    if not decoded.ok:
+        raise ImageReadError(f"cannot read image {path}: {decoded.reason.replace('_', ' ')}")
+    return decoded.pixels

@@ -32,12 +32,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
+from radio.errors import RadioError
+
 from .moments import Moments
 
 STORE_FORMAT = 1
 
 
-class StoreError(ValueError):
+class StoreError(RadioError):
     """A store that is missing, of another plan, or does not hold what was asked for."""
 
 
@@ -172,10 +174,16 @@ class FeatureStore:
         compressor: str = "zstd",
         overwrite: bool = False,
     ) -> None:
-        """Pre-allocate a target key's arrays (driver only); an existing key must match ``provenance``."""
+        """Pre-allocate a target key's arrays (driver only); an existing key must match ``provenance``.
+
+        A key whose provenance differs but that has no complete tar is re-planned without
+        ``overwrite``: nothing computed would be lost (e.g. a run stopped before its first tar).
+        """
         targets = self.root["targets"]
         if key in targets:
             old = dict(targets[key].attrs)
+            if not overwrite and old != provenance and not self.completed(key).any():
+                overwrite = True  # nothing to lose
             if not overwrite and old != provenance:
                 changed = sorted(k for k in old.keys() | provenance.keys() if old.get(k) != provenance.get(k))
                 raise StoreError(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import re
 import tarfile
 from collections.abc import Iterator
@@ -22,10 +23,12 @@ from typing import IO, Any
 
 import numpy as np
 
+from radio.errors import RadioError
+
 from .images import IMAGE_SUFFIXES, ImageLimits, decode_image
 
 
-class ShardError(ValueError):
+class ShardError(RadioError):
     """A shard list or tar that cannot be used at all."""
 
 
@@ -101,7 +104,8 @@ def _expand_braces(pattern: str) -> list[str]:
 
 
 def expand_shards(patterns: tuple[str, ...] | list[str]) -> list[str]:
-    """Tar paths from paths, globs, brace ranges or fsspec URLs, in a stable sorted order.
+    """Tar paths from paths, folders (their ``*.tar``), globs, brace ranges or fsspec URLs, in a
+    stable sorted order.
 
     Raises :class:`ShardError` naming a pattern that matches nothing.
     """
@@ -112,9 +116,18 @@ def expand_shards(patterns: tuple[str, ...] | list[str]) -> list[str]:
                 import fsspec
 
                 fs, _, paths = fsspec.get_fs_token_paths(p)
-                matches = sorted(fs.unstrip_protocol(x) for x in paths) if any(c in p for c in "*?[") else [p]
+                if any(c in p for c in "*?["):
+                    matches = sorted(fs.unstrip_protocol(x) for x in paths)
+                elif not p.endswith(".tar") and _url_is_dir(fs, paths[0]):  # a folder of tars
+                    matches = sorted(fs.unstrip_protocol(x) for x in fs.glob(paths[0].rstrip("/") + "/*.tar"))
+                else:
+                    matches = [p]
             elif any(c in p for c in "*?["):
                 matches = sorted(glob.glob(p))
+            elif os.path.isdir(p.removeprefix("file://")):  # a folder: its *.tar, as img2dataset writes it
+                matches = sorted(glob.glob(os.path.join(glob.escape(p.removeprefix("file://")), "*.tar")))
+                if not matches:
+                    raise ShardError(f"data.shards: folder {p!r} holds no *.tar")
             else:
                 matches = [p] if _exists(p) else []
             if not matches:
@@ -125,9 +138,14 @@ def expand_shards(patterns: tuple[str, ...] | list[str]) -> list[str]:
 
 
 def _exists(path: str) -> bool:
-    import os
-
     return os.path.isfile(path.removeprefix("file://"))
+
+
+def _url_is_dir(fs, path: str) -> bool:
+    try:
+        return bool(fs.isdir(path))
+    except Exception:  # a store that cannot answer (permissions, no listing): take it as a file
+        return False
 
 
 def split_member_name(name: str) -> tuple[str, str]:

@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from radio.errors import RadioError
+
 Family = Literal["clip", "siglip", "dinov2", "sam"]
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -23,7 +25,7 @@ SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
 
 
-class TeacherError(ValueError):
+class TeacherError(RadioError):
     """A teacher cannot be created: unknown name, missing or unfitting weights, wrong input."""
 
 

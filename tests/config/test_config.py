@@ -75,7 +75,7 @@ def test_valid_file_exits_zero(tmp_path, raw):
         (
             lambda t: t["stages"][0]["partitions"][0]["targets"].append("dino@999"),
             "pipelines.tiny: stages.0.partitions.0.targets: 'dino@999' is produced by no teacher (known: "
-            "clip@112, clip@168, dinov2@112, dinov2@168, sam@128, sam@192, sam@256, siglip@112, siglip@168)",
+            "clip@112, clip@168, dinov2@112, dinov2@168, sam@128, sam@192, sam@256, sam@64, siglip@112, siglip@168)",
         ),
         (
             lambda t: t["stages"][1]["partitions"][0].update(resolution=200),

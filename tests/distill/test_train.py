@@ -64,8 +64,9 @@ def test_stage1_losses_fall_and_held_out_fidelity_beats_untrained(phis_store, tm
         assert last < first, f"{name}: {first:.4f} → {last:.4f}"
     trained = build_student(store, config)
     from radio.distill.checkpoint import load_weights
+    from radio.distill.export import student_state
 
-    trained.load_state_dict(load_weights(tmp_path / "run" / "stage1" / "final.safetensors"))
+    trained.load_state_dict(student_state(load_weights(tmp_path / "run" / "stage1" / "final.safetensors")))
     trained.eval()
     (resolution, keys), = stage_targets(store, config, 1)
     held = split_rows(store, [t.key for t in keys], config.eval.held_out).held_out
@@ -143,6 +144,9 @@ def test_ddp_two_processes_agree_with_one_at_step_1(phis_store, tmp_path):
         capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert two.returncode == 0, two.stderr[-2000:]
+    # Only rank 0 prints: one progress line and one final line, not one per rank.
+    assert two.stdout.count("stage 1: steps 0→1") == 1, two.stdout
+    assert two.stderr.count("distill: step 1 ") == 1, two.stderr[-2000:]
     a = read_metrics(tmp_path / "one" / "stage1" / "metrics.jsonl")[0]
     b = read_metrics(tmp_path / "two" / "stage1" / "metrics.jsonl")[0]
     for name in (k for k in a if "/" in k or k == "total"):
@@ -190,8 +194,9 @@ def test_export_matches_training_model_and_denormalizes_into_teacher_space(phis_
     store = FeatureStore(path)
     student = build_student(store, config)
     from radio.distill.checkpoint import load_weights
+    from radio.distill.export import student_state
 
-    student.load_state_dict(load_weights(tmp_path / "run" / "stage1" / "final.safetensors"))
+    student.load_state_dict(student_state(load_weights(tmp_path / "run" / "stage1" / "final.safetensors")))
     student.eval()
     for size in [(224, 224), (432, 432), (1024, 1024), (192, 320)]:
         x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
@@ -272,3 +277,41 @@ def test_torch_compile_trains_like_eager(phis_store, tmp_path):
     eager = train_stage(eager_cfg, 1, steps=2).losses
     compiled = train_stage(compiled_cfg, 1, steps=2).losses
     assert compiled == pytest.approx(eager, rel=1e-4)
+
+
+def test_export_needs_only_the_run_folder(phis_store, tmp_path):
+    import shutil
+
+    config, path = phis_store
+    store = tmp_path / "store.zarr"
+    shutil.copytree(path, store)
+    config = config.model_copy(update={"out": str(tmp_path / "run"), "store": config.store.model_copy(update={"path": str(store)})})
+    train_stage(config, 1, steps=2)
+    shutil.move(store, tmp_path / "moved.zarr")  # trained on a cluster, exported on a laptop
+    result = CliRunner().invoke(app, ["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "export"),
+                                      "--config", str(tmp_path / "no-such.yaml")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    model = radio.load(tmp_path / "export")
+    meta = json.loads((tmp_path / "export" / "config.json").read_text())
+    sam = next(t for t in meta["teachers"] if t["name"] == "sam")
+    assert sam["target_key"] == "sam@128" and sam["feature_dim"] == 32 and sam["provenance"]["mosaic"] == 2
+    moved = FeatureStore(tmp_path / "moved.zarr")
+    expected = Normalizer.from_store(moved, "clip@112", "features", "phis")
+    assert torch.equal(model.normalizers["clip"].inverse, expected.inverse)
+    assert model(torch.rand(1, 3, 64, 64)).adaptors["clip"].features.shape == (1, 4, 4, 64)
+
+
+def test_distill_trains_on_a_sam_key_featurized_with_another_mosaic(phis_store, tmp_path):
+    from radio.distill.checks import mosaic_notes
+
+    config, path = phis_store
+    raw = config.model_dump()
+    raw["teachers"]["sam"]["targets"]["sam@128"]["mosaic"] = 1  # the store holds mosaic 2
+    other = type(config).model_validate(raw)
+    store = FeatureStore(path)
+    assert [t.key for t in stage_targets(store, other, 1)[0][1]][-1] == "sam@128"  # accepted, not rejected
+    assert mosaic_notes(store, other, 1) == [
+        "sam@128 was featurized with mosaic 2, the config says 1; training on it as it is "
+        "(a mosaic changes only how images were packed on the teacher's canvas)"
+    ]
+    assert mosaic_notes(store, config, 1) == []

@@ -45,7 +45,8 @@ def shards(tmp_path_factory) -> Path:
 
 
 def _config(repo, shards, store):
-    return load_pipeline(repo / "pipelines.yaml", "tiny", data=str(shards / "*.tar"), store=str(store))
+    return load_pipeline(repo / "pipelines.yaml", "tiny", data=str(shards / "*.tar"), store=str(store),
+                         out=str(Path(store).parent / "run"))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,7 @@ def test_bad_input_completes_and_every_good_sample_is_kept(uninterrupted, shards
         else:
             assert r["crop_size"] is None
     assert set(store.target_keys) == {"clip@112", "clip@168", "siglip@112", "siglip@168", "dinov2@112",
-                                      "dinov2@168", "sam@128", "sam@192", "sam@256"}  # fmt: skip
+                                      "dinov2@168", "sam@64", "sam@128", "sam@192", "sam@256"}  # fmt: skip
     for key in store.target_keys:
         assert store.completed(key).all()
     assert store.array("sam@128", "features").shape[1:] == (8, 8, store.target("sam@128").feature_dim)
@@ -114,7 +115,7 @@ def test_bad_input_completes_and_every_good_sample_is_kept(uninterrupted, shards
 def test_rerun_skips_complete_work(uninterrupted, repo, shards):
     store_path, _ = uninterrupted
     report = run_featurize(_config(repo, shards, store_path))
-    assert report.items == 0 and report.skipped == 9 * 4
+    assert report.items == 0 and report.skipped == 10 * 4  # 10 target keys (sam@64 included), 4 tars
 
 
 def test_two_workers_lose_no_rows(uninterrupted, repo, shards, tmp_path):
@@ -133,7 +134,7 @@ def test_two_workers_lose_no_rows(uninterrupted, repo, shards, tmp_path):
 
 def _featurize_cmd(repo, shards, store) -> list[str]:
     return [sys.executable, "-m", "radio.cli", "featurize", "--config", str(repo / "pipelines.yaml"),
-            "--data", str(shards / "*.tar"), "--store", str(store)]  # fmt: skip
+            "--data", str(shards / "*.tar"), "--store", str(store), "--out", str(Path(store).parent / "run")]  # fmt: skip
 
 
 def test_sigkill_then_resume_equals_uninterrupted(uninterrupted, repo, shards, tmp_path):
@@ -208,6 +209,12 @@ def test_user_mistakes_are_one_line(repo, shards, tmp_path):
     assert result.stderr.startswith("error: --teacher 'nope' matches no teacher or target key (known: clip, clip@112,")
     result = runner.invoke(app, [*base, "--teacher", "clip", "--mosaic", "4"])
     assert result.exit_code == 2
-    assert result.stderr.strip() == "error: --mosaic applies to mosaic teachers; clip@112 has none (select with --teacher)"
+    assert result.stderr.strip() == "error: --mosaic 4 fits no selected target key; no selected key is a canvas (SAM) key"
     result = runner.invoke(app, [*base, "--mosaic", "3"])
     assert result.exit_code == 2 and result.stderr.strip() == "error: --mosaic 3 must be a power of two (1, 2, 4, ...)"
+
+
+def test_local_run_names_the_file_that_holds_rays_log_lines(uninterrupted):
+    _, report = uninterrupted
+    assert report.ray_log is not None and Path(report.ray_log).is_file()
+    assert Path(report.ray_log).parent.name == "logs" and Path(report.ray_log).name.startswith("featurize-")
