@@ -97,7 +97,7 @@ def rss_mb():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
-from radio.distill.manifest import Manifest
+from radio.distill.manifest import Manifest  # the libraries a worker imports anyway
 before = rss_mb()
 m = Manifest.load(sys.argv[1])
 rows = np.random.default_rng(0).integers(0, len(m), 1024)
@@ -109,7 +109,8 @@ print(json.dumps({"rows": len(m), "rss_mb": rss_mb() - before}))
 
 
 def manifest_rss(folder: Path, n: int) -> dict:
-    """Save a synthetic ``n``-row manifest, then open it in a fresh process and serve a batch."""
+    """Save a synthetic ``n``-row manifest, then open it in a fresh process and look up a batch
+    of 1024 random rows; the resident memory that added (after the imports) is the cost."""
     tars = n // 10_000
     plan = Plan.build([(f"/shards/{i:08d}.tar", 0, 10_000, None) for i in range(tars)], SHARD_ROWS)
     rng = np.random.default_rng(0)

@@ -227,8 +227,11 @@ def _train(config, stage, d, steps, run, init, workers, flip, on_step) -> StageR
                                   d.rank, d.world, flip, cfg.sampling, store.plan.shard_rows)  # fmt: skip
         except ValueError as e:
             raise DistillError(f"stage {stage} partition {resolution} px: {e}") from None
+        # forkserver, not fork: tensorstore's threads do not survive a fork of a process that used
+        # it (it aborts), and the workers get the manifest as a path to memory-map, not a copy.
         loaders.append(iter(DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-                                       pin_memory=d.device.type == "cuda", persistent_workers=workers > 0)))  # fmt: skip
+                                       pin_memory=d.device.type == "cuda", persistent_workers=workers > 0,
+                                       multiprocessing_context="forkserver" if workers > 0 else None)))  # fmt: skip
 
     # ---- bookkeeping: run folder, metrics (rank 0) ----------------------------------------------
     metrics_path = sdir / METRICS

@@ -115,7 +115,7 @@ def test_a_store_planned_for_a_million_rows_opens_splits_and_serves_a_batch(tmp_
     tars, per_tar, shard_rows = 4, 262_144, 1024
     plan = Plan.build([(str(tar_path), 0, per_tar, None)] * tars, shard_rows)
     store = FeatureStore.create(tmp_path / "store.zarr", plan, {})
-    store.create_target("k", grid=(2, 2), feature_dim=8, summary_dim=4, provenance={}, compressor="none")
+    store.create_target("k", grid=(2, 2), feature_dim=8, summary_dim=4, provenance={}, compressor="zstd")  # zstd: the tensorstore path
     n = plan.total_rows
     assert n >= 1_000_000
     rng = np.random.default_rng(1)
