@@ -209,6 +209,10 @@ class StageConfig(Frozen):
     checkpoint_every: int = Field(1000, gt=0)
     compile: bool = False
     seed: int = 0
+    sampling: Literal["rows", "blocks"] = Field(
+        "rows", description="rows: any training rows per batch; blocks: whole Zarr shards per batch "
+        "(contiguous target reads, less mixing within a batch)"
+    )
 
 
 class EvalConfig(Frozen):

@@ -5,23 +5,36 @@ Everything about "what image, what crop, what target does row i mean" comes from
 
 Batches are a pure function of ``(seed, partition, step)``: a resumed run draws the same rows in
 the same order, and each DDP rank takes its contiguous slice of the global batch.
+
+The read path: the sampler yields a rank's whole batch slice, the dataset's ``__getitems__``
+reads it at once — the images through cached tar handles and the columnar
+:class:`~radio.distill.manifest.Manifest`, the targets with one concurrent tensorstore batch
+(:class:`~radio.distill.targets.TargetReader`) — and returns the collated batch with targets in
+the store's dtype; :func:`on_device` converts them once they are on the device.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 
 from radio.store.crops import CropBox, crop_resize
-from radio.store.images import ImageLimits
+from radio.store.images import ImageLimits, decode_image
 from radio.store.layout import FeatureStore
-from radio.store.shards import read_image
+from radio.store.shards import ShardError
 
 from .loss import KeyTarget
+from .manifest import Manifest, TarFiles
+from .targets import TargetReader
+
+Sampling = Literal["rows", "blocks"]
 
 
 @dataclass(frozen=True)
@@ -32,30 +45,74 @@ class RowSplit:
     held_out: np.ndarray
 
 
-def split_rows(store: FeatureStore, keys: list[str], held_out: int) -> RowSplit:
+def split_rows(store: FeatureStore, keys: list[str], held_out: int, manifest: Manifest | None = None) -> RowSplit:
     """Valid rows of tars complete for every key; the last ``held_out`` of them are reserved
-    for evaluation and never trained on."""
-    manifest = store.manifest()
-    rows = np.asarray(manifest.column("row").to_pylist(), dtype=np.int64)
-    valid = np.asarray(manifest.column("valid").to_pylist(), dtype=bool)
-    tar = np.asarray(manifest.column("tar_index").to_pylist(), dtype=np.int64)
+    for evaluation and never trained on. Columnar: no Python object per row."""
     complete = np.ones(len(store.plan.tars), dtype=bool)
     for key in keys:
         complete &= store.completed(key)
-    usable = np.sort(rows[valid & complete[tar]]) if len(rows) else rows
+    if manifest is not None:
+        valid = np.asarray(manifest.columns["valid"])
+        usable = np.flatnonzero(valid & complete[manifest.tar_of(np.arange(len(valid)))]).astype(np.int64)
+    else:
+        parts = []
+        for t in store.plan.tars:
+            path = store.manifest_path(t.index)
+            if complete[t.index] and path.is_file():
+                table = pq.read_table(path, columns=["row", "valid"])
+                parts.append(table.column("row").to_numpy()[table.column("valid").to_numpy(zero_copy_only=False)])
+        usable = np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
     cut = max(0, len(usable) - held_out)
     return RowSplit(usable[:cut], usable[cut:])
 
 
-def global_batch(rows: np.ndarray, batch_size: int, seed: int, partition: int, step: int) -> np.ndarray:
-    """Row ids of the global batch at ``step``: epochs are seeded permutations, the last
-    incomplete batch of an epoch is dropped so every batch has ``batch_size`` rows."""
-    per_epoch = len(rows) // batch_size
-    if per_epoch == 0:
-        raise ValueError(f"batch size {batch_size} exceeds the {len(rows)} training rows")
-    epoch, pos = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, partition, epoch]).permutation(len(rows))
-    return rows[perm[pos * batch_size : (pos + 1) * batch_size]]
+class EpochOrder:
+    """The order rows are visited in, one seeded permutation per epoch, computed once per epoch
+    (at 100M rows a permutation takes seconds; a step only slices it).
+
+    ``rows``: every step draws ``batch_size`` rows of the epoch's permutation.
+    ``blocks``: the permutation is over Zarr shards (``shard_rows`` consecutive row ids); a step
+    takes the rows of the next few shards, so its reads are contiguous. Each epoch still visits
+    every training row once; what is lost is mixing within a batch (see README).
+    """
+
+    def __init__(self, rows: np.ndarray, batch_size: int, seed: int, partition: int,
+                 sampling: Sampling = "rows", shard_rows: int = 1):  # fmt: skip
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.batch_size, self.seed, self.partition = batch_size, seed, partition
+        self.sampling, self.shard_rows = sampling, shard_rows
+        self.per_epoch = len(self.rows) // batch_size
+        if self.per_epoch == 0:
+            raise ValueError(f"batch size {batch_size} exceeds the {len(self.rows)} training rows")
+        if sampling == "blocks":
+            shard = self.rows // shard_rows
+            self._block_start = np.flatnonzero(np.concatenate([[True], shard[1:] != shard[:-1]]))
+            self._block_len = np.diff(np.concatenate([self._block_start, [len(self.rows)]]))
+        self._epoch, self._perm = -1, np.zeros(0, np.int64)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, self.partition, epoch])
+            if self.sampling == "rows":
+                self._perm = rng.permutation(len(self.rows))
+            else:
+                order = rng.permutation(len(self._block_start))
+                lengths = self._block_len[order]
+                first = np.repeat(self._block_start[order] - (np.cumsum(lengths) - lengths), lengths)
+                self._perm = first + np.arange(len(self.rows))
+            self._epoch = epoch
+        return self._perm
+
+    def batch(self, step: int) -> np.ndarray:
+        """Row ids of the global batch at ``step`` (the last incomplete batch of an epoch is dropped)."""
+        epoch, pos = divmod(step, self.per_epoch)
+        return self.rows[self._permutation(epoch)[pos * self.batch_size : (pos + 1) * self.batch_size]]
+
+
+def global_batch(rows: np.ndarray, batch_size: int, seed: int, partition: int, step: int,
+                 sampling: Sampling = "rows", shard_rows: int = 1) -> np.ndarray:  # fmt: skip
+    """Row ids of the global batch at ``step`` (one-off; loops use :class:`EpochOrder`)."""
+    return EpochOrder(rows, batch_size, seed, partition, sampling, shard_rows).batch(step)
 
 
 def flips_for(rows: np.ndarray, seed: int, partition: int, step: int) -> np.ndarray:
@@ -63,57 +120,93 @@ def flips_for(rows: np.ndarray, seed: int, partition: int, step: int) -> np.ndar
     return np.random.default_rng([seed, partition, step, 1]).random(len(rows)) < 0.5
 
 
-class PartitionRows(Dataset):
-    """``dataset[(row, flip)]`` → ``{"image": [3, r, r] float in [0, 1], "row": int,
-    "targets": {key: {"features": [h, w, C] float32, "summary": [Cs] float32}}}``.
+def on_device(batch: dict, device: torch.device | str) -> dict:
+    """Move a batch to ``device``, then turn targets into float32 there: the one place targets
+    leave the store's dtype (fp16 now; a compact int8 array would be decoded here)."""
+    return {
+        "image": batch["image"].to(device, non_blocking=True),
+        "row": batch["row"],
+        "targets": {k: {n: v.to(device, non_blocking=True).float() for n, v in t.items()}
+                    for k, t in batch["targets"].items()},  # fmt: skip
+    }
 
-    Opens the store lazily, so each DataLoader worker (forked) has its own Zarr handles.
+
+class PartitionRows(Dataset):
+    """``dataset.__getitems__([(row, flip), ...])`` → a batch ``{"image": [B, 3, r, r] float in
+    [0, 1], "row": [B], "targets": {key: {"features": [B, h, w, C], "summary": [B, Cs]}}}`` with
+    targets in the store's dtype. ``dataset[(row, flip)]`` is one sample of it (no batch axis,
+    float32 targets).
+
+    ``manifest``: a folder saved by :meth:`Manifest.save` (memory-mapped in each worker), a
+    :class:`Manifest`, or None to build one from the store on first use. Opens everything
+    lazily, so each DataLoader worker has its own tensorstore handles and tar files.
     """
 
-    def __init__(self, store_path: str, resolution: int, targets: Sequence[KeyTarget], limits: ImageLimits = ImageLimits()):
+    def __init__(self, store_path: str, resolution: int, targets: Sequence[KeyTarget],
+                 limits: ImageLimits = ImageLimits(), manifest: str | Path | Manifest | None = None):  # fmt: skip
         self.store_path = store_path
         self.resolution = resolution
         self.targets = targets
         self.limits = limits
-        self._manifest: dict[int, dict] | None = None
-        self._arrays: dict[tuple[str, str], object] = {}
+        self._manifest = manifest if isinstance(manifest, Manifest) else None
+        self._manifest_dir = None if isinstance(manifest, Manifest) or manifest is None else Path(manifest)
+        self.reader = TargetReader(store_path, [(t.key, t.summary) for t in targets])
+        self.tars = TarFiles()
 
-    def _open(self) -> dict[int, dict]:
-        """The manifest by row; opens the arrays once (opening reads metadata files)."""
+    def manifest(self) -> Manifest:
         if self._manifest is None:
-            store = FeatureStore(self.store_path)
-            self._manifest = {r["row"]: r for r in store.manifest().to_pylist()}
-            for t in self.targets:
-                for name in ("features", "summary") if t.summary else ("features",):
-                    self._arrays[(t.key, name)] = store.array(t.key, name)
+            self._manifest = (Manifest.load(self._manifest_dir) if self._manifest_dir is not None
+                              else Manifest.build(FeatureStore(self.store_path)))  # fmt: skip
         return self._manifest
+
+    def __getstate__(self) -> dict:  # a saved manifest travels to spawned workers as its path
+        state = self.__dict__.copy()
+        if self._manifest_dir is not None:
+            state["_manifest"] = None
+        return state
 
     def image(self, row: int) -> np.ndarray:
         """The row's recorded crop, resized to the partition resolution: ``[r, r, 3] uint8``."""
-        m = self._open()[row]
-        pixels = read_image(m["tar"], m["offset"], m["size"], self.limits)
-        return crop_resize(pixels, CropBox(m["crop_x"], m["crop_y"], m["crop_size"]), self.resolution)
+        m = self.manifest()
+        c = m.columns
+        path = m.tar_paths[int(m.tar_of(np.array([row]))[0])]
+        offset = int(c["offset"][row])
+        decoded = decode_image(self.tars.read(path, offset, int(c["size"][row])), self.limits)
+        if decoded.pixels is None:
+            raise ShardError(f"{path}: image at offset {offset} is {decoded.reason}")
+        box = CropBox(int(c["crop_x"][row]), int(c["crop_y"][row]), int(c["crop_size"][row]))
+        return crop_resize(decoded.pixels, box, self.resolution)
+
+    def __getitems__(self, items: Sequence[tuple[int, bool]]) -> dict:
+        rows = np.array([int(r) for r, _ in items], dtype=np.int64)
+        flips = torch.tensor([bool(f) for _, f in items])
+        images = torch.from_numpy(np.stack([self.image(int(r)) for r in rows])).permute(0, 3, 1, 2)
+        images = images.float().div_(255.0)
+        targets = {}
+        for key, arrays in self.reader.read(rows).items():
+            targets[key] = {n: torch.from_numpy(a) for n, a in arrays.items()}
+            if flips.any():  # [B, h, w, C]: mirror the grid with the image
+                f = targets[key]["features"]
+                f[flips] = f[flips].flip(2)
+        if flips.any():
+            images[flips] = images[flips].flip(3)
+        return {"image": images, "row": torch.from_numpy(rows), "targets": targets}
 
     def __getitem__(self, item: tuple[int, bool]) -> dict:
-        row, flip = int(item[0]), bool(item[1])
-        image = torch.from_numpy(self.image(row).copy()).permute(2, 0, 1).float().div_(255.0)
-        targets = {}
-        for t in self.targets:
-            feats = torch.from_numpy(self._arrays[(t.key, "features")][row].astype(np.float32))
-            summary = torch.from_numpy(self._arrays[(t.key, "summary")][row].astype(np.float32)) if t.summary else None
-            if flip:
-                feats = feats.flip(1)  # [h, w, C]: mirror the grid with the image
-            targets[t.key] = {"features": feats} | ({"summary": summary} if summary is not None else {})
-        if flip:
-            image = image.flip(2)
-        return {"image": image, "row": row, "targets": targets}
+        """One sample, targets as float32 (for evaluation and tools; training reads batches)."""
+        batch = on_device(self.__getitems__([item]), "cpu")
+        return {"image": batch["image"][0], "row": int(batch["row"][0]),
+                "targets": {k: {n: v[0] for n, v in t.items()} for k, t in batch["targets"].items()}}  # fmt: skip
 
     def __len__(self) -> int:  # only for tools that ask; batches come from StepBatches
-        return len(self._open())
+        return len(self.manifest())
 
 
-def collate(samples: list[dict]) -> dict:
-    """Stack a list of samples into a batch with the same nesting."""
+def collate(samples: list[dict] | dict) -> dict:
+    """Stack samples into a batch with the same nesting (a batch from ``__getitems__`` passes
+    through unchanged)."""
+    if isinstance(samples, dict):
+        return samples
     keys = samples[0]["targets"].keys()
     return {
         "image": torch.stack([s["image"] for s in samples]),
@@ -127,17 +220,18 @@ class StepBatches:
     """Batch sampler for a DataLoader: this rank's ``(row, flip)`` items for steps ``start..stop-1``."""
 
     def __init__(self, rows: np.ndarray, batch_size: int, seed: int, partition: int, start: int, stop: int,
-                 rank: int = 0, world: int = 1, flip: bool = False):  # fmt: skip
+                 rank: int = 0, world: int = 1, flip: bool = False, sampling: Sampling = "rows",
+                 shard_rows: int = 1):  # fmt: skip
         if batch_size % world:
             raise ValueError(f"global batch size {batch_size} is not divisible by {world} ranks")
-        global_batch(rows, batch_size, seed, partition, 0)  # fail early if the batch cannot be drawn
-        self.rows, self.batch_size, self.seed, self.partition = rows, batch_size, seed, partition
+        self.order = EpochOrder(rows, batch_size, seed, partition, sampling, shard_rows)  # fails early
+        self.batch_size, self.seed, self.partition = batch_size, seed, partition
         self.start, self.stop, self.rank, self.world, self.flip = start, stop, rank, world, flip
 
     def __iter__(self):
         local = self.batch_size // self.world
         for step in range(self.start, self.stop):
-            rows = global_batch(self.rows, self.batch_size, self.seed, self.partition, step)
+            rows = self.order.batch(step)
             flips = flips_for(rows, self.seed, self.partition, step) if self.flip else np.zeros(len(rows), bool)
             sl = slice(self.rank * local, (self.rank + 1) * local)
             yield list(zip(rows[sl].tolist(), flips[sl].tolist()))

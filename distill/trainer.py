@@ -33,9 +33,10 @@ from . import distributed
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from .checks import adaptor_specs, mosaic_notes, stage_targets
 from .cpe import draw_crops
-from .data import PartitionRows, StepBatches, collate, split_rows
+from .data import PartitionRows, StepBatches, collate, on_device, split_rows
 from .export import export_payload, final_metadata, student_state
 from .loss import DistillLoss, KeyTarget
+from .manifest import Manifest
 from .schedule import lr_at
 from .student import Student
 
@@ -110,14 +111,6 @@ class _StopFlag:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def _to(batch: dict, device: torch.device) -> dict:
-    return {
-        "image": batch["image"].to(device, non_blocking=True),
-        "row": batch["row"],
-        "targets": {k: {n: v.to(device, non_blocking=True) for n, v in t.items()} for k, t in batch["targets"].items()},
-    }
 
 
 def _autocast(device: torch.device):
@@ -221,18 +214,26 @@ def _train(config, stage, d, steps, run, init, workers, flip, on_step) -> StageR
 
     # ---- data: deterministic batches from (seed, stage, partition, step) -----------------------
     limits = ImageLimits(config.data.min_image_size, config.data.max_image_pixels)
-    split = split_rows(store, keys, config.eval.held_out)
+    # The columnar manifest, built once per run; workers memory-map it (shared pages). Every rank
+    # writes the same bytes atomically, so ranks sharing the run folder do not race.
+    manifest = Manifest.build(store)
+    split = split_rows(store, keys, config.eval.held_out, manifest)
+    manifest_dir = manifest.save(run / "manifest")
+    del manifest
     loaders = []
     for p, (resolution, ts) in enumerate(partitions):
         part = cfg.partitions[p]
-        dataset = PartitionRows(str(store.path), resolution, ts, limits)
+        dataset = PartitionRows(str(store.path), resolution, ts, limits, manifest_dir)
         try:
             sampler = StepBatches(split.train, part.batch_size, cfg.seed * 1000 + stage, p, start, total,
-                                  d.rank, d.world, flip)  # fmt: skip
+                                  d.rank, d.world, flip, cfg.sampling, store.plan.shard_rows)  # fmt: skip
         except ValueError as e:
             raise DistillError(f"stage {stage} partition {resolution} px: {e}") from None
+        # forkserver, not fork: tensorstore's threads do not survive a fork of a process that used
+        # it (it aborts), and the workers get the manifest as a path to memory-map, not a copy.
         loaders.append(iter(DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-                                       pin_memory=d.device.type == "cuda", persistent_workers=workers > 0)))  # fmt: skip
+                                       pin_memory=d.device.type == "cuda", persistent_workers=workers > 0,
+                                       multiprocessing_context="forkserver" if workers > 0 else None)))  # fmt: skip
 
     # ---- bookkeeping: run folder, metrics (rank 0) ----------------------------------------------
     metrics_path = sdir / METRICS
@@ -254,7 +255,7 @@ def _train(config, stage, d, steps, run, init, workers, flip, on_step) -> StageR
     with _StopFlag() as stop, open(metrics_path, "a") if d.main else contextlib.nullcontext() as log:
         while step < total:
             t0 = time.perf_counter()
-            batches = [_to(next(it), d.device) for it in loaders]
+            batches = [on_device(next(it), d.device) for it in loaders]
             t_data = time.perf_counter() - t0
             lr = lr_at(step, total, cfg.optimizer.lr, cfg.schedule.warmup_steps, cfg.schedule.min_lr)
             for group in optimizer.param_groups:

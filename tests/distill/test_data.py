@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from radio.distill.data import PartitionRows, StepBatches, global_batch, split_rows
+from radio.distill.data import EpochOrder, PartitionRows, StepBatches, global_batch, on_device, split_rows
 from radio.distill.loss import KeyTarget
 from radio.store.layout import FeatureStore
 
@@ -48,3 +48,111 @@ def test_flip_mirrors_image_and_target_grids_together(tiny_store):
         assert torch.equal(flipped["targets"][key]["features"], plain["targets"][key]["features"].flip(1))
     assert torch.equal(flipped["targets"]["clip@112"]["summary"], plain["targets"]["clip@112"]["summary"])
     assert "summary" not in plain["targets"]["sam@128"]
+
+
+def test_blocks_sampling_takes_whole_shards_and_visits_every_row_once_per_epoch():
+    rows = np.concatenate([np.arange(0, 6), np.arange(8, 16), np.arange(16, 21), np.arange(40, 48)])  # gaps: invalid rows
+    order = EpochOrder(rows, 9, 5, 0, "blocks", shard_rows=8)
+    epoch = np.concatenate([order.batch(s) for s in range(order.per_epoch)])
+    assert len(set(epoch.tolist())) == len(epoch) == 27 and set(epoch.tolist()) <= set(rows.tolist())
+    full = np.concatenate([order.batch(order.per_epoch * 7), order.batch(order.per_epoch * 7 + 1), order.batch(order.per_epoch * 7 + 2)])
+    shards = full // 8
+    assert (np.diff(np.flatnonzero(np.diff(shards) != 0)) > 1).all() or len(set(shards.tolist())) <= 4  # shards stay whole
+    assert all((np.diff(full[shards == s]) == 1).all() for s in set(shards.tolist()))  # contiguous inside a shard
+    # a pure function of (seed, partition, step): a fresh order resumed at step 5 agrees
+    assert np.array_equal(EpochOrder(rows, 9, 5, 0, "blocks", 8).batch(5), order.batch(5))
+    assert not np.array_equal(EpochOrder(rows, 9, 5, 0, "rows", 8).batch(0), order.batch(0))
+
+
+def test_batched_reads_equal_zarr_reads_in_store_dtype(tiny_store):
+    config, path = tiny_store
+    store = FeatureStore(path)
+    keys = [KeyTarget("clip@112", "clip", (8, 8), False, True), KeyTarget("sam@128", "sam", (8, 8), True, False)]
+    rows = split_rows(store, [t.key for t in keys], 0).train
+    pick = np.concatenate([rows[5:1:-1], rows[-3:]])  # a reversed run, a run at the end
+    flips = [False, True, False, False, True, True, False]
+    ds = PartitionRows(str(path), 128, keys)
+    batch = ds.__getitems__(list(zip(pick.tolist(), flips)))
+    assert batch["row"].tolist() == pick.tolist()
+    for t in keys:
+        want = store.array(t.key, "features")[:][pick]
+        got = batch["targets"][t.key]["features"]
+        assert got.dtype == torch.float16  # converted only on the device (on_device)
+        for i, f in enumerate(flips):
+            assert np.array_equal(got[i].numpy(), want[i][:, ::-1] if f else want[i])
+        if t.summary:
+            assert np.array_equal(batch["targets"][t.key]["summary"].numpy(), store.array(t.key, "summary")[:][pick])
+    single = ds[(int(pick[1]), True)]
+    assert torch.equal(single["image"], batch["image"][1])
+    assert single["targets"]["clip@112"]["features"].dtype == torch.float32
+    moved = on_device(batch, "cpu")
+    assert moved["targets"]["sam@128"]["features"].dtype == torch.float32
+
+
+def test_a_store_planned_for_a_million_rows_opens_splits_and_serves_a_batch(tmp_path):
+    """Sparse arrays (the fill value writes no bytes): the columnar manifest, the split and a
+    batch at 1M+ rows, without a Python object per row."""
+    import io
+    import tarfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from radio.distill.manifest import Manifest
+    from radio.store.layout import MANIFEST_SCHEMA, Plan
+
+    jpg = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(jpg, "JPEG")
+    tar_path = tmp_path / "00000000.tar"
+    with tarfile.open(tar_path, "w") as tf:
+        info = tarfile.TarInfo("000000000.jpg")
+        info.size = len(jpg.getvalue())
+        tf.addfile(info, io.BytesIO(jpg.getvalue()))
+    with tarfile.open(tar_path) as tf:
+        member = tf.getmember("000000000.jpg")
+        offset, size = member.offset_data, member.size
+    tars, per_tar, shard_rows = 4, 262_144, 1024
+    plan = Plan.build([(str(tar_path), 0, per_tar, None)] * tars, shard_rows)
+    store = FeatureStore.create(tmp_path / "store.zarr", plan, {})
+    store.create_target("k", grid=(2, 2), feature_dim=8, summary_dim=4, provenance={}, compressor="zstd")  # zstd: the tensorstore path
+    n = plan.total_rows
+    assert n >= 1_000_000
+    rng = np.random.default_rng(1)
+    written = {}
+    for shard_start in (0, n - shard_rows):  # two real shards, the rest is fill value
+        feats = rng.standard_normal((shard_rows, 2, 2, 8)).astype(np.float16)
+        summ = rng.standard_normal((shard_rows, 4)).astype(np.float16)
+        store.write_shard("k", shard_start, feats, summ)
+        written[shard_start] = (feats, summ)
+    for t in plan.tars:  # manifests written column-wise: a million dicts would be the old cost
+        rows = np.arange(t.row_start, t.row_start + per_tar)
+        cols = {"row": rows, "key": pa.nulls(per_tar, pa.string()), "uid": pa.nulls(per_tar, pa.string()),
+                "tar": np.full(per_tar, str(tar_path)), "tar_index": np.full(per_tar, t.index, np.int32),
+                "ordinal": np.zeros(per_tar, np.int32), "offset": np.full(per_tar, offset), "size": np.full(per_tar, size),
+                "valid": rows % 7 != 3, "reason": pa.nulls(per_tar, pa.string()), "width": np.full(per_tar, 64, np.int32),
+                "height": np.full(per_tar, 64, np.int32), "crop_x": np.zeros(per_tar, np.int32),
+                "crop_y": np.zeros(per_tar, np.int32), "crop_size": np.full(per_tar, 64, np.int32)}  # fmt: skip
+        pq.write_table(pa.table(cols, schema=MANIFEST_SCHEMA), store.manifest_path(t.index))
+        store.mark_complete("k", t.index)
+
+    manifest = Manifest.build(store)
+    assert sum(a.nbytes for a in manifest.columns.values()) <= 26 * n  # columnar: bytes, not objects
+    split = split_rows(store, ["k"], 1000, manifest)
+    valid = np.flatnonzero(np.arange(n) % 7 != 3)
+    assert np.array_equal(np.concatenate([split.train, split.held_out]), valid) and len(split.held_out) == 1000
+    assert np.array_equal(split_rows(store, ["k"], 1000).train, split.train)  # the parquet path agrees
+    folder = manifest.save(tmp_path / "run" / "manifest")
+    ds = PartitionRows(str(store.path), 32, [KeyTarget("k", "t", (2, 2), False, True)], manifest=folder)
+    for sampling in ("rows", "blocks"):
+        (items,) = list(StepBatches(split.train, 64, 0, 0, 3, 4, sampling=sampling, shard_rows=shard_rows))
+        rows = np.array([r for r, _ in items])
+        assert set(rows.tolist()) <= set(split.train.tolist()) and len(set(rows.tolist())) == 64
+    pick = [0, 1, 2, 1000, n - shard_rows + 5, n - 1, 500_000]
+    batch = ds.__getitems__([(r, False) for r in pick])
+    assert batch["image"].shape == (7, 3, 32, 32)
+    f, s = batch["targets"]["k"]["features"].numpy(), batch["targets"]["k"]["summary"].numpy()
+    for i, r in enumerate(pick):
+        start = r - r % shard_rows
+        want_f, want_s = (written[start][0][r - start], written[start][1][r - start]) if start in written else (0, 0)
+        assert np.array_equal(f[i], np.broadcast_to(want_f, f[i].shape)) and np.array_equal(s[i], np.broadcast_to(want_s, s[i].shape))

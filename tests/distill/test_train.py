@@ -87,9 +87,10 @@ def test_stage1_losses_fall_and_held_out_fidelity_beats_untrained(phis_store, tm
     assert result.end_step == 40
 
 
-def test_sigkill_after_checkpoint_then_resume_gives_identical_losses(phis_store, tmp_path):
+@pytest.mark.parametrize("sampling", ["rows", "blocks"])
+def test_sigkill_after_checkpoint_then_resume_gives_identical_losses(phis_store, tmp_path, sampling):
     config, _ = phis_store
-    cfg = _config_file(tmp_path, config, steps=12, checkpoint_every=4)
+    cfg = _config_file(tmp_path, config, steps=12, checkpoint_every=4, sampling=sampling)
     env = os.environ | {"OMP_NUM_THREADS": "2"}
     ref = subprocess.run(_cli(cfg, "--stage", "1", "--out", str(tmp_path / "a")), env=env, capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr

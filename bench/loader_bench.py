@@ -1,0 +1,199 @@
+"""Loader benchmark: phase 2's target reads at real sizes, against a raw read of the same bytes.
+
+Builds a store through the project's own `FeatureStore` API with
+  - a 16x16x1280 fp16 key plus its 1280-wide summary (655 KB a row, like DFN CLIP-H at 224), and
+  - a 64x64x1280 fp16 key (10.5 MB a row, like SAM-H at 1024),
+then times, in one run and one process:
+  - the loader's target reads (`TargetReader`, what `PartitionRows.__getitems__` calls) of
+    random batches in `sampling: rows` mode and in `sampling: blocks` mode,
+  - zarr's async API reading the same rows (the alternative to tensorstore),
+  - a raw read of the same bytes: `open().read()` of the shard files (warm page cache).
+Ratios are per process, measured back to back, so a shared CPU hurts both sides alike.
+It also opens a synthetic 10M-row columnar manifest in a fresh process (as a DataLoader worker
+does), serves a batch's images' lookups, and reports the resident memory that cost.
+
+    .venv/bin/python bench/loader_bench.py [--rows 512] [--big-rows 64] [--batch 64] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from radio.distill.data import EpochOrder
+from radio.distill.manifest import Manifest
+from radio.distill.targets import TargetReader
+from radio.store.layout import FeatureStore, Plan
+
+SHARD_ROWS = 64
+
+
+def build_store(path: Path, rows: int, big_rows: int, compressor: str) -> FeatureStore:
+    """A store of ``rows`` rows (one fake tar per shard); ``big`` holds only its first ``big_rows``."""
+    plan = Plan.build([(f"/nonexistent/{i:05d}.tar", 0, SHARD_ROWS, None) for i in range(rows // SHARD_ROWS)], SHARD_ROWS)
+    store = FeatureStore.create(path, plan, {"bench": True})
+    store.create_target("clip", grid=(16, 16), feature_dim=1280, summary_dim=1280, provenance={"k": 1},
+                        compressor=compressor)  # fmt: skip
+    store.create_target("sam", grid=(64, 64), feature_dim=1280, summary_dim=None, provenance={"k": 2},
+                        compressor=compressor)  # fmt: skip
+    rng = np.random.default_rng(0)
+    for start in range(0, rows, SHARD_ROWS):
+        feats = rng.standard_normal((SHARD_ROWS, 16, 16, 1280), dtype=np.float32).astype(np.float16)
+        summ = rng.standard_normal((SHARD_ROWS, 1280), dtype=np.float32).astype(np.float16)
+        store.write_shard("clip", start, feats, summ)
+        if start < big_rows:
+            big = rng.standard_normal((SHARD_ROWS, 64, 64, 1280), dtype=np.float32).astype(np.float16)
+            store.write_shard("sam", start, big, None)
+    return store
+
+
+def files_of(store: FeatureStore, key: str, name: str) -> list[Path]:
+    return sorted(p for p in (store.path / "targets" / key / name / "c").rglob("*") if p.is_file())
+
+
+def raw_read(files: list[Path]) -> int:
+    n = 0
+    for p in files:
+        with open(p, "rb") as f:
+            n += len(f.read())
+    return n
+
+
+def zarr_async_read(store: FeatureStore, key: str, rows: np.ndarray) -> None:
+    """zarr's async API: every row of the batch as a concurrent ``getitem``, summary in one call."""
+    import zarr.api.asynchronous as za
+
+    async def go():
+        feats = await za.open_array(store=str(store.path / "targets" / key / "features"), mode="r")
+        summ = await za.open_array(store=str(store.path / "targets" / key / "summary"), mode="r")
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        await asyncio.gather(*(feats.getitem(int(r)) for r in rows), summ.getitem(slice(lo, hi)))
+
+    asyncio.run(go())
+
+
+def timed(fn, repeat: int) -> float:
+    """Best wall time of ``repeat`` calls (first call warms caches and opens handles)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+MANIFEST_CHILD = r"""
+import json, resource, sys, numpy as np
+def rss_mb(field="RssAnon:"):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+from radio.distill.manifest import Manifest  # the libraries a worker imports anyway
+before, before_file = rss_mb(), rss_mb("RssFile:")
+m = Manifest.load(sys.argv[1])
+rows = np.random.default_rng(0).integers(0, len(m), 1024)
+tars = m.tar_of(rows)
+lookups = [(m.tar_paths[t], int(m.columns["offset"][r]), int(m.columns["size"][r]),
+            int(m.columns["crop_x"][r]), int(m.columns["crop_y"][r]), int(m.columns["crop_size"][r])) for r, t in zip(rows, tars)]
+print(json.dumps({"rows": len(m), "rss_mb": rss_mb() - before, "rss_file_mb": rss_mb("RssFile:") - before_file}))
+"""
+
+
+def manifest_rss(folder: Path, n: int) -> dict:
+    """Save a synthetic ``n``-row manifest, then open it in a fresh process and look up a batch
+    of 1024 random rows. The cost is the private resident memory that added (``RssAnon``, after
+    the imports); mapped page-cache pages (``RssFile``, the kernel maps 64 KB around each touched
+    page) are shared by every worker and reported apart."""
+    tars = n // 10_000
+    plan = Plan.build([(f"/shards/{i:08d}.tar", 0, 10_000, None) for i in range(tars)], SHARD_ROWS)
+    rng = np.random.default_rng(0)
+    cols = {"offset": np.arange(plan.total_rows, dtype=np.int64) * 40_000, "size": np.full(plan.total_rows, 40_000),
+            "crop_x": rng.integers(0, 100, plan.total_rows), "crop_y": rng.integers(0, 100, plan.total_rows),
+            "crop_size": np.full(plan.total_rows, 224), "valid": np.ones(plan.total_rows, bool)}  # fmt: skip
+    Manifest.from_arrays(plan, cols).save(folder)
+    del cols
+    out = subprocess.run([sys.executable, "-c", MANIFEST_CHILD, str(folder)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=512, help="rows of the 16x16x1280 key (multiple of 64)")
+    ap.add_argument("--big-rows", type=int, default=64, help="rows of the 64x64x1280 key (multiple of 64)")
+    ap.add_argument("--batch", type=int, default=64, help="rows per worker batch slice")
+    ap.add_argument("--compressor", choices=["none", "zstd"], default="none")
+    ap.add_argument("--manifest-rows", type=int, default=10_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    r: dict = {}
+    with tempfile.TemporaryDirectory(dir=".") as d:
+        tmp = Path(d)
+        store = build_store(tmp / "store.zarr", args.rows, args.big_rows, args.compressor)
+        rows = np.arange(args.rows, dtype=np.int64)
+        batches = max(1, args.rows // args.batch)
+        n = batches * args.batch
+        reader = TargetReader(store.path, [("clip", True)])
+        orders = {m: EpochOrder(rows, args.batch, 0, 0, m, SHARD_ROWS) for m in ("rows", "blocks")}
+        for mode, order in orders.items():
+            t = timed(lambda: [reader.read(order.batch(s)) for s in range(batches)], args.repeat)
+            r[f"{mode}_per_s"] = n / t
+        t = timed(lambda: [zarr_async_read(store, "clip", orders["rows"].batch(s)) for s in range(batches)], 1)
+        r["zarr_async_rows_per_s"] = n / t
+        clip_files = files_of(store, "clip", "features") + files_of(store, "clip", "summary")
+        t = timed(lambda: raw_read(clip_files), args.repeat)
+        r["raw_rows_per_s"] = args.rows / t
+        r["raw_gb_per_s"] = sum(p.stat().st_size for p in clip_files) / t / 1e9
+        # the SAM-H-sized key: fewer rows (10.5 MB each), batches of 8
+        if args.big_rows:
+            big = TargetReader(store.path, [("sam", False)])
+            big_rows = np.arange(args.big_rows, dtype=np.int64)
+            bb = max(1, args.big_rows // 8)
+            for mode in ("rows", "blocks"):
+                order = EpochOrder(big_rows, 8, 0, 0, mode, SHARD_ROWS)
+                t = timed(lambda: [big.read(order.batch(s)) for s in range(bb)], args.repeat)
+                r[f"big_{mode}_per_s"] = bb * 8 / t
+            big_files = files_of(store, "sam", "features")
+            t = timed(lambda: raw_read(big_files), args.repeat)
+            r["big_raw_rows_per_s"] = args.big_rows / t
+            r["big_ratio_rows"] = r["big_rows_per_s"] / r["big_raw_rows_per_s"]
+            r["big_ratio_blocks"] = r["big_blocks_per_s"] / r["big_raw_rows_per_s"]
+        m = manifest_rss(tmp / "manifest", args.manifest_rows)
+    r["ratio_rows"] = r["rows_per_s"] / r["raw_rows_per_s"]
+    r["ratio_blocks"] = r["blocks_per_s"] / r["raw_rows_per_s"]
+    r["manifest_rows"] = m["rows"]
+    r["manifest_rss_mb"] = m["rss_mb"]
+    r["manifest_rss_shared_file_mb"] = m["rss_file_mb"]
+
+    print(f"16x16x1280 fp16 + summary ({args.rows} rows, batches of {args.batch}, compressor {args.compressor}):")
+    print(f"  rows mode   {r['rows_per_s']:8.0f} rows/s  = {r['ratio_rows']:.2f} of raw")
+    print(f"  blocks mode {r['blocks_per_s']:8.0f} rows/s  = {r['ratio_blocks']:.2f} of raw")
+    print(f"  zarr async  {r['zarr_async_rows_per_s']:8.0f} rows/s  (rows mode, for comparison)")
+    print(f"  raw read    {r['raw_rows_per_s']:8.0f} rows/s  ({r['raw_gb_per_s']:.2f} GB/s)")
+    if args.big_rows:
+        print(f"64x64x1280 fp16 ({args.big_rows} rows, batches of 8): rows {r['big_rows_per_s']:.1f}/s "
+              f"({r['big_ratio_rows']:.2f}), blocks {r['big_blocks_per_s']:.1f}/s ({r['big_ratio_blocks']:.2f}), "
+              f"raw {r['big_raw_rows_per_s']:.1f}/s")  # fmt: skip
+    print(f"manifest: {r['manifest_rows']:,} rows opened in a fresh process: {r['manifest_rss_mb']:.1f} MB private "
+          f"resident, {r['manifest_rss_shared_file_mb']:.1f} MB of shared page cache mapped")
+    keys = ["rows_per_s", "blocks_per_s", "raw_rows_per_s", "ratio_rows", "ratio_blocks", "manifest_rows", "manifest_rss_mb"]
+    out = {k: r[k] for k in keys} | {k: v for k, v in r.items() if k not in keys}
+    out_dir = Path(__file__).parent / "results"
+    out_dir.mkdir(exist_ok=True)
+    (out_dir / "loader.json").write_text(json.dumps(out, indent=2))
+    if args.json:
+        print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
