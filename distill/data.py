@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from radio.store.compact import GROUP as COMPACT
 from radio.store.crops import CropBox, crop_resize
 from radio.store.images import ImageLimits
 from radio.store.layout import FeatureStore
@@ -65,13 +66,16 @@ def flips_for(rows: np.ndarray, seed: int, partition: int, step: int) -> np.ndar
 
 class PartitionRows(Dataset):
     """``dataset[(row, flip)]`` → ``{"image": [3, r, r] float in [0, 1], "row": int,
-    "targets": {key: {"features": [h, w, C] float32, "summary": [Cs] float32}}}``.
+    "targets": {key: {"features": [h, w, C] float32, "summary": [Cs] float32}}}``; keys in
+    ``compact`` give their stored one-byte values (``[h, w, K]`` int8 or uint8) instead.
 
     Opens the store lazily, so each DataLoader worker (forked) has its own Zarr handles.
     """
 
-    def __init__(self, store_path: str, resolution: int, targets: Sequence[KeyTarget], limits: ImageLimits = ImageLimits()):
+    def __init__(self, store_path: str, resolution: int, targets: Sequence[KeyTarget], limits: ImageLimits = ImageLimits(),
+                 compact: frozenset[str] = frozenset()):  # fmt: skip
         self.store_path = store_path
+        self.compact = compact  # keys read from their compact arrays: one byte per value, decoded on the device
         self.resolution = resolution
         self.targets = targets
         self.limits = limits
@@ -84,8 +88,10 @@ class PartitionRows(Dataset):
             store = FeatureStore(self.store_path)
             self._manifest = {r["row"]: r for r in store.manifest().to_pylist()}
             for t in self.targets:
+                group = store.root["targets"][t.key]
                 for name in ("features", "summary") if t.summary else ("features",):
-                    self._arrays[(t.key, name)] = store.array(t.key, name)
+                    compact = t.key in self.compact and name in group[COMPACT]
+                    self._arrays[(t.key, name)] = group[COMPACT][name] if compact else store.array(t.key, name)
         return self._manifest
 
     def image(self, row: int) -> np.ndarray:
@@ -99,8 +105,8 @@ class PartitionRows(Dataset):
         image = torch.from_numpy(self.image(row).copy()).permute(2, 0, 1).float().div_(255.0)
         targets = {}
         for t in self.targets:
-            feats = torch.from_numpy(self._arrays[(t.key, "features")][row].astype(np.float32))
-            summary = torch.from_numpy(self._arrays[(t.key, "summary")][row].astype(np.float32)) if t.summary else None
+            feats = torch.from_numpy(_host_dtype(self._arrays[(t.key, "features")][row]))
+            summary = torch.from_numpy(_host_dtype(self._arrays[(t.key, "summary")][row])) if t.summary else None
             if flip:
                 feats = feats.flip(1)  # [h, w, C]: mirror the grid with the image
             targets[t.key] = {"features": feats} | ({"summary": summary} if summary is not None else {})
@@ -110,6 +116,11 @@ class PartitionRows(Dataset):
 
     def __len__(self) -> int:  # only for tools that ask; batches come from StepBatches
         return len(self._open())
+
+
+def _host_dtype(a: np.ndarray) -> np.ndarray:
+    """Raw fp16 → float32; compact one-byte values stay as they are until decoded on the device."""
+    return a if a.dtype.itemsize == 1 else a.astype(np.float32)
 
 
 def collate(samples: list[dict]) -> dict:

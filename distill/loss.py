@@ -56,13 +56,16 @@ def cosine_distance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class DistillLoss(nn.Module):
     """Losses of one step: ``{"RES:KEY/features", "RES:KEY/summary", ..., "total"}``.
 
-    ``normalizers`` maps each target key to its feature :class:`~radio.store.normalizers.Normalizer`.
+    ``normalizers`` maps each target key to its feature :class:`~radio.store.normalizers.Normalizer`;
+    keys in ``prenormalized`` (compact keys, decoded straight into PHI-S space) skip ``normalize``.
     """
 
-    def __init__(self, partitions: list[tuple[int, list[KeyTarget]]], normalizers: dict[str, nn.Module]):
+    def __init__(self, partitions: list[tuple[int, list[KeyTarget]]], normalizers: dict[str, nn.Module],
+                 prenormalized: frozenset[str] = frozenset()):  # fmt: skip
         super().__init__()
         self.partitions = partitions
         self.normalizers = nn.ModuleDict(normalizers)
+        self.prenormalized = frozenset(prenormalized)
 
     def forward(self, outputs: list, batches: list[dict]) -> dict[str, torch.Tensor]:
         """``outputs[p]`` is the student's output on ``batches[p]["image"]`` of partition ``p``."""
@@ -73,7 +76,8 @@ class DistillLoss(nn.Module):
                 adaptor = out.adaptors[t.teacher]
                 target = batch["targets"][t.key]
                 pred = align_features(adaptor.features, t.grid, t.exact_grid, t.key)
-                normed = self.normalizers[t.key].normalize(target["features"].float())
+                feats = target["features"].float()
+                normed = feats if t.key in self.prenormalized else self.normalizers[t.key].normalize(feats)
                 loss_f = F.mse_loss(pred, normed)
                 losses[f"{resolution}:{t.key}/features"] = loss_f
                 total = total + t.weight_features * loss_f

@@ -174,7 +174,8 @@ class FeatureStore:
         """Pre-allocate a target key's arrays (driver only); an existing key must match ``provenance``."""
         targets = self.root["targets"]
         if key in targets:
-            old = dict(targets[key].attrs)
+            # `compact` is added by `radio store compact` (radio.store.compact), not by featurize.
+            old = {k: v for k, v in targets[key].attrs.items() if k != "compact"}
             if not overwrite and old != provenance:
                 changed = sorted(k for k in old.keys() | provenance.keys() if old.get(k) != provenance.get(k))
                 raise StoreError(
