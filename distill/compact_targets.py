@@ -17,19 +17,33 @@ import torch
 from torch import nn
 
 from radio.store.codec import Codec, decode_on_device
-from radio.store.compact import CompactKey, compact_key, normalizer_for, reads_compact
-from radio.store.layout import FeatureStore
+from radio.store.compact import (CompactKey, check_normalizer, compact_complete, compact_key, normalizer_for,
+                                  raw_missing, reads_compact)  # fmt: skip
+from radio.store.layout import FeatureStore, StoreError
 
 
 def compact_keys(store: FeatureStore, keys: list[str]) -> dict[str, CompactKey]:
-    """The keys of ``keys`` whose every featurized tar is compacted: the loader reads those compact."""
-    return {k: compact_key(store, k) for k in keys if reads_compact(store, k)}
+    """The keys of ``keys`` whose every featurized tar is compacted: the loader reads those compact.
+
+    A key with some tars only compact (written so by featurize) and others only raw cannot be read
+    either way: :class:`StoreError` says to compact the rest.
+    """
+    out = {}
+    for k in keys:
+        if reads_compact(store, k):
+            out[k] = compact_key(store, k)
+            check_normalizer(store, out[k])
+        elif raw_missing(store, k)[store.completed(k)].any():
+            left = int((store.completed(k) & ~compact_complete(store, k)).sum())
+            raise StoreError(f"{k}: some tars are stored only compact and {left} only raw; "
+                             "run `radio store compact` to compact the rest")  # fmt: skip
+    return out
 
 
 def raw_dropped(store: FeatureStore, key: str) -> bool:
-    """Whether ``key``'s raw fp16 targets were deleted (`store compact --drop-raw`)."""
-    ck = compact_key(store, key)
-    return ck is not None and ck.raw_dropped
+    """Whether some of ``key``'s raw fp16 targets are absent (`store compact --drop-raw`, or tars
+    featurize wrote compact directly)."""
+    return bool(raw_missing(store, key)[store.completed(key)].any())
 
 
 def _codec_buffers(module: nn.Module, prefix: str, codec: Codec) -> None:

@@ -47,8 +47,27 @@ def normalizer_for(store: FeatureStore, key: str, stream: str = "features") -> P
 
 
 def _normalizer_attrs(store: FeatureStore, key: str, stream: str) -> dict[str, Any]:
+    """Which normalizer the codec's values live in: its fingerprint, and the tars it was fitted from."""
     g = store.root["targets"][key]["phis"][stream]
-    return {"fingerprint": g.attrs["fingerprint"], "tars": g.attrs["tars"], "count": g.attrs["count"]}
+    return {"fingerprint": g.attrs["fingerprint"], "tars": g.attrs["tars"], "count": g.attrs["count"],
+            "tar_indices": g.attrs.get("tar_indices")}  # fmt: skip
+
+
+def check_normalizer(store: FeatureStore, ck: CompactKey) -> None:
+    """Compact values are PHI-S space of one fitted normalizer; refuse them once fit-phis replaced it
+    (the trainer and export would otherwise mix two spaces)."""
+    for stream, attr in (("features", "normalizer"), ("summary", "summary_normalizer")):
+        if ck.attrs.get(attr) is None:
+            continue
+        now = _normalizer_attrs(store, ck.key, stream)["fingerprint"] if _has_phis(store, ck.key, stream) else None
+        if now != ck.attrs[attr]["fingerprint"]:
+            raise StoreError(f"{ck.key}: compacted in a PHI-S normalizer that `radio fit-phis` has since replaced; "
+                             "run `radio store compact --overwrite` (needs the raw targets) or refit from the same tars")  # fmt: skip
+
+
+def _has_phis(store: FeatureStore, key: str, stream: str) -> bool:
+    g = store.root["targets"][key]
+    return "phis" in g and stream in g["phis"] and "fingerprint" in g["phis"][stream].attrs
 
 
 @dataclass(frozen=True)
@@ -121,8 +140,9 @@ def prepare_compact(store: FeatureStore, key: str, codec: str = "int8", rank: in
         old = {k: v for k, v in g[GROUP].attrs.items() if k != "raw_dropped"}
         if old == attrs:
             return compact_key(store, key)
-        if g[GROUP].attrs.get("raw_dropped"):
-            raise StoreError(f"{key}: its raw targets were dropped; it cannot be compacted again with other settings")
+        if g[GROUP].attrs.get("raw_dropped") or g[GROUP]["direct"][:].any():
+            raise StoreError(f"{key}: some of its raw targets are not on disk (dropped, or featurized compact); "
+                             "it cannot be compacted again with other settings")  # fmt: skip
         if not overwrite:
             changed = sorted(k for k in old.keys() | attrs.keys() if old.get(k) != attrs.get(k))
             raise StoreError(f"{key}: compacted with other settings ({', '.join(changed)}); pass --overwrite to redo it")
@@ -148,6 +168,7 @@ def prepare_compact(store: FeatureStore, key: str, codec: str = "int8", rank: in
                            fill_value=0)[...] = cd.basis  # fmt: skip
     for name in ("sse", "ssy"):
         c.create_array(name, shape=(t,), dtype="float64", chunks=(1,), fill_value=0)
+    c.create_array("direct", shape=(t,), dtype="uint8", chunks=(1,), fill_value=0)  # written compact by featurize
     c.create_array("complete", shape=(t,), dtype="uint8", chunks=(1,), fill_value=0)
     # Attributes last: a codec named in them has its parameters fully written.
     c.attrs.update(attrs)
@@ -221,6 +242,59 @@ def compact_store_key(store: FeatureStore, key: str, on_tar: Callable[[int], Non
         if on_tar:
             on_tar(int(t))
     return len(todo)
+
+
+def direct_compact(store: FeatureStore, key: str) -> CompactKey | None:
+    """Driver side of featurize: the codec a key's new tars are written in directly, or None (raw).
+
+    A key with a fitted feature normalizer gets an ``int8`` compact group if it has none (the
+    settings of an earlier `radio store compact` are kept), so tars featurized after
+    ``fit-phis --max-tars`` never exist as raw fp16 on disk.
+    """
+    if not _has_phis(store, key, "features"):
+        return None
+    ck = compact_key(store, key)
+    if ck is None:
+        ck = prepare_compact(store, key)
+    check_normalizer(store, ck)
+    return ck
+
+
+def write_direct_window(store: FeatureStore, ck: CompactKey, row_start: int, features: np.ndarray,
+                        summary: np.ndarray | None, valid: list[int], phis: PhiS) -> tuple[float, float]:  # fmt: skip
+    """Worker side: one whole shard of rows written compact (features) and raw (summary, unless the
+    codec compacts it too); returns Σ(y-ŷ)², Σy² of the valid rows. ``features [R, h, w, C]`` fp16."""
+    g = store.root["targets"][ck.key][GROUP]
+    r = store.plan.shard_rows
+    q, sse, ssy = encode_rows(phis, ck.features, features, np.asarray(valid, np.int64))
+    g["features"][row_start : row_start + r] = q
+    if summary is not None:
+        if ck.summary is not None:
+            p = normalizer_for(store, ck.key, "summary")
+            g["summary"][row_start : row_start + r] = encode_rows(p, ck.summary, summary, np.asarray(valid, np.int64))[0]
+        else:
+            store.array(ck.key, "summary")[row_start : row_start + r] = summary
+    return sse, ssy
+
+
+def mark_direct_complete(store: FeatureStore, key: str, tar_index: int, sse: float, ssy: float) -> None:
+    """A tar written compact by featurize: its error sums, then ``direct``, then the compact marker
+    (the caller writes the key's own completion marker after this)."""
+    g = store.root["targets"][key][GROUP]
+    g["sse"][tar_index] = sse
+    g["ssy"][tar_index] = ssy
+    g["direct"][tar_index] = 1
+    g["complete"][tar_index] = 1
+
+
+def raw_missing(store: FeatureStore, key: str) -> np.ndarray:
+    """``[T] bool``: tars whose raw targets are not on disk (dropped, or written compact directly)."""
+    g = store.root["targets"][key]
+    if GROUP not in g or "codec" not in g[GROUP].attrs:
+        return np.zeros(len(store.plan.tars), bool)
+    if g[GROUP].attrs.get("raw_dropped"):
+        return store.completed(key) | compact_complete(store, key)
+    return g[GROUP]["direct"][:].astype(bool)
 
 
 def variance_retained(store: FeatureStore, key: str) -> float | None:

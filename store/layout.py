@@ -227,13 +227,18 @@ class FeatureStore:
         """``[T] bool``: which tars are complete for ``key``."""
         return self.array(key, "complete")[:].astype(bool)
 
+    def moment_tars(self, key: str, max_tars: int | None = None) -> np.ndarray:
+        """Indices of the tars :meth:`moments` reads: complete ones, at most ``max_tars`` evenly spaced."""
+        tars = np.flatnonzero(self.completed(key))
+        if max_tars is not None and len(tars) > max_tars:
+            tars = tars[np.linspace(0, len(tars) - 1, max_tars).round().astype(int)]
+        return tars
+
     def moments(self, key: str, stream: str = "features", max_tars: int | None = None) -> list[Moments]:
         """Per-tar moments of a stream (``features`` or ``summary``), complete tars only; with
         ``max_tars``, an evenly spaced subset of them (each tar's M2 is C² float64: reading all
         of a billion-image store's would mean terabytes)."""
-        tars = np.flatnonzero(self.completed(key))
-        if max_tars is not None and len(tars) > max_tars:
-            tars = tars[np.linspace(0, len(tars) - 1, max_tars).round().astype(int)]
+        tars = self.moment_tars(key, max_tars)
         count = self.array(key, f"moments/{stream}_count")[:]
         mean = self.array(key, f"moments/{stream}_mean")
         m2 = self.array(key, f"moments/{stream}_m2")

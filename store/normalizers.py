@@ -76,6 +76,8 @@ def fit_store(
             phis = load_phis(store, key, stream) if unchanged else fit_phis(merged)
             if not unchanged:
                 _write_phis(store, key, stream, phis, merged.count, len(parts), fp)
+                # Which tars it came from (provenance of compact targets written in its space).
+                _phis_group(store, key, stream).attrs["tar_indices"] = store.moment_tars(key, max_tars).tolist()
             reports.append(FitReport(key, stream, len(parts), merged.count, phis, describe(len(phis.mean)), unchanged))
     return reports
 

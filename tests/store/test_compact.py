@@ -122,3 +122,45 @@ def test_trainer_on_a_mixed_raw_and_compact_stage_matches_raw_training(fitted, t
     # Same student, rows and crops: the losses differ only by the int8 quantization error.
     assert np.allclose(mixed.losses, raw.losses, rtol=2e-3), (raw.losses, mixed.losses)
     assert "128:dinov2@112/features" in seen[0] and "128:clip@112/features" in seen[0]
+
+
+def test_featurize_writes_compact_directly_after_fit_phis_max_tars(tiny_store, repo, tmp_path):
+    from radio.config import load_pipeline
+    from radio.distill.compact_targets import compact_keys
+    from radio.featurize.job import _settings, prepare, select
+    from radio.featurize.worker import TarFeaturizer
+    from radio.store.sampledata import write_sample_data
+
+    _, ref_path = tiny_store
+    write_sample_data(tmp_path / "shards", images=40, shard_size=16, seed=11, corrupt=2)  # the tiny store's shards
+    config = load_pipeline(repo / "pipelines.yaml", "tiny", data=str(tmp_path / "shards" / "*.tar"),
+                           store=str(tmp_path / "store.zarr"), out=str(tmp_path / "run"))  # fmt: skip
+    selection = select(config, ["dinov2"])
+    store, items = prepare(config, selection)
+    worker = TarFeaturizer(str(store.path), _settings(config), batch_size=config.featurize.batch_size)
+    first, rest = items[:2], items[2:]
+    assert rest
+    for item in first:
+        assert worker.process(item).error is None
+    fit_store(store, [KEY], allow_partial=True, max_tars=2)
+    store, items = prepare(config, selection)  # the driver sees the normalizer: the rest is written compact
+    assert [i.tar_index for i in items] == [i.tar_index for i in rest]
+    ck = c.compact_key(store, KEY)
+    assert ck.features.name == "int8" and ck.attrs["normalizer"]["tar_indices"] == [0, 1]
+    for item in items:
+        assert worker.process(item).error is None
+    t = store.plan.tars[rest[0].tar_index]
+    assert not (store.path / "targets" / KEY / "features" / "c" / str(t.row_start // store.plan.shard_rows)).exists()
+    assert c.raw_missing(store, KEY).tolist() == [False, False, True]
+    assert verify_store(store.path) == []
+    with pytest.raises(c.StoreError, match=r"^dinov2@112: some tars are stored only compact and 2 only raw; run"):
+        compact_keys(store, [KEY])
+    assert c.compact_store_key(store, KEY) == 2
+    assert list(compact_keys(store, [KEY])) == [KEY]
+    # The direct-written tar decodes to the normalized features an all-raw featurize stores.
+    rows = slice(t.row_start, t.row_start + t.rows)
+    raw = FeatureStore(ref_path).array(KEY, "features")[rows].astype(np.float64)
+    valid = np.abs(raw).reshape(len(raw), -1).max(1) > 0
+    y = load_phis(store, KEY).normalize(raw[valid])
+    got = decode(ck.features, torch.from_numpy(store.root["targets"][KEY]["compact"]["features"][rows][valid])).numpy()
+    assert np.abs(got - y).max() <= 4.0 / 127 / 2 + 1e-4
