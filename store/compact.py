@@ -46,9 +46,15 @@ def normalizer_for(store: FeatureStore, key: str, stream: str = "features") -> P
         raise StoreError(f"{key}: no PHI-S normalizer for {stream}; run `radio fit-phis` before compacting") from None
 
 
+def _normalizer_group(store: FeatureStore, key: str, stream: str):
+    """The Zarr group of :func:`normalizer_for`'s normalizer, or None (change both together)."""
+    g = store.root["targets"][key]
+    return g["phis"][stream] if "phis" in g and stream in g["phis"] else None
+
+
 def _normalizer_attrs(store: FeatureStore, key: str, stream: str) -> dict[str, Any]:
     """Which normalizer the codec's values live in: its fingerprint, and the tars it was fitted from."""
-    g = store.root["targets"][key]["phis"][stream]
+    g = _normalizer_group(store, key, stream)
     return {"fingerprint": g.attrs["fingerprint"], "tars": g.attrs["tars"], "count": g.attrs["count"],
             "tar_indices": g.attrs.get("tar_indices")}  # fmt: skip
 
@@ -66,8 +72,8 @@ def check_normalizer(store: FeatureStore, ck: CompactKey) -> None:
 
 
 def _has_phis(store: FeatureStore, key: str, stream: str) -> bool:
-    g = store.root["targets"][key]
-    return "phis" in g and stream in g["phis"] and "fingerprint" in g["phis"][stream].attrs
+    g = _normalizer_group(store, key, stream)
+    return g is not None and "fingerprint" in g.attrs
 
 
 @dataclass(frozen=True)
