@@ -169,11 +169,16 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=64, help="images per real-size teacher")
     ap.add_argument("--steps", type=int, default=40, help="stage-1 steps of each tiny student")
     ap.add_argument("--quick", action="store_true", help="tiny teachers only (a smoke run; figures not meaningful)")
+    ap.add_argument("--part", choices=("all", "real", "tiny"), default="all", help="run one half only")
     ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     args = ap.parse_args()
+    results: dict = {"real_size": {}, "tiny_training": None}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        results = {"real_size": real_size(tmp, args.images, args.quick), "tiny_training": tiny_training(tmp, args.steps)}
+        if args.part in ("all", "real"):
+            results["real_size"] = real_size(tmp, args.images, args.quick)
+        if args.part in ("all", "tiny"):
+            results["tiny_training"] = tiny_training(tmp, args.steps)
     for key, r in results["real_size"].items():
         print(f"{key} ({r['model']}, C = {r['channels']}; PHI-S fitted on {r['fit_vectors']} vectors, "
               f"measured on {r['test_vectors']} others):")
@@ -184,7 +189,8 @@ def main() -> None:
               f"{s['raw_disk_bytes_per_sample']:.0f} (zstd) = {s['disk_ratio']:.3f}")
         print("  spectrum (variance share): " + ", ".join(f"{k} {v:.3f}" for k, v in r["spectrum"].items())
               + "; rank for " + ", ".join(f"{k}: {v}" for k, v in r["rank_for"].items()))
-    t = results["tiny_training"]
+    t = results["tiny_training"] or {"steps": 0, "raw": {}, "geometric_mean_raw": math.nan,
+                                     "geometric_mean_int8": math.nan, "ratio": math.nan}  # fmt: skip
     print(f"tiny stage 1, {t['steps']} steps, held-out F[X] vs raw targets (PHI-S space):")
     for k in t["raw"]:
         print(f"  {k:<12} raw-trained {t['raw'][k]:.4f}   int8-trained {t['int8'][k]:.4f}")
@@ -192,7 +198,7 @@ def main() -> None:
           f"ratio {t['ratio']:.4f} (target ≥ 0.99)")
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "compact.json").write_text(json.dumps(results, indent=2))
+    (out / f"compact{'' if args.part == 'all' else '_' + args.part}.json").write_text(json.dumps(results, indent=2))
     if args.json:
         print(json.dumps(results))
 
