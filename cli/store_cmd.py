@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .console import make_console
-from .errors import EXIT_FAILED, user_errors
+from .errors import EXIT_FAILED, fail, user_errors
 
 app = typer.Typer(rich_markup_mode=None, help="Inspect or check a feature store.", no_args_is_help=True)
 
@@ -35,13 +35,19 @@ def info(path: PathArg, as_json: Annotated[bool, typer.Option("--json", help="pr
     console.print(f"{s['path']}: {s['tars']} tars, {s['rows']} rows ({s['shard_rows']} per Zarr shard), "
                   f"{s['samples']} samples, {s['valid']} valid; bad: {bad}")  # fmt: skip
     table = Table("target key", "teacher", "model", "weights", "grid", "dims (feat/sum)", "mosaic", "complete tars",
-                  "valid rows", "bytes/sample raw", "bytes/sample stored")  # fmt: skip
+                  "valid rows", "bytes/sample raw", "bytes/sample stored", "codec", "compact bytes/sample",
+                  "variance retained")  # fmt: skip
     for k in s["keys"]:
         p = k.provenance
         table.add_row(k.key, p["teacher"], p["model"], p["weights"], "x".join(map(str, p["grid"])),
                       f"{p['feature_dim']}/{p['summary_dim'] or '-'}", str(p["mosaic"] or "-"),
                       f"{k.complete_tars}/{k.tars}", str(k.valid_rows), str(k.raw_bytes_per_sample),
-                      f"{k.stored_bytes_per_sample:.0f}")  # fmt: skip
+                      f"{k.stored_bytes_per_sample:.0f}",
+                      (f"{k.codec}" + (f" rank {k.rank}" if k.rank else "") + f" ({k.compact_tars}/{k.tars} tars"
+                       + (", raw dropped)" if k.raw_dropped else ")")) if k.codec else "-",
+                      f"{k.compact_bytes_per_sample} ({k.compact_bytes_per_sample / k.raw_bytes_per_sample:.3f} of raw)"
+                      if k.codec else "-",
+                      f"{k.variance_retained:.5f}" if k.variance_retained is not None else "-")  # fmt: skip
     console.print(table)
 
 
@@ -58,3 +64,56 @@ def verify(path: PathArg) -> None:
         print(f"{path}: {len(problems)} problems")
         raise typer.Exit(EXIT_FAILED)
     print(f"{path}: ok")
+
+
+@app.command()
+@user_errors
+def compact(
+    path: PathArg,
+    keys: Annotated[list[str] | None, typer.Option("--keys", "-k", help="target keys; repeatable [default: all]")] = None,
+    codec: Annotated[str, typer.Option("--codec", help="int8 or fp8 (float8 e4m3), one byte per value")] = "int8",
+    rank: Annotated[int | None, typer.Option("--rank", min=1, help="keep the leading R principal coefficients")] = None,
+    variance: Annotated[
+        float | None, typer.Option("--variance", help="keep the fewest principal coefficients holding this share")
+    ] = None,
+    clip: Annotated[float, typer.Option("--clip", help="clip at this many σ of PHI-S space")] = 4.0,
+    summary: Annotated[bool, typer.Option("--summary", help="compact the summary too (in its own PHI-S space)")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="redo keys compacted with other settings")] = False,
+    drop_raw: Annotated[
+        bool, typer.Option("--drop-raw", help="delete the raw fp16 arrays once `store verify` passes on the compact ones")
+    ] = False,
+) -> None:
+    """Rewrite keys' features (and --summary) in PHI-S space as int8/fp8, optionally rank-truncated.
+
+    Runs after `radio fit-phis`; resumable per (tar, key) like featurize; records the codec in the
+    key's provenance. The trainer then reads these keys compact and decodes them on its device.
+    """
+    from radio.store import compact as c
+    from radio.store.inspect import verify_store
+    from radio.store.layout import FeatureStore
+
+    fs = FeatureStore(path)
+    chosen = keys or fs.target_keys
+    for key in chosen:
+        fs.target(key)
+        c.normalizer_for(fs, key, "features")  # every key checked before any work
+    for key in chosen:
+        n = c.compact_store_key(fs, key, codec=codec, rank=rank, variance=variance, clip=clip, summary=summary,
+                                overwrite=overwrite)  # fmt: skip
+        ck = c.compact_key(fs, key)
+        kept = c.variance_retained(fs, key)
+        print(f"{key}: {ck.features.describe()}, {n} tars compacted, "
+              f"{int(c.compact_complete(fs, key).sum())}/{len(fs.plan.tars)} done, variance retained "
+              + (f"{kept:.5f}" if kept is not None else "-"))  # fmt: skip
+    if drop_raw:
+        problems = verify_store(path, chosen)
+        if problems:
+            for p in problems:
+                print(f"problem: {p}")
+            print(f"{path}: {len(problems)} problems; raw targets kept")
+            raise typer.Exit(EXIT_FAILED)
+        for key in chosen:
+            if not c.reads_compact(fs, key):
+                raise fail(f"{key}: not every featurized tar is compacted; raw targets kept")
+            c.drop_raw(fs, key)
+            print(f"{key}: raw targets dropped")

@@ -121,13 +121,18 @@ def flips_for(rows: np.ndarray, seed: int, partition: int, step: int) -> np.ndar
 
 
 def on_device(batch: dict, device: torch.device | str) -> dict:
-    """Move a batch to ``device``, then turn targets into float32 there: the one place targets
-    leave the store's dtype (fp16 now; a compact int8 array would be decoded here)."""
+    """Move a batch to ``device``, then turn fp16 targets into float32 there: the one place
+    targets leave the store's dtype. Compact keys' one-byte values stay as they are; the trainer
+    decodes them next, on the device (:func:`radio.distill.compact_targets.decode_targets`)."""
+
+    def convert(v: torch.Tensor) -> torch.Tensor:
+        v = v.to(device, non_blocking=True)
+        return v if v.element_size() == 1 else v.float()
+
     return {
         "image": batch["image"].to(device, non_blocking=True),
         "row": batch["row"],
-        "targets": {k: {n: v.to(device, non_blocking=True).float() for n, v in t.items()}
-                    for k, t in batch["targets"].items()},  # fmt: skip
+        "targets": {k: {n: convert(v) for n, v in t.items()} for k, t in batch["targets"].items()},
     }
 
 
@@ -143,14 +148,16 @@ class PartitionRows(Dataset):
     """
 
     def __init__(self, store_path: str, resolution: int, targets: Sequence[KeyTarget],
-                 limits: ImageLimits = ImageLimits(), manifest: str | Path | Manifest | None = None):  # fmt: skip
+                 limits: ImageLimits = ImageLimits(), manifest: str | Path | Manifest | None = None,
+                 compact: frozenset[str] = frozenset()):  # fmt: skip
         self.store_path = store_path
+        self.compact = compact  # keys read from their compact arrays: one byte per value, decoded on the device
         self.resolution = resolution
         self.targets = targets
         self.limits = limits
         self._manifest = manifest if isinstance(manifest, Manifest) else None
         self._manifest_dir = None if isinstance(manifest, Manifest) or manifest is None else Path(manifest)
-        self.reader = TargetReader(store_path, [(t.key, t.summary) for t in targets])
+        self.reader = TargetReader(store_path, [(t.key, t.summary) for t in targets], compact)
         self.tars = TarFiles()
 
     def manifest(self) -> Manifest:

@@ -60,12 +60,15 @@ class DistillLoss(nn.Module):
 
     ``normalizers`` maps each teacher to its feature :class:`~radio.store.normalizers.Normalizer`,
     fitted over all that teacher's keys: one adaptor head, one target space, at every resolution.
+    Keys in ``prenormalized`` (compact keys, decoded straight into PHI-S space) skip ``normalize``.
     """
 
-    def __init__(self, partitions: list[tuple[int, list[KeyTarget]]], normalizers: dict[str, nn.Module]):
+    def __init__(self, partitions: list[tuple[int, list[KeyTarget]]], normalizers: dict[str, nn.Module],
+                 prenormalized: frozenset[str] = frozenset()):  # fmt: skip
         super().__init__()
         self.partitions = partitions
         self.normalizers = nn.ModuleDict(normalizers)
+        self.prenormalized = frozenset(prenormalized)
 
     def forward(self, outputs: list, batches: list[dict]) -> dict[str, torch.Tensor]:
         """``outputs[p]`` is the student's output on ``batches[p]["image"]`` of partition ``p``."""
@@ -76,7 +79,8 @@ class DistillLoss(nn.Module):
                 adaptor = out.adaptors[t.teacher]
                 target = batch["targets"][t.key]
                 pred = align_features(adaptor.features, t.grid, t.exact_grid, t.key)
-                normed = self.normalizers[t.teacher].normalize(target["features"].float())
+                feats = target["features"].float()
+                normed = feats if t.key in self.prenormalized else self.normalizers[t.teacher].normalize(feats)
                 loss_f = F.mse_loss(pred, normed)
                 losses[f"{resolution}:{t.key}/features"] = loss_f
                 total = total + t.weight_features * loss_f

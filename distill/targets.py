@@ -26,13 +26,25 @@ from pathlib import Path
 import numpy as np
 import tensorstore as ts
 
+from radio.store.compact import GROUP as COMPACT
+
 from .shardread import ShardRuns
 
 
-def open_target_array(store_path: str | Path, key: str, name: str) -> ts.TensorStore:
-    """Open ``targets/KEY/NAME`` of a store read-only. The one place a store location becomes a
-    kvstore spec (an ``s3://`` store would map to tensorstore's ``s3`` kvstore driver here)."""
-    path = Path(store_path) / "targets" / key / name
+def target_array_path(store_path: str | Path, key: str, name: str, compact: bool = False) -> Path:
+    """Where ``targets/KEY/NAME`` lives; with ``compact``, the key's compact array of that name
+    (``targets/KEY/compact/NAME``, written by `radio store compact`) when there is one."""
+    base = Path(store_path) / "targets" / key
+    if compact and (base / COMPACT / name / "zarr.json").is_file():
+        return base / COMPACT / name
+    return base / name
+
+
+def open_target_array(store_path: str | Path, key: str, name: str, compact: bool = False) -> ts.TensorStore:
+    """Open ``targets/KEY/NAME`` (or its compact array) of a store read-only. The one place a
+    store location becomes a kvstore spec (an ``s3://`` store would map to tensorstore's ``s3``
+    kvstore driver here)."""
+    path = target_array_path(store_path, key, name, compact)
     spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}}
     return ts.open(spec, read=True, open=True).result()
 
@@ -56,9 +68,10 @@ class TargetReader:
 
     threads = 4  # concurrent positioned reads (they release the GIL)
 
-    def __init__(self, store_path: str | Path, keys: Sequence[tuple[str, bool]]):
+    def __init__(self, store_path: str | Path, keys: Sequence[tuple[str, bool]], compact: frozenset[str] = frozenset()):
         self.store_path = str(store_path)
         self.keys = list(keys)  # (key, has_summary)
+        self.compact = compact  # keys read from their compact arrays (one byte per value)
         self._arrays: dict[tuple[str, str], ts.TensorStore] | None = None
         self._direct: dict[str, ShardRuns | None] = {}
         self._pool: ThreadPoolExecutor | None = None
@@ -72,8 +85,8 @@ class TargetReader:
             self._arrays, self._pid = {}, os.getpid()
             for key, summary in self.keys:
                 for name in ("features", "summary") if summary else ("features",):
-                    self._arrays[(key, name)] = open_target_array(self.store_path, key, name)
-                self._direct[key] = ShardRuns.open(Path(self.store_path) / "targets" / key / "features")
+                    self._arrays[(key, name)] = open_target_array(self.store_path, key, name, key in self.compact)
+                self._direct[key] = ShardRuns.open(target_array_path(self.store_path, key, "features", key in self.compact))
             self._pool = ThreadPoolExecutor(self.threads)
         return self._arrays
 

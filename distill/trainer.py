@@ -32,6 +32,7 @@ from radio.store.normalizers import Normalizer, normalizer_for, teacher_of
 from . import distributed
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from .checks import adaptor_specs, mosaic_notes, stage_targets
+from .compact_targets import build_decoders, decode_targets, raw_dropped
 from .cpe import draw_crops
 from .data import PartitionRows, StepBatches, collate, on_device, split_rows
 from .export import export_payload, final_metadata, student_state
@@ -187,7 +188,15 @@ def _train(config, stage, d, steps, run, init, workers, flip, on_step) -> StageR
     total = steps or cfg.steps
     sdir = stage_dir(run, stage)
     student = build_student(store, config, cfg.seed)
-    loss_fn = DistillLoss(partitions, build_normalizers(store, keys, config.normalization)).to(d.device)
+    # Compact keys (`radio store compact`) arrive as one byte per value and are decoded on the device.
+    decoders = build_decoders(store, keys).to(d.device)
+    if len(decoders) and config.normalization != "phis":
+        dropped = [k for k in decoders if raw_dropped(store, k)]
+        if dropped:
+            raise DistillError(f"{', '.join(dropped)}: only stored compact in PHI-S space; train with normalization: phis")
+        decoders = type(decoders)()  # another normalization trains on the raw targets still there
+    loss_fn = DistillLoss(partitions, build_normalizers(store, keys, config.normalization),
+                          prenormalized=frozenset(decoders)).to(d.device)  # fmt: skip
     init_from = _initial_weights(run, stage, init)
 
     # ---- resume --------------------------------------------------------------------------------
@@ -223,7 +232,7 @@ def _train(config, stage, d, steps, run, init, workers, flip, on_step) -> StageR
     loaders = []
     for p, (resolution, ts) in enumerate(partitions):
         part = cfg.partitions[p]
-        dataset = PartitionRows(str(store.path), resolution, ts, limits, manifest_dir)
+        dataset = PartitionRows(str(store.path), resolution, ts, limits, manifest_dir, compact=frozenset(decoders))
         try:
             sampler = StepBatches(split.train, part.batch_size, cfg.seed * 1000 + stage, p, start, total,
                                   d.rank, d.world, flip, cfg.sampling, store.plan.shard_rows)  # fmt: skip
@@ -255,7 +264,7 @@ def _train(config, stage, d, steps, run, init, workers, flip, on_step) -> StageR
     with _StopFlag() as stop, open(metrics_path, "a") if d.main else contextlib.nullcontext() as log:
         while step < total:
             t0 = time.perf_counter()
-            batches = [on_device(next(it), d.device) for it in loaders]
+            batches = [decode_targets(on_device(next(it), d.device), decoders) for it in loaders]
             t_data = time.perf_counter() - t0
             lr = lr_at(step, total, cfg.optimizer.lr, cfg.schedule.warmup_steps, cfg.schedule.min_lr)
             for group in optimizer.param_groups:

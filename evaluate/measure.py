@@ -140,11 +140,18 @@ def measure_fidelity(model, store, config, rows: str = "held-out", stage: int | 
     limits = ImageLimits(config.data.min_image_size, config.data.max_image_pixels)
     device = next(model.parameters()).device
     results = []
+    # Raw fp16 targets when present; keys whose raw targets were dropped are decoded from their
+    # compact codec and mapped back to the teacher's space.
+    from radio.distill.compact_targets import build_decoders, decode_targets, raw_dropped, to_teacher_space
+
+    decoders = build_decoders(store, [k for k in keys if raw_dropped(store, k)])
     for resolution, targets in partitions:
-        data = PartitionRows(str(store.path), resolution, targets, limits)
+        data = PartitionRows(str(store.path), resolution, targets, limits, compact=frozenset(decoders))
         acc = {t.key: FidelityAccumulator(t.key, "features", normalizers[t.key]) for t in targets}
         for i in range(0, len(chosen), batch_size):
-            batch = collate([data[(int(r), False)] for r in chosen[i : i + batch_size]])
+            batch = decode_targets(collate([data[(int(r), False)] for r in chosen[i : i + batch_size]]), decoders)
+            for k in decoders:
+                batch["targets"][k]["features"] = to_teacher_space(store, k, batch["targets"][k]["features"])
             out = model(batch["image"].to(device))
             for t in targets:
                 pred = align_features(out.adaptors[t.teacher].features.cpu(), t.grid, t.exact_grid, t.key)

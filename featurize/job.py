@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from radio.config import PipelineConfig, fingerprint
 from radio.errors import RadioError
+from radio.store import compact
 from radio.store.layout import FeatureStore, Plan, settings_json
 from radio.store.shards import count_samples, expand_shards, open_binary
 
@@ -222,6 +223,9 @@ def prepare(config: PipelineConfig, selection: Selection, overwrite: bool = Fals
                                 summary_dim=spec.summary_dim, provenance=prov,
                                 compressor=config.store.compressor, overwrite=overwrite)  # fmt: skip
         done = {job.key: store.completed(job.key) for job in jobs}
+        for job in jobs:
+            if not done[job.key].all():
+                compact.direct_compact(store, job.key)  # fitted normalizer → the worker writes int8, not fp16
         for tp in plan.tars:
             todo = tuple(j for j in jobs if not done[j.key][tp.index])
             if todo:

@@ -24,10 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from radio.store import compact
 from radio.store.crops import CropBox, choose_crop, crop_resize
 from radio.store.images import ImageLimits
 from radio.store.layout import FeatureStore, TarPlan
 from radio.store.moments import Moments
+from radio.store.phis import PhiS
 from radio.store.shards import Sample, ShardReader
 
 from . import mosaic
@@ -175,6 +177,9 @@ class TarFeaturizer:
         result.bytes_written = {k.key: 0 for k in item.keys}
         result.teacher_inputs = {k.key: 0 for k in item.keys}
         writes: list[Future] = []
+        # Keys with a fitted normalizer are written compact (PHI-S-space int8), never as raw fp16.
+        direct = {k.key: self._direct(k.key) for k in item.keys}
+        errors = {k.key: [0.0, 0.0] for k in item.keys}  # Σ(y-ŷ)², Σy² of the direct-written rows
         with ThreadPoolExecutor(max_workers=1) as writer:
             for row_start, samples in _prefetch(self._windows(reader, tp)):
                 boxes = [self._box(x) for x in samples]
@@ -192,7 +197,11 @@ class TarFeaturizer:
                         prev = moments[(job.key, stream)]
                         moments[(job.key, stream)] = m if prev is None else prev.merge(m)
                     result.bytes_written[job.key] += feats[valid].nbytes + (summ[valid].nbytes if summ is not None else 0)
-                    writes.append(writer.submit(self.store.write_shard, job.key, row_start, feats, summ))
+                    if direct[job.key] is None:
+                        writes.append(writer.submit(self.store.write_shard, job.key, row_start, feats, summ))
+                    else:
+                        writes.append(writer.submit(self._write_direct, direct[job.key], errors[job.key], row_start,
+                                                    feats, summ, valid))  # fmt: skip
                 # Surface write errors early and bound memory: at most a few windows in flight.
                 while len(writes) > 2 * len(item.keys):
                     writes.pop(0).result()
@@ -208,10 +217,26 @@ class TarFeaturizer:
                     continue
                 dim = teacher.spec.feature_dim if stream == "features" else teacher.spec.summary_dim
                 self.store.write_moments(job.key, tp.index, stream, m or Moments.empty(dim))
+            if direct[job.key] is not None:
+                compact.mark_direct_complete(self.store, job.key, tp.index, *errors[job.key])
             self.store.mark_complete(job.key, tp.index)  # last: the (tar, key) is now complete
         result.samples = len(manifest)
         result.valid = reasons["valid"]
         result.reasons = {r: n for r, n in reasons.items() if r != "valid"}
+
+    def _direct(self, key: str) -> tuple[compact.CompactKey, PhiS] | None:
+        """The codec and normalizer a key is written compact in (the driver created it), or None."""
+        ck = compact.compact_key(self.store, key)
+        if ck is None:
+            return None
+        return ck, compact.normalizer_for(self.store, key, "features")
+
+    def _write_direct(self, codec: tuple[compact.CompactKey, PhiS], errors: list[float], row_start: int,
+                      feats: np.ndarray, summ: np.ndarray | None, valid: list[int]) -> None:  # fmt: skip
+        """Encode one window right before its write (the writer thread: one at a time per item)."""
+        sse, ssy = compact.write_direct_window(self.store, codec[0], row_start, feats, summ, valid, codec[1])
+        errors[0] += sse
+        errors[1] += ssy
 
     def _windows(self, reader: ShardReader, tp: TarPlan) -> Iterator[tuple[int, list[Sample]]]:
         """(first row, samples) per Zarr shard of the tar's row range, in member order."""

@@ -181,7 +181,8 @@ class FeatureStore:
         """
         targets = self.root["targets"]
         if key in targets:
-            old = dict(targets[key].attrs)
+            # `compact` is added by `radio store compact` (radio.store.compact), not by featurize.
+            old = {k: v for k, v in targets[key].attrs.items() if k != "compact"}
             if not overwrite and old != provenance and not self.completed(key).any():
                 overwrite = True  # nothing to lose
             if not overwrite and old != provenance:
