@@ -54,7 +54,7 @@ def _normalizer_attrs(store: FeatureStore, key: str, stream: str) -> dict[str, A
     g = _normalizer_group(store, key, stream)
     tars = g.attrs["tars"]  # per key of the teacher: the tars its moments came from
     return {"fingerprint": g.attrs["fingerprint"], "keys": g.attrs.get("keys"), "count": g.attrs["count"],
-            "tars": sum(len(v) for v in tars.values()), "tar_indices": tars.get(key)}  # fmt: skip
+            "tars": len(set().union(*tars.values())), "tar_indices": tars.get(key)}  # fmt: skip
 
 
 def check_normalizer(store: FeatureStore, ck: CompactKey) -> None:

@@ -83,7 +83,7 @@ def test_cli_compact_info_drop_raw_and_errors(fitted, tmp_path):
     config, path = fitted
     store = _copy(path, tmp_path)
     runner = CliRunner()
-    shutil.rmtree(store.path / "targets" / "clip@112" / "phis")
+    shutil.rmtree(store.path / "normalizers" / "clip")  # the teacher of clip@112 has no normalizer
     r = runner.invoke(app, ["store", "compact", str(store.path), "-k", "clip@112"])
     assert r.exit_code == 2
     assert r.output.strip().splitlines() == [

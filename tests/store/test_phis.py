@@ -69,7 +69,7 @@ def test_one_normalizer_per_teacher_whitens_the_union_of_its_keys(tiny_store):
     reports = fit_store(store, ["dinov2@112", "sam@128"])  # keys choose teachers; each fit takes all its keys
     assert {(r.teacher, r.keys, r.stream) for r in reports} == {
         ("dinov2", ("dinov2@112", "dinov2@168"), "features"), ("dinov2", ("dinov2@112", "dinov2@168"), "summary"),
-        ("sam", ("sam@128", "sam@192", "sam@256"), "features")}  # fmt: skip
+        ("sam", ("sam@128", "sam@192", "sam@256", "sam@64"), "features")}  # fmt: skip
     manifest = store.manifest().to_pylist()
     rows = [r["row"] for r in manifest if r["valid"]]
     for teacher in ("dinov2", "sam"):
@@ -84,7 +84,7 @@ def test_one_normalizer_per_teacher_whitens_the_union_of_its_keys(tiny_store):
         assert np.abs(y.mean(0)).max() < 1e-6
         assert np.allclose(y.var(0, ddof=1), 1.0, atol=1e-6)
     info = normalizer_info(store, "sam")
-    assert info["keys"] == ["sam@128", "sam@192", "sam@256"]
+    assert info["keys"] == ["sam@128", "sam@192", "sam@256", "sam@64"]
     assert info["tars"] == {k: [0, 1, 2] for k in info["keys"]}
     assert normalizer_for(store, key="sam@192").matrix.equal(normalizer_for(store, teacher="sam").matrix)
 
