@@ -31,7 +31,7 @@ from radio.store.images import ImageLimits
 from radio.store.layout import FeatureStore, TarPlan
 from radio.store.shards import Sample, ShardReader
 
-from .worker import FeaturizeSettings, KeyJob, WorkItem
+from .worker import FeaturizeSettings, WorkItem
 
 
 @dataclass(frozen=True)
@@ -161,4 +161,4 @@ def _manifest_row(tp: TarPlan, row: int, x: Sample, box: CropBox | None) -> dict
     }  # fmt: skip
 
 
-__all__ = ["TarDecoder", "TarItem", "by_tar", "pixel_column", "windows_per_group", "KeyJob"]
+__all__ = ["TarDecoder", "TarItem", "by_tar", "pixel_column", "windows_per_group"]
