@@ -28,6 +28,7 @@ import torch
 
 import radio.store.shards as shards_module
 from radio.featurize import mosaic as mosaic_module
+from radio.featurize.graph import build_stages, run_local
 from radio.featurize.job import plan_rows
 from radio.featurize.teachers import create_teacher, get_spec
 from radio.featurize.worker import FeaturizeSettings, KeyJob, WorkItem
@@ -70,7 +71,7 @@ def _pipeline(store: FeatureStore, jobs: dict[str, KeyJob], batch: int, threads:
     shards_module.decode_image = counted
     try:
         start = time.perf_counter()
-        out = list(_run_built(store, items, batch, threads))
+        out = list(run_local(store, items, FeaturizeSettings(), batch, stages=_stages(store, items, batch, threads)))
         seconds = time.perf_counter() - start
     finally:
         shards_module.decode_image = decode
@@ -85,34 +86,9 @@ _BUILT: dict = {}
 
 def _stages(store: FeatureStore, items: list[WorkItem], batch: int, threads: int) -> list:
     """The teacher stages of ``store``, built once (teacher loading is outside every timed region)."""
-    from radio.featurize.graph import stage_specs
-    from radio.featurize.worker import TeacherStage
-
-    key = str(store.path)
-    if key not in _BUILT:
-        _BUILT[key] = [TeacherStage(key, FeaturizeSettings(), s.teacher, s.model, s.weights, s.keys, batch,
-                                    device="cpu", threads=threads, drop=s.drop) for s in stage_specs(items)]  # fmt: skip
-    return _BUILT[key]
-
-
-def _run_built(store: FeatureStore, items: list[WorkItem], batch: int, threads: int):
-    """:func:`radio.featurize.graph.run_local` with prebuilt stages: decoding ahead in a thread."""
-    from radio.featurize.decode import TarDecoder, by_tar
-    from radio.featurize.finalize import Finalizer
-    from radio.featurize.graph import _prefetch
-
-    stages = _stages(store, items, batch, threads)
-    decoder = TarDecoder(str(store.path), FeaturizeSettings(), batch)
-    fin = Finalizer(store)
-
-    def groups():
-        for tar in by_tar(items):
-            yield from decoder.groups(tar)
-
-    for group in _prefetch(groups()):
-        for stage in stages:
-            group = stage(group)
-        yield from fin.add({k: v[0] for k, v in group.items()})
+    if str(store.path) not in _BUILT:
+        _BUILT[str(store.path)] = build_stages(store, items, FeaturizeSettings(), batch, threads, device="cpu")
+    return _BUILT[str(store.path)]
 
 
 def _crops(shards: Path, resolution: int) -> torch.Tensor:

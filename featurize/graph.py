@@ -108,7 +108,7 @@ def accelerator_bytes() -> int:
 # ---- in-process ---------------------------------------------------------------------------------
 
 
-def _prefetch(it: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+def prefetch(it: Iterator[Any], depth: int = 2) -> Iterator[Any]:
     """Run ``it`` in a background thread, ``depth`` items ahead; re-raise its exception here."""
     q: Queue = Queue(maxsize=depth)
     done = object()
@@ -128,19 +128,27 @@ def _prefetch(it: Iterator[Any], depth: int = 2) -> Iterator[Any]:
         yield x
 
 
+def build_stages(store: FeatureStore, items: list[WorkItem], settings: FeaturizeSettings, batch_size: int,
+                 threads: int | None = None, device: str | None = None) -> list[TeacherStage]:  # fmt: skip
+    """The teacher stages of ``items``, in graph order (each loads its teacher)."""
+    return [TeacherStage(str(store.path), settings, s.teacher, s.model, s.weights, s.keys, batch_size,
+                         device=device, threads=threads, drop=s.drop) for s in stage_specs(items)]  # fmt: skip
+
+
 def run_local(store: FeatureStore, items: list[WorkItem], settings: FeaturizeSettings, batch_size: int,
-              threads: int | None = None, device: str | None = None) -> Iterator[TarResult]:  # fmt: skip
-    """The same graph in this process: decoding runs ahead in a thread, teachers in turn."""
+              threads: int | None = None, device: str | None = None,
+              stages: list[TeacherStage] | None = None) -> Iterator[TarResult]:  # fmt: skip
+    """The same graph in this process: decoding runs ahead in a thread, teachers in turn.
+    ``stages``: prebuilt by :func:`build_stages` (a benchmark keeps loading out of its clock)."""
     decoder = TarDecoder(str(store.path), settings, batch_size)
-    stages = [TeacherStage(str(store.path), settings, s.teacher, s.model, s.weights, s.keys, batch_size,
-                           device=device, threads=threads, drop=s.drop) for s in stage_specs(items)]  # fmt: skip
+    stages = stages if stages is not None else build_stages(store, items, settings, batch_size, threads, device)
     fin = Finalizer(store)
 
     def groups() -> Iterator[dict[str, np.ndarray]]:
         for tar in by_tar(items):
             yield from decoder.groups(tar)
 
-    for group in _prefetch(groups()):
+    for group in prefetch(groups()):
         for stage in stages:
             group = stage(group)
         yield from fin.add({k: v[0] for k, v in group.items()})
@@ -195,4 +203,4 @@ def run_on_ray(store: FeatureStore, items: list[WorkItem], settings: FeaturizeSe
         yield from fin.add(row)
 
 
-__all__ = ["StageSpec", "run_local", "run_on_ray", "stage_specs", "teacher_memory", "teacher_size"]
+__all__ = ["StageSpec", "build_stages", "prefetch", "run_local", "run_on_ray", "stage_specs", "teacher_memory", "teacher_size"]

@@ -36,7 +36,7 @@ FULL = {
     "train_batch": 256,
     "featurize_batch": 256,
     "shard_rows": 64,
-    "shard_size": 500,
+    "shard_size": 100,
 }
 TINY = {
     "teachers": {
@@ -49,7 +49,7 @@ TINY = {
     "train_batch": 8,
     "featurize_batch": 16,
     "shard_rows": 8,
-    "shard_size": 16,
+    "shard_size": 8,
 }
 
 
@@ -136,15 +136,27 @@ def main() -> None:
     write_sample_data(root / "shards", images=images, shard_size=mode["shard_size"], seed=0, failed=0)
     config = load_pipeline(pipeline_yaml(mode, root, steps), "gpu_check")
 
+    # Steady-state pipeline rate: images of the tars finished after the first one, over the time
+    # from the first tar's last result to the last tar's (Ray start and teacher loading excluded).
+    done: dict[int, int] = {}
+    finished: list[tuple[float, int]] = []
+
+    def on_result(r, i, n) -> None:
+        done[r.tar_index] = done.get(r.tar_index, 0) + 1
+        if done[r.tar_index] == len(mode["teachers"]):
+            finished.append((time.perf_counter(), r.valid))
+
     start = time.perf_counter()
-    report = run_featurize(config)
+    report = run_featurize(config, on_result=on_result)
     featurize_s = time.perf_counter() - start
     if not report.ok:
         sys.exit(f"error: featurize failed: {[r.error for r in report.failed] or report.unreadable}")
     per_key = summarize(report)["per_key"]
     valid = max(int(d["images"]) for d in per_key.values())
-    # The pipeline's rate over its busy time: from Ray's start to the last marker, teacher loading included.
-    pipeline_rate = valid / featurize_s
+    if len(finished) >= 2:
+        pipeline_rate = sum(v for _, v in finished[1:]) / max(1e-9, finished[-1][0] - finished[0][0])
+    else:
+        pipeline_rate = valid / featurize_s
 
     bare = {}
     for t in mode["teachers"].values():
