@@ -1,9 +1,9 @@
-"""The featurize job (the Ray driver): plan rows, pre-allocate, run (tar, teacher) tasks, report.
+"""The featurize job (the Ray driver): plan rows, pre-allocate, run the graph, report.
 
 Runs on a local Ray instance by default or on a cluster (``address`` / ``RAY_ADDRESS``). Work is
-one task per (tar, teacher) with incomplete target keys; Ray Data's actor pool keeps teachers
-loaded (one actor per GPU, or fractional CPUs so read tasks are never starved) and retries a
-task whose worker died. Re-running the same job resumes: complete (tar, key) pairs are skipped.
+listed per (tar, teacher) with incomplete target keys; the graph (:mod:`radio.featurize.graph`)
+reads and decodes each tar once for all of them, then one actor pool per teacher runs its keys.
+Re-running the same job resumes: complete (tar, key) pairs are skipped.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from radio.config import PipelineConfig, fingerprint
 from radio.errors import RadioError
 from radio.store import compact
 from radio.store.layout import FeatureStore, Plan, settings_json
-from radio.store.shards import count_samples, expand_shards, open_binary
+from radio.store.shards import expand_shards, open_binary
 
 from .mosaic import mosaic_misfit
 from .preflight import check_weights
 from .ray_logs import log_path, ray_output_to
+from .counts import planned_samples
 from .teachers import TeacherError, get_spec
-from .worker import FeaturizeSettings, KeyJob, TarFeaturizer, TarResult, WorkItem
+from .worker import FeaturizeSettings, KeyJob, TarResult, WorkItem
 
 CODE_VERSION = "radio-featurize/1"
 
@@ -143,7 +144,8 @@ class FeaturizeReport:
 
 
 def plan_rows(tars: list[str], shard_rows: int, threads: int = 8) -> Plan:
-    """Count every tar's samples from its headers (in parallel) and give each a shard-aligned range."""
+    """Count every tar's samples (img2dataset's ``_stats.json`` / parquet when they agree with the
+    tar's size, else its headers; in parallel) and give each a shard-aligned range."""
 
     def one(path: str) -> tuple[str, int, int, str | None]:
         try:
@@ -151,7 +153,7 @@ def plan_rows(tars: list[str], shard_rows: int, threads: int = 8) -> Plan:
                 size = f.seek(0, 2)
         except OSError as e:
             return path, 0, 0, f"{type(e).__name__}: {e}"
-        n, error = count_samples(path)
+        n, error = planned_samples(path, size)
         return path, size, n, error
 
     with ThreadPoolExecutor(threads) as pool:
@@ -306,32 +308,15 @@ def _run_on_ray(config: PipelineConfig, store: FeatureStore, items: list[WorkIte
 
     import ray
 
+    from .graph import run_on_ray
+
     gpus = _init_ray(address, verbose)
     if not verbose:
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # the driver reports progress itself
-    n = workers or max(1, gpus)
-    n = min(n, len(items))
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the driver shows its own, per tar
     ctx.execution_options.preserve_order = False
-    cpus = ray.cluster_resources().get("CPU", 1)
-    # Fractional CPUs: a pool that reserves every CPU starves Ray Data's read tasks (hangs on 2 cores).
-    num_cpus = max(0.25, min(1.0, (cpus - 0.5) / n)) if not gpus else 1.0
-    threads = max(1, int((os.cpu_count() or 1) // n)) if not gpus else None
-    ds = ray.data.from_items([{"item": it.to_json()} for it in items], override_num_blocks=len(items))
-    out = ds.map_batches(
-        TarFeaturizer,
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=n),
-        num_cpus=num_cpus,
-        num_gpus=1 if gpus else 0,
-        fn_constructor_kwargs=dict(
-            store_path=str(store.path), settings=_settings(config), batch_size=config.featurize.batch_size,
-            threads=threads,
-        ),
-    )  # fmt: skip
-    for row in out.iter_rows():
-        yield TarResult.from_json(row["result"])
+    yield from run_on_ray(store, items, _settings(config), config.featurize.batch_size, workers, gpus)
 
 
 def _init_ray(address: str | None, verbose: bool = False) -> int:

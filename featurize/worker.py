@@ -1,36 +1,27 @@
-"""Featurize one (tar, teacher): decode → crop → teacher at each target geometry → whole-shard writes.
+"""Featurize's GPU stage: one teacher over decoded groups → whole-shard writes per target key.
 
-A :class:`TarFeaturizer` lives in a Ray actor and keeps its teachers loaded across tars. For one
-:class:`WorkItem` it streams the tar window by window (one window = one Zarr shard of rows),
-runs the teacher for every target key of the item, writes each window as a whole shard, and
-only after the last shard, the moments and the manifest are durable writes the completion
-marker of each key (DESIGN.md §3). Decoding runs ahead in a thread and writes trail behind in
-another, so the teacher is rarely idle.
+A :class:`TeacherStage` lives in a Ray actor (one actor pool per teacher) and keeps its teacher
+loaded. It takes the pixels the CPU stage (:mod:`radio.featurize.decode`) decoded once for
+every teacher, runs its target keys, writes each Zarr shard whole, and hands per-group moments
+to the driver, which writes moments and the completion marker last (DESIGN.md §3).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
-from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from queue import Queue
 from typing import Any
 
 import numpy as np
 import torch
 
 from radio.store import compact
-from radio.store.crops import CropBox, choose_crop, crop_resize
-from radio.store.images import ImageLimits
-from radio.store.layout import FeatureStore, TarPlan
+from radio.store.layout import FeatureStore
 from radio.store.moments import Moments
 from radio.store.phis import PhiS
-from radio.store.shards import Sample, ShardReader
 
 from . import mosaic
 from .teachers import Teacher, create_teacher
@@ -99,26 +90,6 @@ class FeaturizeSettings:
     max_image_pixels: int = 64_000_000
 
 
-def _prefetch(it: Iterator[Any], depth: int = 2) -> Iterator[Any]:
-    """Run ``it`` in a background thread, ``depth`` items ahead; re-raise its exception here."""
-    q: Queue = Queue(maxsize=depth)
-    done = object()
-
-    def run() -> None:
-        try:
-            for x in it:
-                q.put(x)
-            q.put(done)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            q.put(e)
-
-    threading.Thread(target=run, daemon=True).start()
-    while (x := q.get()) is not done:
-        if isinstance(x, BaseException):
-            raise x
-        yield x
-
-
 def pick_device(device: str | None = None) -> torch.device:
     """CUDA when present, else CPU."""
     if device:
@@ -126,184 +97,183 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class TarFeaturizer:
-    """Callable for Ray Data's ``map_batches`` (one work item per batch), usable directly too."""
+def moments_column(key: str, stream: str) -> str:
+    return f"mom:{key}:{stream}"
+
+
+def result_column(teacher: str) -> str:
+    return f"res:{teacher}"
+
+
+def pack_moments(m: Moments | None, dim: int) -> np.ndarray:
+    """``[1 + C + C²]`` float64: count, mean, M2 (a fixed-shape Ray Data column)."""
+    m = m or Moments.empty(dim)
+    return np.concatenate([[float(m.count)], np.asarray(m.mean, np.float64), np.asarray(m.m2, np.float64).ravel()])
+
+
+def unpack_moments(v: np.ndarray, dim: int) -> Moments:
+    return Moments(int(v[0]), v[1 : 1 + dim].copy(), v[1 + dim :].reshape(dim, dim).copy())
+
+
+class TeacherStage:
+    """One teacher's GPU stage: callable for Ray Data's ``map_batches`` over decoded groups
+    (see :mod:`radio.featurize.decode`); usable directly too.
+
+    For every group of a tar where this teacher has incomplete keys, it runs the teacher on the
+    group's pixels (``batch_size`` images per forward), writes each of the group's shards whole
+    for every key, and adds per key the group's moments and a JSON result to the row. Moments
+    and completion markers are the driver's (:mod:`radio.featurize.finalize`), once every group
+    of the tar has passed. A teacher that cannot load (missing weights) fails only its own keys.
+    """
 
     def __init__(
         self,
         store_path: str,
         settings: FeaturizeSettings,
+        teacher: str,
+        model: str,
+        weights: str | None,
+        keys: list[KeyJob] | tuple[KeyJob, ...],
         batch_size: int = 16,
         device: str | None = None,
         threads: int | None = None,
+        drop: tuple[str, ...] = (),
     ):
+        from .teachers import get_spec
+
         self.store = FeatureStore(store_path)
         self.settings = settings
+        self.name = teacher
+        self.spec = get_spec(model)
+        self.keys = tuple(KeyJob(**k) if isinstance(k, dict) else k for k in keys)
         self.batch_size = batch_size
         self.device = pick_device(device)
+        self.drop = drop  # pixel columns no later stage needs
         if threads:
             torch.set_num_threads(threads)
-        self.teachers: dict[tuple[str, str | None], Teacher] = {}
-
-    # Ray Data entry point: {"item": [json]} → {"result": [json]}
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[str]]:
-        return {"result": [self.process(WorkItem.from_json(str(s))).to_json() for s in batch["item"]]}
-
-    def teacher(self, model: str, weights: str | None) -> Teacher:
-        if (model, weights) not in self.teachers:
-            self.teachers[(model, weights)] = create_teacher(model, weights, device=self.device)
-        return self.teachers[(model, weights)]
-
-    def process(self, item: WorkItem) -> TarResult:
-        """Featurize one tar for one teacher; never raises (errors are in the result)."""
-        result = TarResult(item.tar_index, item.teacher, [k.key for k in item.keys])
-        start = time.perf_counter()
+        self.error: str | None = None
+        self.teacher: Teacher | None = None
+        self.last_inputs = 0  # images or canvases of the last forward (the run report counts them)
+        self._direct_cache: dict[str, tuple[compact.CompactKey, PhiS] | None] = {}
         try:
-            self._process(item, result)
-        except Exception as e:  # noqa: BLE001 - one bad tar must not stop the job
-            result.error = f"{type(e).__name__}: {e}"
-        result.seconds = time.perf_counter() - start
-        return result
+            self.teacher = create_teacher(model, weights, device=self.device)
+        except Exception as e:  # noqa: BLE001 - reported per (tar, key); other teachers go on
+            self.error = f"{type(e).__name__}: {e}"
 
-    def _process(self, item: WorkItem, result: TarResult) -> None:
-        tp = self.store.plan.tars[item.tar_index]
-        teacher = self.teacher(item.model, item.weights)
-        s = self.settings
-        reader = ShardReader(tp.path, ImageLimits(s.min_image_size, s.max_image_pixels))
-        moments = {(k.key, stream): None for k in item.keys for stream in ("features", "summary")}
-        manifest: list[dict[str, Any]] = []
-        reasons: Counter[str] = Counter()
-        result.compute_seconds = {k.key: 0.0 for k in item.keys}
-        result.bytes_written = {k.key: 0 for k in item.keys}
-        result.teacher_inputs = {k.key: 0 for k in item.keys}
-        writes: list[Future] = []
-        # Keys with a fitted normalizer are written compact (PHI-S-space int8), never as raw fp16.
-        direct = {k.key: self._direct(k.key) for k in item.keys}
-        errors = {k.key: [0.0, 0.0] for k in item.keys}  # Σ(y-ŷ)², Σy² of the direct-written rows
-        with ThreadPoolExecutor(max_workers=1) as writer:
-            for row_start, samples in _prefetch(self._windows(reader, tp)):
-                boxes = [self._box(x) for x in samples]
-                manifest += [self._manifest_row(tp, row_start + i, x, b) for i, (x, b) in enumerate(zip(samples, boxes))]
-                reasons.update(x.reason or "valid" for x in samples)
-                valid = [i for i, x in enumerate(samples) if x.valid]
-                for job in item.keys:
-                    t0 = time.perf_counter()
-                    self.last_inputs = 0
-                    feats, summ, window_moments = self._window_targets(teacher, job, samples, boxes, valid,
-                                                                       item.output_scale)  # fmt: skip
-                    result.compute_seconds[job.key] += time.perf_counter() - t0
-                    result.teacher_inputs[job.key] += self.last_inputs
-                    for stream, m in window_moments.items():
-                        prev = moments[(job.key, stream)]
-                        moments[(job.key, stream)] = m if prev is None else prev.merge(m)
-                    result.bytes_written[job.key] += feats[valid].nbytes + (summ[valid].nbytes if summ is not None else 0)
-                    if direct[job.key] is None:
-                        writes.append(writer.submit(self.store.write_shard, job.key, row_start, feats, summ))
-                    else:
-                        writes.append(writer.submit(self._write_direct, direct[job.key], errors[job.key], row_start,
-                                                    feats, summ, valid))  # fmt: skip
-                # Surface write errors early and bound memory: at most a few windows in flight.
-                while len(writes) > 2 * len(item.keys):
-                    writes.pop(0).result()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["meta"])
+        out = {k: v for k, v in batch.items() if k not in self.drop}
+        dims = {"features": self.spec.feature_dim, "summary": self.spec.summary_dim}
+        cols = {moments_column(k.key, st): [] for k in self.keys for st, d in dims.items() if d}
+        results = []
+        for i in range(n):
+            meta = json.loads(str(batch["meta"][i]))
+            todo, output_scale = self._todo(meta)
+            res: dict[str, Any] = {"keys": [k.key for k in todo], "error": None, "compute_seconds": {},
+                                   "bytes": {}, "seconds": 0.0}  # fmt: skip
+            moments: dict[tuple[str, str], Moments] = {}
+            if todo:
+                start = time.perf_counter()
+                try:
+                    if self.error:
+                        raise RuntimeError(self.error)
+                    moments = self.group(meta, batch["valid"][i], {c: batch[c][i] for c in batch if c.startswith("px")},
+                                         todo, res, output_scale)  # fmt: skip
+                except Exception as e:  # noqa: BLE001 - this (tar, teacher) fails; the job goes on
+                    res["error"] = self.error or f"{type(e).__name__}: {e}"
+                res["seconds"] = time.perf_counter() - start
+            results.append(json.dumps(res))
+            for k in self.keys:
+                for st, d in dims.items():
+                    if d:
+                        cols[moments_column(k.key, st)].append(pack_moments(moments.get((k.key, st)), d))
+        out[result_column(self.name)] = np.array(results, dtype=object)
+        out |= {c: np.stack(v) for c, v in cols.items()}
+        return out
+
+    def _todo(self, meta: dict[str, Any]) -> tuple[list[KeyJob], float]:
+        """This teacher's incomplete keys of the group's tar, and its ``output_scale``."""
+        item = json.loads(meta["item"])
+        mine = next((w for w in item["work"] if w["teacher"] == self.name), None)
+        if mine is None:
+            return [], 1.0
+        return [KeyJob(**k) for k in mine["keys"]], float(mine.get("output_scale", 1.0))
+
+    def group(self, meta: dict[str, Any], valid: np.ndarray, pixels: dict[str, np.ndarray], todo: list[KeyJob],
+              res: dict[str, Any], output_scale: float = 1.0) -> dict[tuple[str, str], Moments]:  # fmt: skip
+        """Targets of one group for each key in ``todo``: whole-shard writes; returns the moments
+        of the valid rows' fp16 targets per (key, stream). ``output_scale`` multiplies both outputs.
+
+        A key with a fitted normalizer is written compact (PHI-S-space int8, never raw fp16); its
+        error sums go to the driver in ``res["compact_errors"]``, which records them before the
+        completion marker."""
+        from .decode import pixel_column
+
+        r = self.store.plan.shard_rows
+        windows, row_start = meta["windows"], meta["row_start"]
+        idx = np.flatnonzero(valid)
+        keys = [meta["keys"][i] for i in idx]
+        spec = self.spec
+        out: dict[tuple[str, str], Moments] = {}
+        res.setdefault("teacher_inputs", {})
+        res.setdefault("compact_errors", {})
+        with ThreadPoolExecutor(max_workers=2) as writer:
+            writes: list[Future] = []
+            direct_writes: dict[str, list[Future]] = {}
+            for job in todo:
+                g = job.resolution // spec.patch
+                feats = np.zeros((windows * r, g, g, spec.feature_dim), np.float16)
+                summ = np.zeros((windows * r, spec.summary_dim), np.float16) if spec.summary_dim else None
+                t0 = time.perf_counter()
+                self.last_inputs = 0
+                if len(idx):
+                    crops = torch.from_numpy(np.ascontiguousarray(pixels[pixel_column(job.resolution)][idx]))
+                    with torch.inference_mode(), autocast_for(self.device):
+                        f, sm = self._forward(self.teacher, job, crops, keys)
+                        if output_scale != 1.0:
+                            f, sm = f * output_scale, (sm * output_scale if sm is not None else None)
+                    # Round to fp16 first: the moments describe the stored targets.
+                    f16 = f.to(torch.float16)
+                    out[(job.key, "features")] = _moments(f16.reshape(-1, f16.shape[-1]))
+                    feats[idx] = f16.cpu().numpy()
+                    if summ is not None and sm is not None:
+                        sm16 = sm.to(torch.float16)
+                        out[(job.key, "summary")] = _moments(sm16)
+                        summ[idx] = sm16.cpu().numpy()
+                res["compute_seconds"][job.key] = time.perf_counter() - t0
+                res["bytes"][job.key] = feats[idx].nbytes + (summ[idx].nbytes if summ is not None else 0)
+                res["teacher_inputs"][job.key] = self.last_inputs
+                direct = self._direct(job.key)
+                for w in range(windows):  # whole shards only
+                    sl = slice(w * r, (w + 1) * r)
+                    part = summ[sl] if summ is not None else None
+                    if direct is None:
+                        writes.append(writer.submit(self.store.write_shard, job.key, row_start + w * r, feats[sl], part))
+                    else:  # encoded right before its write
+                        rows = [int(i) - w * r for i in idx if w * r <= i < (w + 1) * r]
+                        direct_writes.setdefault(job.key, []).append(writer.submit(
+                            compact.write_direct_window, self.store, direct[0], row_start + w * r, feats[sl], part,
+                            rows, direct[1]))  # fmt: skip
             for w in writes:
-                w.result()
-        if reader.truncated:
-            result.truncated = reader.error
-        self.store.write_manifest(tp.index, manifest)
-        for job in item.keys:
-            for stream in ("features", "summary"):
-                m = moments[(job.key, stream)]
-                if stream == "summary" and teacher.spec.summary_dim is None:
-                    continue
-                dim = teacher.spec.feature_dim if stream == "features" else teacher.spec.summary_dim
-                self.store.write_moments(job.key, tp.index, stream, m or Moments.empty(dim))
-            if direct[job.key] is not None:
-                compact.mark_direct_complete(self.store, job.key, tp.index, *errors[job.key])
-            self.store.mark_complete(job.key, tp.index)  # last: the (tar, key) is now complete
-        result.samples = len(manifest)
-        result.valid = reasons["valid"]
-        result.reasons = {r: n for r, n in reasons.items() if r != "valid"}
+                w.result()  # durable before the row moves on (the driver marks completion after)
+            for key, futures in direct_writes.items():
+                sums = [f.result() for f in futures]
+                res["compact_errors"][key] = [float(sum(e[0] for e in sums)), float(sum(e[1] for e in sums))]
+        return out
 
     def _direct(self, key: str) -> tuple[compact.CompactKey, PhiS] | None:
-        """The codec and normalizer a key is written compact in (the driver created it), or None."""
-        ck = compact.compact_key(self.store, key)
-        if ck is None:
-            return None
-        return ck, compact.normalizer_for(self.store, key, "features")
-
-    def _write_direct(self, codec: tuple[compact.CompactKey, PhiS], errors: list[float], row_start: int,
-                      feats: np.ndarray, summ: np.ndarray | None, valid: list[int]) -> None:  # fmt: skip
-        """Encode one window right before its write (the writer thread: one at a time per item)."""
-        sse, ssy = compact.write_direct_window(self.store, codec[0], row_start, feats, summ, valid, codec[1])
-        errors[0] += sse
-        errors[1] += ssy
-
-    def _windows(self, reader: ShardReader, tp: TarPlan) -> Iterator[tuple[int, list[Sample]]]:
-        """(first row, samples) per Zarr shard of the tar's row range, in member order."""
-        r = self.store.plan.shard_rows
-        window: list[Sample] = []
-        for sample in reader:
-            if sample.ordinal >= tp.samples:
-                raise RuntimeError(f"{tp.path} holds more samples than planned ({tp.samples}); was it rewritten?")
-            window.append(sample)
-            if len(window) == r:
-                yield tp.row_start + sample.ordinal + 1 - r, window
-                window = []
-        if window:
-            yield tp.row_start + window[0].ordinal, window
-
-    def _box(self, sample: Sample) -> CropBox | None:
-        if not sample.valid:
-            return None
-        h, w = sample.pixels.shape[:2]
-        s = self.settings
-        return choose_crop(s.seed, sample.key, w, h, s.crop_kind, s.crop_scale)
-
-    @staticmethod
-    def _manifest_row(tp: TarPlan, row: int, x: Sample, box: CropBox | None) -> dict[str, Any]:
-        h, w = x.pixels.shape[:2] if x.pixels is not None else (None, None)
-        return {
-            "row": row, "key": x.key, "uid": x.uid, "tar": tp.path, "tar_index": tp.index, "ordinal": x.ordinal,
-            "offset": x.image.offset if x.image else None, "size": x.image.size if x.image else None,
-            "valid": x.valid, "reason": x.reason, "width": w, "height": h,
-            "crop_x": box.x if box else None, "crop_y": box.y if box else None, "crop_size": box.size if box else None,
-        }  # fmt: skip
-
-    def _window_targets(
-        self, teacher: Teacher, job: KeyJob, samples: list[Sample], boxes: list[CropBox | None], valid: list[int],
-        output_scale: float = 1.0,
-    ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Moments]]:
-        """Targets of one window for one key: ``features [R, h, w, C]`` and ``summary [R, Cs]`` fp16,
-        zero rows where a sample is invalid or the window is shorter than a shard; and the moments
-        of the valid rows' fp16 targets per stream. ``output_scale`` multiplies both outputs."""
-        spec = teacher.spec
-        r = self.store.plan.shard_rows
-        g = job.resolution // spec.patch
-        feats = np.zeros((r, g, g, spec.feature_dim), np.float16)
-        summ = np.zeros((r, spec.summary_dim), np.float16) if spec.summary_dim else None
-        if not valid:
-            return feats, summ, {}
-        crops = np.stack([crop_resize(samples[i].pixels, boxes[i], job.resolution) for i in valid])
-        with torch.inference_mode(), autocast_for(self.device):
-            f, sm = self._forward(teacher, job, torch.from_numpy(crops), [samples[i].key for i in valid])
-            if output_scale != 1.0:
-                f, sm = f * output_scale, (sm * output_scale if sm is not None else None)
-        # Round to fp16 first: the moments describe the stored targets, the values the trainer sees.
-        f16 = f.to(torch.float16)
-        window_moments = {"features": _moments(f16.reshape(-1, f16.shape[-1]))}
-        feats[valid] = f16.cpu().numpy()
-        if summ is not None and sm is not None:
-            sm16 = sm.to(torch.float16)
-            window_moments["summary"] = _moments(sm16)
-            summ[valid] = sm16.cpu().numpy()
-        return feats, summ, window_moments
+        """The codec and normalizer ``key`` is written compact in (the driver created it), or None."""
+        if key not in self._direct_cache:
+            ck = compact.compact_key(self.store, key)
+            self._direct_cache[key] = None if ck is None else (ck, compact.normalizer_for(self.store, key, "features"))
+        return self._direct_cache[key]
 
     def _forward(
         self, teacher: Teacher, job: KeyJob, crops: torch.Tensor, keys: list[str]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``crops [n, s, s, 3] uint8`` → features ``[n, h, w, C]`` and summary ``[n, Cs]`` (or None)."""
         spec = teacher.spec
-        x = crops.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        x = crops.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
         x = teacher.normalize(x)
         if job.mosaic is None:
             self.last_inputs = len(x)  # counted for the run report (mosaic: k² images per input)

@@ -39,15 +39,13 @@ def ray_session():
 
 
 def featurize_in_process(config) -> None:
-    """Run every (tar, teacher) of ``config`` in this process (no Ray): the same worker code the
-    Ray actors run, for tests that need a store but are not about Ray."""
+    """Run every (tar, teacher) of ``config`` in this process (no Ray): the same decode and
+    teacher stages the Ray graph runs, for tests that need a store but are not about Ray."""
+    from radio.featurize.graph import run_local
     from radio.featurize.job import _settings, prepare, select
-    from radio.featurize.worker import TarFeaturizer
 
     store, items = prepare(config, select(config))
-    worker = TarFeaturizer(str(store.path), _settings(config), batch_size=config.featurize.batch_size)
-    for item in items:
-        result = worker.process(item)
+    for result in run_local(store, items, _settings(config), config.featurize.batch_size):
         assert result.error is None, result.error
 
 

@@ -143,7 +143,7 @@ def test_sigkill_then_resume_equals_uninterrupted(uninterrupted, repo, shards, t
     # Own session: SIGKILL reaches the driver and the Ray processes it started.
     proc = subprocess.Popen(_featurize_cmd(repo, shards, store), start_new_session=True, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # a loaded shared machine can take minutes to start Ray and the teachers
     while time.time() < deadline and proc.poll() is None:
         done = list(store.glob("targets/*/complete/c/*"))
         if len(done) >= 3:

@@ -8,7 +8,7 @@ import torch
 
 from radio.featurize import mosaic
 from radio.featurize.teachers import Teacher, TeacherOutput, TeacherSpec, create_teacher
-from radio.featurize.worker import FeaturizeSettings, KeyJob, TarFeaturizer
+from radio.featurize.worker import FeaturizeSettings, KeyJob, TeacherStage
 
 
 class PatchStandIn(Teacher):
@@ -59,7 +59,7 @@ def test_tiny_sam_mosaic_runs_one_forward_per_k2_images(tmp_path):
     sam = create_teacher("sam_tiny")
     seen: list[int] = []
     sam.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
-    worker = TarFeaturizer.__new__(TarFeaturizer)  # no store needed for the forward alone
+    worker = TeacherStage.__new__(TeacherStage)  # no store needed for the forward alone
     worker.settings, worker.batch_size, worker.device = FeaturizeSettings(), 8, torch.device("cpu")
     crops = torch.randint(0, 256, (9, 128, 128, 3), dtype=torch.uint8)
     keys = [f"{i:012d}" for i in range(9)]

@@ -1,0 +1,164 @@
+"""The CPU stage of featurize: read a tar once, decode each image once, crop and resize it to
+every geometry the selected target keys need, and write the tar's manifest once.
+
+Its output is a stream of **groups**: ``W`` consecutive Zarr shards (windows of ``shard_rows``
+rows) of one tar, with ``W * shard_rows ≈`` the teachers' batch size, so a group is the unit
+that reaches a teacher (one forward per ``batch_size`` valid images). A group is one Ray Data
+row of fixed-shape columns (a tar's last group is padded with invalid rows):
+
+    meta     JSON: tar item, group index, first row, real windows, sample keys; the last group
+             of a tar also carries the tar's totals (groups, samples, reasons, truncation, error)
+    valid    [W * R] bool
+    px{s}    [W * R, s, s, 3] uint8 for every resolution ``s`` a selected key needs
+
+Group composition depends only on the tar and the config, so teachers see the same batches in a
+resumed run as in an uninterrupted one (bit-equal targets). The manifest is written before the
+last group leaves, so it is durable before the driver writes any completion marker.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from radio.store.crops import CropBox, choose_crop, crop_resize
+from radio.store.images import ImageLimits
+from radio.store.layout import FeatureStore, TarPlan
+from radio.store.shards import Sample, ShardReader
+
+from .worker import FeaturizeSettings, WorkItem
+
+
+@dataclass(frozen=True)
+class TarItem:
+    """One tar's incomplete work: the (tar, teacher) items with their keys."""
+
+    tar_index: int
+    work: tuple[WorkItem, ...]
+
+    @property
+    def resolutions(self) -> list[int]:
+        return sorted({k.resolution for w in self.work for k in w.keys})
+
+    def to_json(self) -> str:
+        return json.dumps({"tar_index": self.tar_index, "work": [asdict(w) for w in self.work]})
+
+    @classmethod
+    def from_json(cls, s: str) -> TarItem:
+        d = json.loads(s)
+        return cls(d["tar_index"], tuple(WorkItem.from_json(json.dumps(w)) for w in d["work"]))
+
+
+def by_tar(items: list[WorkItem]) -> list[TarItem]:
+    """Group (tar, teacher) work items into one item per tar, in tar order."""
+    tars: dict[int, list[WorkItem]] = {}
+    for it in items:
+        tars.setdefault(it.tar_index, []).append(it)
+    return [TarItem(t, tuple(w)) for t, w in sorted(tars.items())]
+
+
+def windows_per_group(batch_size: int, shard_rows: int) -> int:
+    """Shards per group: enough whole shards to fill about one teacher batch."""
+    return max(1, batch_size // shard_rows)
+
+
+def pixel_column(resolution: int) -> str:
+    return f"px{resolution}"
+
+
+class TarDecoder:
+    """Callable for Ray Data's ``map_batches`` (a generator: one input tar → its groups)."""
+
+    def __init__(self, store_path: str, settings: FeaturizeSettings, batch_size: int):
+        self.store = FeatureStore(store_path)
+        self.settings = settings
+        self.group = windows_per_group(batch_size, self.store.plan.shard_rows)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        for s in batch["item"]:
+            yield from self.groups(TarItem.from_json(str(s)))
+
+    def groups(self, item: TarItem) -> Iterator[dict[str, np.ndarray]]:
+        """The tar's groups as single-row column batches; never raises (errors ride in ``meta``)."""
+        tp = self.store.plan.tars[item.tar_index]
+        r, w = self.store.plan.shard_rows, self.group
+        res = item.resolutions
+        manifest: list[dict[str, Any]] = []
+        reasons: Counter[str] = Counter()
+        reader = ShardReader(tp.path, ImageLimits(self.settings.min_image_size, self.settings.max_image_pixels))
+        index, pending, error = 0, None, None
+        try:
+            samples: list[Sample] = []
+            for sample in reader:
+                if sample.ordinal >= tp.samples:
+                    raise RuntimeError(f"{tp.path} holds more samples than planned ({tp.samples}); was it rewritten?")
+                samples.append(sample)
+                if len(samples) == w * r:
+                    if pending is not None:
+                        yield pending
+                    pending = self._group(item, tp, index, samples, res, manifest, reasons)
+                    index, samples = index + 1, []
+            if samples or pending is None:
+                if pending is not None:
+                    yield pending
+                pending = self._group(item, tp, index, samples, res, manifest, reasons)
+                index += 1
+            self.store.write_manifest(tp.index, manifest)  # once per tar, before the last group leaves
+        except Exception as e:  # noqa: BLE001 - one bad tar must not stop the job
+            error = f"{type(e).__name__}: {e}"
+            if pending is None:
+                pending = self._group(item, tp, index, [], res, [], Counter())
+                index += 1
+        meta = json.loads(pending["meta"][0])
+        meta["end"] = {"groups": index, "samples": len(manifest), "valid": reasons["valid"],
+                       "reasons": {k: v for k, v in reasons.items() if k != "valid"},
+                       "truncated": reader.error if reader.truncated else None, "error": error}  # fmt: skip
+        pending["meta"] = np.array([json.dumps(meta)], dtype=object)
+        yield pending
+
+    def _group(self, item: TarItem, tp: TarPlan, index: int, samples: list[Sample], res: list[int],
+               manifest: list[dict[str, Any]], reasons: Counter[str]) -> dict[str, np.ndarray]:  # fmt: skip
+        r, n = self.store.plan.shard_rows, self.group * self.store.plan.shard_rows
+        row_start = tp.row_start + index * n
+        valid = np.zeros(n, bool)
+        px = {s: np.zeros((n, s, s, 3), np.uint8) for s in res}
+        keys = [""] * n
+        for i, x in enumerate(samples):
+            box = self._box(x)
+            manifest.append(_manifest_row(tp, row_start + i, x, box))
+            reasons[x.reason or "valid"] += 1
+            keys[i] = x.key
+            if box is not None:
+                valid[i] = True
+                for s in res:  # every geometry from the one decode
+                    px[s][i] = crop_resize(x.pixels, box, s)
+        meta = {"item": item.to_json(), "group": index, "row_start": row_start, "windows": -(-len(samples) // r),
+                "keys": keys}  # fmt: skip
+        out = {"meta": np.array([json.dumps(meta)], dtype=object), "valid": valid[None]}
+        out |= {pixel_column(s): a[None] for s, a in px.items()}
+        return out
+
+    def _box(self, sample: Sample) -> CropBox | None:
+        if not sample.valid:
+            return None
+        h, w = sample.pixels.shape[:2]
+        s = self.settings
+        return choose_crop(s.seed, sample.key, w, h, s.crop_kind, s.crop_scale)
+
+
+def _manifest_row(tp: TarPlan, row: int, x: Sample, box: CropBox | None) -> dict[str, Any]:
+    h, w = x.pixels.shape[:2] if x.pixels is not None else (None, None)
+    return {
+        "row": row, "key": x.key, "uid": x.uid, "tar": tp.path, "tar_index": tp.index, "ordinal": x.ordinal,
+        "offset": x.image.offset if x.image else None, "size": x.image.size if x.image else None,
+        "valid": x.valid, "reason": x.reason, "width": w, "height": h,
+        "crop_x": box.x if box else None, "crop_y": box.y if box else None, "crop_size": box.size if box else None,
+    }  # fmt: skip
+
+
+__all__ = ["TarDecoder", "TarItem", "by_tar", "pixel_column", "windows_per_group"]

@@ -1,0 +1,25 @@
+"""scripts/gpu_check.sh --tiny: the GPU check's CPU mode, so CI keeps the script from rotting."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_gpu_check_tiny_prints_one_json_line(repo, tmp_path):
+    env = os.environ | {"CUDA_VISIBLE_DEVICES": ""}
+    run = subprocess.run(["bash", str(repo / "scripts" / "gpu_check.sh"), "--tiny", "--images", "24", "--steps", "3",
+                          "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["mode"] == "tiny" and result["device"] == "cpu"
+    assert set(result["teacher_images_per_s"]) == {"dinov2@56", "siglip@56", "sam@64"}
+    assert all(v > 0 for v in result["teacher_images_per_s"].values())
+    assert result["featurize_over_bare"] > 0 and result["trainer_images_per_s"] > 0
+    assert 0 <= result["data_wait_fraction"] <= 1 and result["train_steps"] == 3
+    assert result["loader_workers"] == 2 and result["peak_gpu_bytes"] == {"bare_forward": 0, "trainer": 0}
