@@ -21,13 +21,23 @@ def export(
     config: ConfigOpt = DEFAULT_CONFIG,
     pipeline: PipelineOpt = None,
     store: StoreOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="radio (for radio.load) or timm (backbone for timm's "
+                                     "vit_*_patch16_radio_v3)")] = "radio",
 ) -> None:
-    """Export the trained student, its adaptors and each teacher's PHI-S inverse for `radio.load`."""
+    """Export the trained student, its adaptors and each teacher's PHI-S inverse for `radio.load`
+    (`--format timm`: the backbone only, as timm.safetensors for `timm.create_model`)."""
     from radio.distill.export import export as do_export
     from radio.store.layout import FeatureStore
 
     cfg = load(config, pipeline, store=store)
-    where = do_export(run or Path(cfg.out), out, FeatureStore(cfg.store.path), cfg, stage)
+    where = do_export(run or Path(cfg.out), out, FeatureStore(cfg.store.path), cfg, stage, fmt)
+    if fmt == "timm":
+        from radio.distill.export_timm import TIMM_VARIANTS
+
+        name = TIMM_VARIANTS[cfg.student.size]
+        print(f"exported to {where}: load with timm.create_model({name!r}, pretrained=True, "
+              f"pretrained_cfg_overlay=dict(file={str(where)!r}), img_size=SIZE, reg_tokens=R) (see README)")
+        return
     print(f"exported to {where}: model.safetensors, config.json (load with radio.load({str(where)!r}))")
 
 

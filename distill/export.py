@@ -69,8 +69,9 @@ class RadioModel(nn.Module):
         return self._output(out), inter
 
 
-def export(run: Path, out: Path, store, config, stage: int | None = None) -> Path:
-    """Write ``out/model.safetensors`` and ``out/config.json`` from a run's final weights.
+def export(run: Path, out: Path, store, config, stage: int | None = None, fmt: str = "radio") -> Path:
+    """Write ``out/model.safetensors`` and ``out/config.json`` from a run's final weights
+    (``fmt="timm"``: only the backbone, as ``out/timm.safetensors`` for timm's RADIO models).
 
     Each teacher's features are de-normalized with the normalizer of its key in the exported
     stage's last partition (the highest resolution it trained at).
@@ -85,6 +86,15 @@ def export(run: Path, out: Path, store, config, stage: int | None = None) -> Pat
         raise ExportError(f"{run}: no finished stage to export (looked for stageN/{FINAL}); run `radio distill` first")
     stage = stages[0]
     weights = load_weights(stage_dir(run, stage) / FINAL)
+    if fmt == "timm":
+        from .export_timm import write_timm
+
+        try:
+            return write_timm(weights, config.student.size, out)
+        except ValueError as e:
+            raise ExportError(f"--format timm: {e}") from None
+    if fmt != "radio":
+        raise ExportError(f"unknown export format {fmt!r} (known: radio, timm)")
     specs = adaptor_specs(store, config)
     keys: dict[str, str] = {}
     for part in config.stages[stage - 1].partitions:
@@ -102,14 +112,23 @@ def export(run: Path, out: Path, store, config, stage: int | None = None) -> Pat
             entry["provenance"] = store.target(key).attrs
         teachers.append(entry)
     s = config.student
+    student = {"size": s.size, "patch": s.patch, "cpe_max_size": s.cpe_max_size,
+               "register_multiple": s.register_multiple, "adaptor_hidden": s.adaptor_hidden}  # fmt: skip
+    return write_export(out, tensors, student, teachers, stage)
+
+
+def write_export(out: Path, tensors: dict[str, torch.Tensor], student: dict, teachers: list[dict],
+                 stage: int | None) -> Path:  # fmt: skip
+    """Write an export folder: ``tensors`` (``student.*``, ``normalizers.*``), the student's
+    architecture (``size``, ``patch``, ``cpe_max_size``, ``register_multiple``, ``adaptor_hidden``)
+    and one entry per teacher (``name``, ``summary_dim``, ``feature_dim``, ...)."""
     meta = {
         "format": EXPORT_FORMAT,
-        "student": {"size": s.size, "patch": s.patch, "cpe_max_size": s.cpe_max_size,
-                    "register_multiple": s.register_multiple, "adaptor_hidden": s.adaptor_hidden},
+        "student": student,
         "teachers": teachers,
         "stage": stage,
         "input": "RGB in [0, 1], [B, 3, H, W] with H and W multiples of 16",
-    }  # fmt: skip
+    }
     out.mkdir(parents=True, exist_ok=True)
     save_weights(tensors, out / "model.safetensors", {"format": EXPORT_FORMAT})
     (out / "config.json").write_text(json.dumps(meta, indent=2, default=str))
