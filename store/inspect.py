@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,10 +10,6 @@ from typing import Any
 import numpy as np
 
 from .layout import FeatureStore
-
-
-def _disk_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 @dataclass
@@ -39,9 +35,9 @@ def store_info(path: str | Path) -> dict[str, Any]:
         done = store.completed(key)
         valid_rows = int(valid[done[tar_of_row]].sum()) if valid.size else 0
         raw = t.grid[0] * t.grid[1] * t.feature_dim * 2 + (t.summary_dim or 0) * 2
-        base = store.path / "targets" / key
-        disk = sum(_disk_bytes(base / name) for name in ("features", "summary") if (base / name).exists())
-        moments = _disk_bytes(base / "moments")
+        base = f"targets/{key}"
+        disk = sum(store.location.sizes(f"{base}/{name}") for name in ("features", "summary"))
+        moments = store.location.sizes(f"{base}/moments")
         keys.append(KeyInfo(key, int(done.sum()), len(done), valid_rows, raw, disk / max(1, valid_rows), moments, t.attrs))
     reasons: dict[str, int] = {}
     for r in manifest.column("reason").to_pylist() if manifest.num_rows else []:
@@ -71,11 +67,9 @@ def verify_store(path: str | Path) -> list[str]:
     problems: list[str] = []
     manifests: dict[int, Any] = {}
     for tp in store.plan.tars:
-        p = store.manifest_path(tp.index)
-        if p.is_file():
-            import pyarrow.parquet as pq
-
-            manifests[tp.index] = pq.read_table(p).to_pydict()
+        m = store.tar_manifest(tp.index)
+        if m is not None:
+            manifests[tp.index] = m.to_pydict()
     for key in store.target_keys:
         info = store.target(key)
         done = store.completed(key)
@@ -85,7 +79,7 @@ def verify_store(path: str | Path) -> list[str]:
         for tp in store.plan.tars:
             if not done[tp.index]:
                 continue
-            where = f"{key} tar {tp.index} ({os.path.basename(tp.path)})"
+            where = f"{key} tar {tp.index} ({posixpath.basename(tp.path)})"
             m = manifests.get(tp.index)
             if m is None:
                 problems.append(f"{where}: marked complete but has no manifest")
