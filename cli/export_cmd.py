@@ -32,11 +32,12 @@ def export(
     cfg = load(config, pipeline, store=store)
     where = do_export(run or Path(cfg.out), out, FeatureStore(cfg.store.path), cfg, stage, fmt)
     if fmt == "timm":
-        from radio.distill.export_timm import TIMM_VARIANTS
+        from radio.distill.export_timm import TIMM_VARIANTS, prefix_tokens
 
         name = TIMM_VARIANTS[cfg.student.size]
         print(f"exported to {where}: load with timm.create_model({name!r}, pretrained=True, "
-              f"pretrained_cfg_overlay=dict(file={str(where)!r}), img_size=SIZE, reg_tokens=R) (see README)")
+              f"pretrained_cfg_overlay=dict(file={str(where)!r}), img_size=SIZE, "
+              f"reg_tokens={prefix_tokens(where) - 1}); SIZE: the input size you run at")
         return
     print(f"exported to {where}: model.safetensors, config.json (load with radio.load({str(where)!r}))")
 

@@ -69,6 +69,14 @@ def timm_kwargs(student: dict[str, torch.Tensor], img_size: int = 512) -> dict[s
     return {"img_size": img_size, "reg_tokens": tokens - 1}
 
 
+def prefix_tokens(path: Path) -> int:
+    """CLS tokens + registers in a written timm checkpoint (read from its header only)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.get_slice(f"{PREFIX}patch_generator.cls_token.token").get_shape()[0]
+
+
 def write_timm(student: dict[str, torch.Tensor], size: str, out: Path) -> Path:
     """Write ``out/timm.safetensors``; returns its path."""
     path = Path(out) / TIMM_FILE
