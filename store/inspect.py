@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .layout import FeatureStore
 
@@ -66,10 +68,11 @@ def verify_store(path: str | Path) -> list[str]:
     store = FeatureStore(path)
     problems: list[str] = []
     manifests: dict[int, Any] = {}
+    found = store.location.read_many([store.manifest_name(tp.index) for tp in store.plan.tars])
     for tp in store.plan.tars:
-        m = store.tar_manifest(tp.index)
-        if m is not None:
-            manifests[tp.index] = m.to_pydict()
+        data = found.get(store.manifest_name(tp.index))
+        if data is not None:
+            manifests[tp.index] = pq.read_table(pa.BufferReader(data)).to_pydict()
     for key in store.target_keys:
         info = store.target(key)
         done = store.completed(key)

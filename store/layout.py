@@ -247,16 +247,10 @@ class FeatureStore:
         """The manifest object of a tar, relative to the store."""
         return f"manifest/{tar_index:08d}.parquet"
 
-    def tar_manifest(self, tar_index: int) -> pa.Table | None:
-        """One tar's manifest rows, or None if it has none yet."""
-        name = self.manifest_name(tar_index)
-        if not self.location.exists(name):
-            return None
-        return pq.read_table(pa.BufferReader(self.location.read_bytes(name)))
-
     def manifest(self) -> pa.Table:
         """Manifest rows of every tar that has one, in row order."""
-        tables = [m for t in self.plan.tars if (m := self.tar_manifest(t.index)) is not None]
+        found = self.location.read_many([self.manifest_name(t.index) for t in self.plan.tars])
+        tables = [pq.read_table(pa.BufferReader(data)) for data in found.values()]
         if not tables:
             return MANIFEST_SCHEMA.empty_table()
         return pa.concat_tables(tables).sort_by("row")

@@ -82,6 +82,15 @@ class Location:
             return self.local_path(name).read_bytes()
         return self.fs.cat_file(self._key(name))
 
+    def read_many(self, names: list[str]) -> dict[str, bytes]:
+        """The objects of ``names`` that exist, by name; on an object store the GETs run
+        concurrently (a store's manifest is one object per tar: thousands of them)."""
+        if self.local is not None:
+            return {n: self.local_path(n).read_bytes() for n in names if self.local_path(n).is_file()}
+        keys = {self._key(n): n for n in names}
+        found = self.fs.cat(list(keys), on_error="omit")
+        return {keys[k]: v for k, v in found.items() if k in keys}
+
     def write_bytes(self, name: str, data: bytes) -> None:
         """Write one object atomically (one PUT; locally a temporary file and a rename)."""
         if self.local is not None:
