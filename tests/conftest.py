@@ -52,6 +52,12 @@ def featurize_in_process(config) -> None:
 
 
 @pytest.fixture(scope="session")
+def featurize_here():
+    """:func:`featurize_in_process`, for test modules (a `conftest` import is ambiguous)."""
+    return featurize_in_process
+
+
+@pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory, repo):
     """The `tiny` pipeline featurized on 40 sample photos (+ a few bad samples): (config, store path)."""
     from radio.config import load_pipeline

@@ -24,8 +24,6 @@ from radio.store.layout import MANIFEST_SCHEMA, FeatureStore, Plan, StoreError
 from radio.store.sampledata import CORRUPT_KINDS, write_sample_data
 from radio.store.shards import RangeReader, ShardReader
 
-from conftest import featurize_in_process
-
 # -- file:// URLs: the local case through the same code ----------------------------------------
 
 
@@ -55,13 +53,13 @@ def test_store_at_a_file_url_writes_objects_and_reopens_as_a_path(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory, repo):
+def local_run(tmp_path_factory, repo, featurize_here):
     """Sample tars and an uninterrupted featurize of them on local disk."""
     root = tmp_path_factory.mktemp("local")
     write_sample_data(root / "shards", images=20, shard_size=6, seed=5, corrupt=len(CORRUPT_KINDS))
     config = load_pipeline(repo / "pipelines.yaml", "tiny", data=str(root / "shards" / "*.tar"),
                            store=str(root / "store.zarr"), out=str(root / "run"))  # fmt: skip
-    featurize_in_process(config)
+    featurize_here(config)
     return root
 
 
