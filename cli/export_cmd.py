@@ -21,6 +21,8 @@ def export(
     config: ConfigOpt = DEFAULT_CONFIG,
     pipeline: PipelineOpt = None,
     store: StoreOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="radio (for radio.load) or timm (backbone for timm's "
+                                     "vit_*_patch16_radio_v3)")] = "radio",
 ) -> None:
     """Export the trained student, its adaptors and each teacher's PHI-S inverse for `radio.load`.
 
@@ -30,7 +32,16 @@ def export(
     from radio.distill.export import export as do_export
 
     cfg = load(config, pipeline, store=store) if run is None or pipeline or store else None
-    where = do_export(run or Path(cfg.out), out, _store_if_present(cfg), cfg, stage)
+    where = do_export(run or Path(cfg.out), out, _store_if_present(cfg), cfg, stage, fmt)
+    if fmt == "timm":
+        from radio.distill.export_timm import TIMM_VARIANTS, prefix_tokens
+        from radio.distill.export import final_student_size
+
+        size = final_student_size(run or Path(cfg.out), stage)
+        print(f"exported to {where}: load with timm.create_model({TIMM_VARIANTS[size]!r}, pretrained=True, "
+              f"pretrained_cfg_overlay=dict(file={str(where)!r}), img_size=SIZE, "
+              f"reg_tokens={prefix_tokens(where) - 1}); SIZE: the input size you run at")
+        return
     print(f"exported to {where}: model.safetensors, config.json (load with radio.load({str(where)!r}))")
 
 

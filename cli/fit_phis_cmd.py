@@ -62,12 +62,21 @@ def fit_phis(
     make_console().print(table)
     fitted = sum(not r.unchanged for r in reports)
     print(f"PHI-S: {fitted} fitted, {len(reports) - fitted} unchanged (same moments as the stored ones)")
-    out = plot or fs.path / "phis_spectra.png"
-    plot_spectra(reports, out)
+    png = plot_spectra(reports)
+    if plot is None:  # beside the store's arrays, also when the store is an object-store URL
+        fs.location.write_bytes("phis_spectra.png", png)
+        out = f"{fs.path.rstrip('/')}/phis_spectra.png"
+    else:
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        plot.write_bytes(png)
+        out = str(plot)
     print(f"eigenvalue spectra: {out}")
 
 
-def plot_spectra(reports, out: Path) -> None:
+def plot_spectra(reports) -> bytes:
+    """The eigenvalue spectra as PNG bytes."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,6 +95,7 @@ def plot_spectra(reports, out: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
+    return buf.getvalue()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,7 +12,8 @@ from .errors import EXIT_FAILED, fail, user_errors
 
 app = typer.Typer(rich_markup_mode=None, help="Inspect or check a feature store.", no_args_is_help=True)
 
-PathArg = Annotated[Path, typer.Argument(help="the store directory (store.path of the pipeline)")]
+# str, not Path: a Path would fold the `//` of an s3:// URL.
+PathArg = Annotated[str, typer.Argument(help="the store: a directory or an object-store URL (store.path of the pipeline)")]
 
 
 @app.command()

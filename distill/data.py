@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
@@ -57,9 +58,9 @@ def split_rows(store: FeatureStore, keys: list[str], held_out: int, manifest: Ma
     else:
         parts = []
         for t in store.plan.tars:
-            path = store.manifest_path(t.index)
-            if complete[t.index] and path.is_file():
-                table = pq.read_table(path, columns=["row", "valid"])
+            name = store.manifest_name(t.index)
+            if complete[t.index] and store.location.exists(name):
+                table = pq.read_table(pa.BufferReader(store.location.read_bytes(name)), columns=["row", "valid"])
                 parts.append(table.column("row").to_numpy()[table.column("valid").to_numpy(zero_copy_only=False)])
         usable = np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
     cut = max(0, len(usable) - held_out)

@@ -152,8 +152,9 @@ def _finished_stages(run: Path) -> list[int]:
     return sorted(found, reverse=True)
 
 
-def export(run: Path, out: Path, store=None, config=None, stage: int | None = None) -> Path:
-    """Write ``out/model.safetensors`` and ``out/config.json`` from a run's final weights.
+def export(run: Path, out: Path, store=None, config=None, stage: int | None = None, fmt: str = "radio") -> Path:
+    """Write ``out/model.safetensors`` and ``out/config.json`` from a run's final weights
+    (``fmt="timm"``: only the backbone, as ``out/timm.safetensors`` for timm's RADIO models).
 
     Everything comes from the stage's ``final.safetensors`` (student weights, and what
     :func:`export_payload` put there: dims, normalizers, provenance), so neither the store nor
@@ -173,6 +174,16 @@ def export(run: Path, out: Path, store=None, config=None, stage: int | None = No
     weights = load_weights(path)
     with safe_open(str(path), "pt") as f:
         embedded = (f.metadata() or {}).get(EXPORT_META)
+    if fmt not in ("radio", "timm"):
+        raise ExportError(f"unknown export format {fmt!r} (known: radio, timm)")
+    if fmt == "timm":
+        from .export_timm import write_timm
+
+        size = json.loads(embedded)["student"]["size"] if embedded is not None else config.student.size
+        try:
+            return write_timm(student_state(weights), size, out)
+        except ValueError as e:
+            raise ExportError(f"--format timm: {e}") from None
     if embedded is not None:
         meta = json.loads(embedded)
         extra = {k: v for k, v in weights.items() if k.startswith(EXPORT_PREFIX)}
@@ -184,6 +195,24 @@ def export(run: Path, out: Path, store=None, config=None, stage: int | None = No
     tensors = {f"student.{k}": v for k, v in student_state(weights).items()}
     tensors |= {k[len(EXPORT_PREFIX) :]: v for k, v in extra.items()}
     meta = {"format": EXPORT_FORMAT, **meta, "input": "RGB in [0, 1], [B, 3, H, W] with H and W multiples of 16"}
+    return write_export(out, tensors, meta)
+
+
+def final_student_size(run: Path, stage: int | None = None) -> str:
+    """The student size (``b``, ``l``, ...) of a run's exported stage, from its final weights."""
+    from safetensors import safe_open
+
+    from .trainer import FINAL, stage_dir
+
+    stages = [stage] if stage else _finished_stages(Path(run))
+    with safe_open(str(stage_dir(Path(run), stages[0]) / FINAL), "pt") as f:
+        return json.loads((f.metadata() or {})[EXPORT_META])["student"]["size"]
+
+
+def write_export(out: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+    """Write an export folder: ``tensors`` (``student.*``, ``normalizers.*``) and ``meta`` (the
+    ``format``, the student's architecture, one entry per teacher: ``name``, ``summary_dim``,
+    ``feature_dim``, ...)."""
     out.mkdir(parents=True, exist_ok=True)
     save_weights(tensors, out / "model.safetensors", {"format": EXPORT_FORMAT})
     (out / "config.json").write_text(json.dumps(meta, indent=2, default=str))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from radio.store.layout import FeatureStore, Plan
@@ -51,11 +52,9 @@ class Manifest:
         n = plan.total_rows
         cols = {name: np.zeros(n, dtype) for name, dtype in COLUMNS.items()}
         names = ["row", *COLUMNS]
-        for t in plan.tars:
-            path = store.manifest_path(t.index)
-            if not path.is_file():
-                continue
-            table = pq.read_table(path, columns=names)
+        found = store.location.read_many([store.manifest_name(t.index) for t in plan.tars])
+        for data in found.values():
+            table = pq.read_table(pa.BufferReader(data), columns=names)
             rows = table.column("row").to_numpy()
             for name in COLUMNS:
                 cols[name][rows] = table.column(name).fill_null(COLUMNS[name].type(0)).to_numpy(zero_copy_only=False)  # invalid rows: no crop

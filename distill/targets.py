@@ -27,25 +27,44 @@ import numpy as np
 import tensorstore as ts
 
 from radio.store.compact import GROUP as COMPACT
+from radio.store.objects import Location, is_url
 
 from .shardread import ShardRuns
 
 
-def target_array_path(store_path: str | Path, key: str, name: str, compact: bool = False) -> Path:
-    """Where ``targets/KEY/NAME`` lives; with ``compact``, the key's compact array of that name
-    (``targets/KEY/compact/NAME``, written by `radio store compact`) when there is one."""
-    base = Path(store_path) / "targets" / key
-    if compact and (base / COMPACT / name / "zarr.json").is_file():
-        return base / COMPACT / name
-    return base / name
+def target_array_path(store_path: str | Path, key: str, name: str, compact: bool = False) -> str:
+    """Where ``targets/KEY/NAME`` lives (a local path or a URL); with ``compact``, the key's compact
+    array of that name (``targets/KEY/compact/NAME``, written by `radio store compact`) when the
+    store has one."""
+    loc = Location(store_path)
+    base = f"targets/{key}"
+    if compact and loc.exists(f"{base}/{COMPACT}/{name}/zarr.json"):
+        base = f"{base}/{COMPACT}"
+    return str(loc.local_path(f"{base}/{name}")) if loc.local is not None else f"{str(store_path).rstrip('/')}/{base}/{name}"
+
+
+def kvstore_spec(path: str) -> dict:
+    """tensorstore's kvstore for a local path or an ``s3://`` / ``gs://`` URL. S3 credentials come
+    from the usual ``AWS_*`` variables; ``AWS_ENDPOINT_URL`` names an S3-compatible server."""
+    if not is_url(path):
+        return {"driver": "file", "path": path}
+    scheme, rest = path.split("://", 1)
+    bucket, _, prefix = rest.partition("/")
+    if scheme == "s3":
+        spec = {"driver": "s3", "bucket": bucket, "path": prefix + "/",
+                "aws_region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+        if os.environ.get("AWS_ENDPOINT_URL"):
+            spec["endpoint"] = os.environ["AWS_ENDPOINT_URL"]
+        return spec
+    if scheme in ("gs", "gcs"):
+        return {"driver": "gcs", "bucket": bucket, "path": prefix + "/"}
+    raise ValueError(f"{path}: the trainer reads targets from local paths, s3:// or gs:// URLs")
 
 
 def open_target_array(store_path: str | Path, key: str, name: str, compact: bool = False) -> ts.TensorStore:
     """Open ``targets/KEY/NAME`` (or its compact array) of a store read-only. The one place a
-    store location becomes a kvstore spec (an ``s3://`` store would map to tensorstore's ``s3``
-    kvstore driver here)."""
-    path = target_array_path(store_path, key, name, compact)
-    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}}
+    store location becomes a kvstore spec."""
+    spec = {"driver": "zarr3", "kvstore": kvstore_spec(target_array_path(store_path, key, name, compact))}
     return ts.open(spec, read=True, open=True).result()
 
 

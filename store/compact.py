@@ -18,12 +18,12 @@ attributes get a ``compact`` entry (its provenance) once the parameters are writ
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
@@ -152,8 +152,8 @@ def prepare_compact(store: FeatureStore, key: str, codec: str = "int8", rank: in
             changed = sorted(k for k in old.keys() | attrs.keys() if old.get(k) != attrs.get(k))
             raise StoreError(f"{key}: compacted with other settings ({', '.join(changed)}); pass --overwrite to redo it")
     if GROUP in g:
-        shutil.rmtree(store.path / "targets" / key / GROUP)
-        store.root = _reopen(store)
+        store.location.remove_prefix(f"targets/{key}/{GROUP}")
+        store.root = store._open_root()
         g = store.root["targets"][key]
     c = g.create_group(GROUP)
     n, t, r = store.plan.total_rows, len(store.plan.tars), store.plan.shard_rows
@@ -184,18 +184,12 @@ def prepare_compact(store: FeatureStore, key: str, codec: str = "int8", rank: in
     return compact_key(store, key)
 
 
-def _reopen(store: FeatureStore):
-    import zarr
-
-    return zarr.open_group(str(store.path), mode="r+")
-
-
 def _valid_local_rows(store: FeatureStore, tar_index: int) -> np.ndarray:
     tp = store.plan.tars[tar_index]
-    p = store.manifest_path(tar_index)
-    if not p.is_file():
+    name = store.manifest_name(tar_index)
+    if not store.location.exists(name):
         return np.zeros(0, np.int64)
-    m = pq.read_table(p, columns=["row", "valid"]).to_pydict()
+    m = pq.read_table(pa.BufferReader(store.location.read_bytes(name)), columns=["row", "valid"]).to_pydict()
     rows = np.asarray(m["row"], np.int64)
     return rows[np.asarray(m["valid"], bool)] - tp.row_start
 
@@ -323,6 +317,4 @@ def drop_raw(store: FeatureStore, key: str) -> None:
     g = store.root["targets"][key]
     g[GROUP].attrs["raw_dropped"] = True  # first: from now on readers must not trust raw chunks
     for name in ("features", "summary") if ck_has_summary(g) else ("features",):
-        chunks = store.path / "targets" / key / name / "c"
-        if chunks.exists():
-            shutil.rmtree(chunks)
+        store.location.remove_prefix(f"targets/{key}/{name}/c")

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from . import compact as compact_mod
 from .layout import FeatureStore
-
-
-def _disk_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 @dataclass
@@ -47,16 +45,16 @@ def store_info(path: str | Path) -> dict[str, Any]:
         done = store.completed(key)
         valid_rows = int(valid[done[tar_of_row]].sum()) if valid.size else 0
         raw = t.grid[0] * t.grid[1] * t.feature_dim * 2 + (t.summary_dim or 0) * 2
-        base = store.path / "targets" / key
-        disk = sum(_disk_bytes(base / name) for name in ("features", "summary") if (base / name).exists())
-        moments = _disk_bytes(base / "moments")
+        base = f"targets/{key}"
+        disk = sum(store.location.sizes(f"{base}/{name}") for name in ("features", "summary"))
+        moments = store.location.sizes(f"{base}/moments")
         info = KeyInfo(key, int(done.sum()), len(done), valid_rows, raw, disk / max(1, valid_rows), moments, t.attrs)
         ck = compact_mod.compact_key(store, key)
         if ck is not None:
             cdone = compact_mod.compact_complete(store, key)
             cvalid = int(valid[cdone[tar_of_row]].sum()) if valid.size else 0
-            cbase = base / compact_mod.GROUP
-            cdisk = sum(_disk_bytes(cbase / n) for n in ("features", "summary") if (cbase / n).exists())
+            cbase = f"{base}/{compact_mod.GROUP}"
+            cdisk = sum(store.location.sizes(f"{cbase}/{n}") for n in ("features", "summary"))
             info.codec, info.rank, info.compact_tars = ck.features.name, ck.features.rank, int(cdone.sum())
             info.compact_bytes_per_sample = (t.grid[0] * t.grid[1] * ck.features.stored_channels
                                              + (ck.summary.stored_channels if ck.summary else (t.summary_dim or 0) * 2))
@@ -93,12 +91,11 @@ def verify_store(path: str | Path, keys: list[str] | None = None) -> list[str]:
     store = FeatureStore(path)
     problems: list[str] = []
     manifests: dict[int, Any] = {}
+    found = store.location.read_many([store.manifest_name(tp.index) for tp in store.plan.tars])
     for tp in store.plan.tars:
-        p = store.manifest_path(tp.index)
-        if p.is_file():
-            import pyarrow.parquet as pq
-
-            manifests[tp.index] = pq.read_table(p).to_pydict()
+        data = found.get(store.manifest_name(tp.index))
+        if data is not None:
+            manifests[tp.index] = pq.read_table(pa.BufferReader(data)).to_pydict()
     for key in keys or store.target_keys:
         problems += _verify_compact(store, key, manifests)
         info = store.target(key)
@@ -110,7 +107,7 @@ def verify_store(path: str | Path, keys: list[str] | None = None) -> list[str]:
         for tp in store.plan.tars:
             if not done[tp.index]:
                 continue
-            where = f"{key} tar {tp.index} ({os.path.basename(tp.path)})"
+            where = f"{key} tar {tp.index} ({posixpath.basename(tp.path)})"
             m = manifests.get(tp.index)
             if m is None:
                 problems.append(f"{where}: marked complete but has no manifest")

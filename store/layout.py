@@ -12,17 +12,20 @@ Layout under the store path::
     normalizers/TEACHER/STREAM/    one PHI-S per teacher from all its keys (`radio fit-phis`, store/normalizers.py)
     manifest/NNNNNNNN.parquet      per tar: row, key, uid, tar, ordinal, offset, size, valid, reason, crop
 
+The path is a local directory or an object-store URL (``s3://bucket/prefix``): every file above is
+an object written whole, through :class:`~radio.store.objects.Location`.
+
 Invariants (DESIGN.md §3): rows are planned before any worker starts, each tar owning a range
 padded to whole Zarr shards; the driver pre-allocates every array; exactly one task writes a
 (tar, target key), in whole shards; its completion marker is written after features, summary,
-moments and manifest are durable. Plain Zarr v3 and parquet: no pickles anywhere.
+moments and manifest are durable. Each of those writes is one object (a Zarr shard or chunk, a
+parquet file), atomic on object stores as on disk; nothing relies on rename. Plain Zarr v3 and
+parquet: no pickles anywhere.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ import zarr
 from radio.errors import RadioError
 
 from .moments import Moments
+from .objects import Location
 
 STORE_FORMAT = 1
 
@@ -115,33 +119,35 @@ class TargetInfo:
     attrs: dict[str, Any]
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 class FeatureStore:
-    """Open a store directory. Use :meth:`create` to plan a new one."""
+    """Open a store (a directory or an object-store URL). Use :meth:`create` to plan a new one.
+
+    ``path`` is the store as given (str); ``location`` reads and writes its objects.
+    """
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not (self.path / "zarr.json").is_file():
+        self.location = Location(path)
+        self.path = self.location.url
+        if not self.location.exists("zarr.json"):
             raise StoreError(f"{self.path}: not a radio store (no zarr.json); run `radio featurize` first")
-        self.root = zarr.open_group(str(self.path), mode="r+" if os.access(self.path, os.W_OK) else "r")
+        self.root = self._open_root()
         attrs = dict(self.root.attrs)
         if attrs.get("radio_store") != STORE_FORMAT:
             raise StoreError(f"{self.path}: not a radio store of format {STORE_FORMAT}")
         self.plan = Plan.from_json(attrs["plan"])
         self.settings: dict[str, Any] = attrs.get("featurize", {})
 
+    def _open_root(self) -> zarr.Group:
+        writable = self.location.writable()
+        return zarr.open_group(store=self.location.zarr_store(read_only=not writable), mode="r+" if writable else "r")
+
     # ---- creation (driver only) -------------------------------------------------------------
 
     @classmethod
     def create(cls, path: str | Path, plan: Plan, settings: dict[str, Any]) -> FeatureStore:
         """Create a store for ``plan``, or open an existing one after checking it has the same plan."""
-        path = Path(path)
-        if (path / "zarr.json").is_file():
+        location = Location(path)
+        if location.exists("zarr.json"):
             store = cls(path)
             if store.plan != plan:
                 raise StoreError(
@@ -156,11 +162,9 @@ class FeatureStore:
                     "use a new --store or --overwrite"
                 )
             return store
-        path.mkdir(parents=True, exist_ok=True)
-        root = zarr.open_group(str(path), mode="w")
+        root = zarr.open_group(store=location.zarr_store(), mode="w")
         root.attrs.update({"radio_store": STORE_FORMAT, "plan": plan.to_json(), "featurize": settings})
         root.create_group("targets")
-        (path / "manifest").mkdir(exist_ok=True)
         return cls(path)
 
     def create_target(
@@ -193,8 +197,8 @@ class FeatureStore:
                 )
             if not overwrite:
                 return
-            shutil.rmtree(self.path / "targets" / key)
-            self.root = zarr.open_group(str(self.path), mode="r+")
+            self.location.remove_prefix(f"targets/{key}")
+            self.root = self._open_root()
             targets = self.root["targets"]
         g = targets.create_group(key, attributes=provenance)
         n, t, r = self.plan.total_rows, len(self.plan.tars), self.plan.shard_rows
@@ -253,13 +257,15 @@ class FeatureStore:
             tars = tars[np.linspace(0, len(tars) - 1, max_tars).round().astype(int)]
         return [int(t) for t in tars]
 
-    def manifest_path(self, tar_index: int) -> Path:
-        return self.path / "manifest" / f"{tar_index:08d}.parquet"
+    @staticmethod
+    def manifest_name(tar_index: int) -> str:
+        """The manifest object of a tar, relative to the store."""
+        return f"manifest/{tar_index:08d}.parquet"
 
     def manifest(self) -> pa.Table:
         """Manifest rows of every tar that has one, in row order."""
-        paths = [self.manifest_path(t.index) for t in self.plan.tars]
-        tables = [pq.read_table(p) for p in paths if p.is_file()]
+        found = self.location.read_many([self.manifest_name(t.index) for t in self.plan.tars])
+        tables = [pq.read_table(pa.BufferReader(data)) for data in found.values()]
         if not tables:
             return MANIFEST_SCHEMA.empty_table()
         return pa.concat_tables(tables).sort_by("row")
@@ -267,11 +273,11 @@ class FeatureStore:
     # ---- writing (one task per tar and target key) --------------------------------------------
 
     def write_manifest(self, tar_index: int, rows: list[dict[str, Any]]) -> None:
-        """Write a tar's manifest atomically. Every task of a tar writes identical rows, so a
-        second writer replaces the file with the same bytes."""
+        """Write a tar's manifest as one object (atomic). Every task of a tar writes identical
+        rows, so a second writer replaces the object with the same bytes."""
         sink = pa.BufferOutputStream()
         pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), sink)
-        _atomic_write_bytes(self.manifest_path(tar_index), sink.getvalue().to_pybytes())
+        self.location.write_bytes(self.manifest_name(tar_index), sink.getvalue().to_pybytes())
 
     def write_shard(self, key: str, row_start: int, features: np.ndarray, summary: np.ndarray | None) -> None:
         """Write one whole Zarr shard of rows: ``features [shard_rows, h, w, C]``, ``summary [shard_rows, Cs]``."""
@@ -288,7 +294,7 @@ class FeatureStore:
         self.array(key, f"moments/{stream}_m2")[tar_index] = m.m2
 
     def mark_complete(self, key: str, tar_index: int) -> None:
-        """The completion marker: the last write of a (tar, target key); atomic (one chunk file)."""
+        """The completion marker: the last write of a (tar, target key); atomic (one chunk object)."""
         self.array(key, "complete")[tar_index] = 1
 
 

@@ -278,11 +278,56 @@ def decode_sample(raw: RawSample, limits: ImageLimits = ImageLimits()) -> Sample
     )
 
 
-def read_member(path: str, offset: int, size: int) -> bytes:
-    """The bytes of one member, by its recorded location (random access)."""
-    with open_binary(path) as f:
+class RangeReader:
+    """Random access to members of many tars, keeping one open handle per tar (per process).
+
+    For a URL the handle does no read-ahead caching, so ``read(offset, size)`` is exactly one
+    ranged GET of the member's bytes; opening a remote file costs a HEAD request, which the
+    cache pays once per tar and process. Handles are forgotten in a forked child (a DataLoader
+    worker): sockets and event loops must not be shared across processes, so each worker opens
+    its own.
+    """
+
+    def __init__(self, max_open: int = 64):
+        self.max_open = max_open
+        self._pid = os.getpid()
+        self._handles: dict[str, IO[bytes]] = {}
+
+    def _handle(self, path: str) -> IO[bytes]:
+        if self._pid != os.getpid():
+            self._handles, self._pid = {}, os.getpid()  # inherited from the parent: not ours to use
+        f = self._handles.pop(path, None)
+        if f is None:
+            if len(self._handles) >= self.max_open:  # least recently used first
+                self._handles.pop(next(iter(self._handles))).close()
+            if is_url(path):
+                import fsspec
+
+                fs, p = fsspec.core.url_to_fs(path)
+                f = fs.open(p, "rb", cache_type="none")  # no read-ahead: one ranged GET per read
+            else:
+                f = open(path.removeprefix("file://"), "rb")
+        self._handles[path] = f  # most recently used last
+        return f
+
+    def read(self, path: str, offset: int, size: int) -> bytes:
+        f = self._handle(path)
         f.seek(offset)
-        data = f.read(size)
+        return f.read(size)
+
+    def close(self) -> None:
+        for f in self._handles.values():
+            f.close()
+        self._handles.clear()
+
+
+_READER = RangeReader()
+
+
+def read_member(path: str, offset: int, size: int) -> bytes:
+    """The bytes of one member, by its recorded location: one ranged read through this
+    process's :class:`RangeReader` (local file or object-store URL)."""
+    data = _READER.read(path, offset, size)
     if len(data) != size:
         raise ShardError(f"{path}: member at offset {offset} is cut short ({len(data)} of {size} bytes)")
     return data

@@ -50,6 +50,12 @@ def featurize_in_process(config) -> None:
 
 
 @pytest.fixture(scope="session")
+def featurize_here():
+    """:func:`featurize_in_process`, for test modules (a `conftest` import is ambiguous)."""
+    return featurize_in_process
+
+
+@pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory, repo):
     """The `tiny` pipeline featurized on 40 sample photos (+ a few bad samples): (config, store path)."""
     from radio.config import load_pipeline
@@ -61,3 +67,64 @@ def tiny_store(tmp_path_factory, repo):
                            store=str(root / "store.zarr"), out=str(root / "run"))  # fmt: skip
     featurize_in_process(config)
     return config, root / "store.zarr"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API on localhost: moto's server, on 127.0.0.1 and a free port, for the whole
+    session. Sets the usual AWS_* variables (inherited by subprocesses and their Ray workers);
+    yields the endpoint URL; ends the server by its PID."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto server did not start on {endpoint}") from None
+            time.sleep(0.2)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": endpoint}  # fmt: skip
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield endpoint
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_bucket(s3_server):
+    """A fresh bucket on the session's S3 server: ``s3://NAME``."""
+    import uuid
+
+    import s3fs
+
+    name = f"radio-{uuid.uuid4().hex[:8]}"
+    s3fs.S3FileSystem().mkdir(name)
+    return f"s3://{name}"
