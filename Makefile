@@ -1,13 +1,14 @@
 # Two commands do all the set-up on a fresh clone:
 #   make demo   create .venv if missing, install, run the tiny pipeline end to end
 #   make test   same set-up, then the full test suite
+#   make typecheck  mypy over the package (settings in pyproject.toml); CI runs it and make test
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIPELINE ?= tiny
 
-.PHONY: demo test bench install clean
+.PHONY: demo test typecheck bench install clean
 
 install: $(STAMP)
 
@@ -24,6 +25,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+typecheck: $(STAMP)
+	$(BIN)/python -m mypy
 
 bench: $(STAMP)
 	bash scripts/bench.sh

@@ -9,8 +9,9 @@ the same order, and each DDP rank takes its contiguous slice of the global batch
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,7 +64,7 @@ def flips_for(rows: np.ndarray, seed: int, partition: int, step: int) -> np.ndar
     return np.random.default_rng([seed, partition, step, 1]).random(len(rows)) < 0.5
 
 
-class PartitionRows(Dataset):
+class PartitionRows(Dataset[dict[str, Any]]):
     """``dataset[(row, flip)]`` → ``{"image": [3, r, r] float in [0, 1], "row": int,
     "targets": {key: {"features": [h, w, C] float32, "summary": [Cs] float32}}}``.
 
@@ -76,7 +77,7 @@ class PartitionRows(Dataset):
         self.targets = targets
         self.limits = limits
         self._manifest: dict[int, dict] | None = None
-        self._arrays: dict[tuple[str, str], object] = {}
+        self._arrays: dict[tuple[str, str], Any] = {}  # zarr.Array: its [] is typed as scalar | array
 
     def _open(self) -> dict[int, dict]:
         """The manifest by row; opens the arrays once (opening reads metadata files)."""
@@ -94,7 +95,7 @@ class PartitionRows(Dataset):
         pixels = read_image(m["tar"], m["offset"], m["size"], self.limits)
         return crop_resize(pixels, CropBox(m["crop_x"], m["crop_y"], m["crop_size"]), self.resolution)
 
-    def __getitem__(self, item: tuple[int, bool]) -> dict:
+    def __getitem__(self, item: tuple[int, bool]) -> dict[str, Any]:
         row, flip = int(item[0]), bool(item[1])
         image = torch.from_numpy(self.image(row).copy()).permute(2, 0, 1).float().div_(255.0)
         targets = {}
@@ -134,7 +135,7 @@ class StepBatches:
         self.rows, self.batch_size, self.seed, self.partition = rows, batch_size, seed, partition
         self.start, self.stop, self.rank, self.world, self.flip = start, stop, rank, world, flip
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
         local = self.batch_size // self.world
         for step in range(self.start, self.stop):
             rows = global_batch(self.rows, self.batch_size, self.seed, self.partition, step)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 import torch
@@ -19,6 +20,11 @@ from torch import nn
 from .adaptors import AdaptorOutput, AdaptorSpec
 from .checkpoint import load_weights, save_weights
 from .student import Student
+
+if TYPE_CHECKING:
+    from radio.config import PipelineConfig
+    from radio.store.layout import FeatureStore
+    from radio.store.normalizers import Normalizer
 
 EXPORT_FORMAT = "radio-export/1"
 
@@ -54,7 +60,7 @@ class RadioModel(nn.Module):
     def _output(self, out) -> RadioOutput:
         adaptors = {}
         for name, a in out.adaptors.items():
-            feats = self.normalizers[name].denormalize(a.features.float()) if name in self.normalizers else a.features
+            feats = cast("Normalizer", self.normalizers[name]).denormalize(a.features.float()) if name in self.normalizers else a.features
             adaptors[name] = AdaptorOutput(a.summary, feats)
         return RadioOutput(out.summary.flatten(1), out.features, adaptors)
 
@@ -63,13 +69,14 @@ class RadioModel(nn.Module):
         return self._output(self.student(images))
 
     @torch.inference_mode()
-    def forward_intermediates(self, images: torch.Tensor, indices, aggregation: str = "sparse"):
+    def forward_intermediates(self, images: torch.Tensor, indices: int | list[int],
+                              aggregation: Literal["sparse", "dense"] = "sparse") -> tuple[RadioOutput, list[torch.Tensor]]:
         """``(RadioOutput, [B, h, w, D] per chosen layer)``; see :meth:`Student.forward_intermediates`."""
         out, inter = self.student.forward_intermediates(images, indices, aggregation)
         return self._output(out), inter
 
 
-def export(run: Path, out: Path, store, config, stage: int | None = None) -> Path:
+def export(run: Path, out: Path, store: FeatureStore, config: PipelineConfig, stage: int | None = None) -> Path:
     """Write ``out/model.safetensors`` and ``out/config.json`` from a run's final weights.
 
     Each teacher's features are de-normalized with the normalizer of its key in the exported
@@ -88,8 +95,8 @@ def export(run: Path, out: Path, store, config, stage: int | None = None) -> Pat
     specs = adaptor_specs(store, config)
     keys: dict[str, str] = {}
     for part in config.stages[stage - 1].partitions:
-        for key in part.targets:
-            keys[config.target(key)[0]] = key  # later partitions (higher resolution) win
+        for target_key in part.targets:
+            keys[config.target(target_key)[0]] = target_key  # later partitions (higher resolution) win
     tensors = {f"student.{k}": v for k, v in weights.items()}
     teachers = []
     for spec in specs:

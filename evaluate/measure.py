@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,6 +20,11 @@ from .errors import EvalError
 from .fidelity import FidelityAccumulator, geometric_mean
 from .images import LabeledSplit, load_batch
 from .knn import knn_scores, topk_accuracy
+if TYPE_CHECKING:
+    from radio.config import PipelineConfig
+    from radio.distill.export import RadioModel
+    from radio.store.layout import FeatureStore
+
 from .zero_shot import DEFAULT_TEMPLATES, build_prompts, text_classifier, zero_shot_scores
 
 Encoder = StudentEncoder | TeacherEncoder
@@ -101,7 +107,7 @@ class FidelityResult:
     geometric_mean: dict[str, float]
 
 
-def measure_fidelity(model, store, config, rows: str = "held-out", stage: int | None = None,
+def measure_fidelity(model: RadioModel, store: FeatureStore, config: PipelineConfig, rows: str = "held-out", stage: int | None = None,
                      max_rows: int | None = None, batch_size: int = 8) -> FidelityResult:  # fmt: skip
     """F[X] of an exported ``model`` (``radio.load``) on the store rows of ``config``.
 
@@ -140,7 +146,7 @@ def measure_fidelity(model, store, config, rows: str = "held-out", stage: int | 
                    else Normalizer.from_store(store, k, "features", config.normalization) for k in keys}  # fmt: skip
     limits = ImageLimits(config.data.min_image_size, config.data.max_image_pixels)
     device = next(model.parameters()).device
-    results = []
+    results: list[dict[str, Any]] = []
     for resolution, targets in partitions:
         data = PartitionRows(str(store.path), resolution, targets, limits)
         acc = {t.key: FidelityAccumulator(t.key, "features", normalizers[t.key]) for t in targets}
