@@ -50,7 +50,7 @@ def list_images(folder: str | Path) -> list[Path]:
 def load_square(path: Path, size: int, limits: ImageLimits | None = None) -> np.ndarray:
     """The image's largest centred square resized to ``[size, size, 3] uint8``."""
     decoded = decode_image(Path(path).read_bytes(), limits or ImageLimits())
-    if not decoded.ok:
+    if not decoded.ok or decoded.pixels is None:
         raise EvalError(f"{path}: cannot use this image ({decoded.reason})")
     h, w = decoded.pixels.shape[:2]
     return crop_resize(decoded.pixels, choose_crop(0, "", w, h, "center_square", (1.0, 1.0)), size)
