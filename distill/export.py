@@ -60,7 +60,8 @@ class RadioModel(nn.Module):
     def _output(self, out) -> RadioOutput:
         adaptors = {}
         for name, a in out.adaptors.items():
-            feats = cast("Normalizer", self.normalizers[name]).denormalize(a.features.float()) if name in self.normalizers else a.features
+            norm = cast("Normalizer", self.normalizers[name]) if name in self.normalizers else None
+            feats = norm.denormalize(a.features.float()) if norm is not None else a.features
             adaptors[name] = AdaptorOutput(a.summary, feats)
         return RadioOutput(out.summary.flatten(1), out.features, adaptors)
 

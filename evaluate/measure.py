@@ -20,12 +20,12 @@ from .errors import EvalError
 from .fidelity import FidelityAccumulator, geometric_mean
 from .images import LabeledSplit, load_batch
 from .knn import knn_scores, topk_accuracy
+from .zero_shot import DEFAULT_TEMPLATES, build_prompts, text_classifier, zero_shot_scores
+
 if TYPE_CHECKING:
     from radio.config import PipelineConfig
     from radio.distill.export import RadioModel
     from radio.store.layout import FeatureStore
-
-from .zero_shot import DEFAULT_TEMPLATES, build_prompts, text_classifier, zero_shot_scores
 
 Encoder = StudentEncoder | TeacherEncoder
 
@@ -107,8 +107,8 @@ class FidelityResult:
     geometric_mean: dict[str, float]
 
 
-def measure_fidelity(model: RadioModel, store: FeatureStore, config: PipelineConfig, rows: str = "held-out", stage: int | None = None,
-                     max_rows: int | None = None, batch_size: int = 8) -> FidelityResult:  # fmt: skip
+def measure_fidelity(model: RadioModel, store: FeatureStore, config: PipelineConfig, rows: str = "held-out",
+                     stage: int | None = None, max_rows: int | None = None, batch_size: int = 8) -> FidelityResult:  # fmt: skip
     """F[X] of an exported ``model`` (``radio.load``) on the store rows of ``config``.
 
     Keys and resolutions are the partitions of ``stage`` (default: the stage the export was
