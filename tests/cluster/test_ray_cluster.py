@@ -1,4 +1,4 @@
-"""`radio featurize --address` on a real two-node Ray cluster: a head (`ray start --head`) and a
+"""`radio featurize --address` (and `RAY_ADDRESS`) on a real two-node Ray cluster: a head (`ray start --head`) and a
 worker (`ray start --address`) on this machine, each with its own temp dir, ended by PID.
 
 Only ``--address`` decides where the job runs: the driver attaches to the cluster (it is one of
@@ -93,23 +93,30 @@ def test_featurize_attaches_to_a_two_node_cluster_and_the_store_verifies(two_nod
     address, procs = two_node_cluster
     write_sample_data(tmp_path / "shards", images=16, shard_size=8, seed=5, corrupt=0)
     store = tmp_path / "store.zarr"
-    cmd = [str(Path(sys.executable).with_name("radio")), "featurize", "--config", str(repo / "pipelines.yaml"),
-           "--pipeline", "tiny", "--data", str(tmp_path / "shards" / "*.tar"), "--store", str(store),
-           "--teacher", "dinov2", "--address", address]  # fmt: skip
-    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path)
-    out, err = run.communicate(timeout=600)
-    assert run.returncode == 0, out[-2000:] + err[-3000:]
+    radio = str(Path(sys.executable).with_name("radio"))
+    base = [radio, "featurize", "--config", str(repo / "pipelines.yaml"), "--pipeline", "tiny",
+            "--data", str(tmp_path / "shards" / "*.tar"), "--store", str(store)]  # fmt: skip
+    # One teacher through --address, another through RAY_ADDRESS alone: either attaches.
+    drivers = []
+    for extra, env in ((["--teacher", "dinov2", "--address", address], ENV),
+                       (["--teacher", "clip"], ENV | {"RAY_ADDRESS": address})):  # fmt: skip
+        run = subprocess.Popen([*base, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               cwd=tmp_path)  # fmt: skip
+        out, err = run.communicate(timeout=600)
+        assert run.returncode == 0, out[-2000:] + err[-3000:]
+        drivers.append(run.pid)
 
     after = _nodes(address, 2)
     assert after["nodes"] == 2 and all(p.poll() is None for p in procs)  # the cluster is untouched
-    assert run.pid in after["driver_pids"]  # the featurize driver was one of this cluster's jobs
-    verify = subprocess.run([str(Path(sys.executable).with_name("radio")), "store", "verify", str(store)],
+    assert set(drivers) <= set(after["driver_pids"])  # both featurize drivers were this cluster's jobs
+    verify = subprocess.run([radio, "store", "verify", str(store)],
                             capture_output=True, text=True, env=ENV)  # fmt: skip
     assert verify.returncode == 0, verify.stdout + verify.stderr
     from radio.store.layout import FeatureStore
 
     fs = FeatureStore(store)
-    keys = [k for k in fs.target_keys if k.startswith("dinov2")]
+    keys = [k for k in fs.target_keys if k.startswith(("dinov2", "clip"))]
     tars = len(list((tmp_path / "shards").glob("*.tar")))
-    assert keys and all(fs.completed(k).all() and len(fs.completed(k)) == tars for k in keys)  # every tar, every key
+    assert {k.split("@")[0] for k in keys} == {"dinov2", "clip"}
+    assert all(fs.completed(k).all() and len(fs.completed(k)) == tars for k in keys)  # every tar, every key
     assert sum(fs.manifest().column("valid").to_pylist()) == 16
