@@ -2,13 +2,14 @@
 #   make demo   create .venv if missing, install, run the tiny pipeline end to end
 #   make test   same set-up, then the full test suite
 #   make experiments  the paper's findings at small scale (`radio experiment all`, regenerates README)
+#   make typecheck  mypy over the package (settings in pyproject.toml); CI runs it and make test
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIPELINE ?= tiny
 
-.PHONY: demo test bench experiments install clean
+.PHONY: demo test typecheck bench experiments install clean
 
 install: $(STAMP)
 
@@ -25,6 +26,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+typecheck: $(STAMP)
+	$(BIN)/python -m mypy
 
 bench: $(STAMP)
 	bash scripts/bench.sh

@@ -14,6 +14,9 @@
 
 from __future__ import annotations
 
+if __name__ != "radio.compress":  # one file, one module: the folder is the package radio.compress
+    raise ImportError(f"import radio.compress, not {__name__}: compress/ is importable only as radio.compress")
+
 from .baselines import avg_pool_tokens, pixel_shuffle_tokens, pixel_unshuffle_tokens, pool_grid
 from .compare import MethodScore, compare_methods
 from .module import TokenMerger

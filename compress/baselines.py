@@ -52,8 +52,9 @@ def pool_grid(grid: tuple[int, int], tokens: int, max_aspect: float = MAX_ASPECT
             fallback = max(fallback or key, key)
             if err <= math.log(max_aspect) + 1e-12:
                 best = max(best or key, key)
-    key = best or fallback
-    return key[2], key[0] // key[2]
+    chosen = best or fallback
+    assert chosen is not None  # tokens ≥ 1, so the 1×1 grid is always a candidate
+    return chosen[2], chosen[0] // chosen[2]
 
 
 def pool_groups(grid: tuple[int, int], pooled: tuple[int, int], device=None) -> torch.Tensor:

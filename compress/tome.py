@@ -290,6 +290,7 @@ def merge_tokens(x: torch.Tensor, grid: tuple[int, int], tokens: int, *, stride:
         is_dst = window_destinations(pos_in[anchor], grid, window, partial=not first, keys=keys)
         n_dst = is_dst.sum(1)
         if layout == "random":
+            assert generator is not None  # set above for the random layout
             is_dst = _random_subset(n_dst, n, b, generator, shared=first)
         caps = torch.where(n_dst > 0, n - n_dst, torch.zeros_like(n_dst))
         r = min(n - tokens, int(caps.min()))

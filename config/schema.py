@@ -18,11 +18,11 @@ Vocabulary (paper / DESIGN.md §4):
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-PATCH = 16
+PATCH: Final = 16
 """The student's patch size; student resolutions are multiples of it."""
 
 TARGET_KEY = re.compile(r"^[a-z0-9_]+@(\d+)$")

@@ -15,10 +15,11 @@ the store's dtype; :func:`on_device` converts them once they are on the device.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -236,7 +237,7 @@ class StepBatches:
         self.batch_size, self.seed, self.partition = batch_size, seed, partition
         self.start, self.stop, self.rank, self.world, self.flip = start, stop, rank, world, flip
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
         local = self.batch_size // self.world
         for step in range(self.start, self.stop):
             rows = self.order.batch(step)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 import torch
@@ -25,6 +26,11 @@ from radio.errors import RadioError
 from .adaptors import AdaptorOutput, AdaptorSpec
 from .checkpoint import load_weights, save_weights
 from .student import Student
+
+if TYPE_CHECKING:
+    from radio.config import PipelineConfig
+    from radio.store.layout import FeatureStore
+    from radio.store.normalizers import Normalizer
 
 EXPORT_FORMAT = "radio-export/1"
 
@@ -60,7 +66,8 @@ class RadioModel(nn.Module):
     def _output(self, out) -> RadioOutput:
         adaptors = {}
         for name, a in out.adaptors.items():
-            feats = self.normalizers[name].denormalize(a.features.float()) if name in self.normalizers else a.features
+            norm = cast("Normalizer", self.normalizers[name]) if name in self.normalizers else None
+            feats = norm.denormalize(a.features.float()) if norm is not None else a.features
             adaptors[name] = AdaptorOutput(a.summary, feats)
         return RadioOutput(out.summary.flatten(1), out.features, adaptors)
 
@@ -69,7 +76,8 @@ class RadioModel(nn.Module):
         return self._output(self.student(images))
 
     @torch.inference_mode()
-    def forward_intermediates(self, images: torch.Tensor, indices, aggregation: str = "sparse"):
+    def forward_intermediates(self, images: torch.Tensor, indices: int | list[int],
+                              aggregation: Literal["sparse", "dense"] = "sparse") -> tuple[RadioOutput, list[torch.Tensor]]:
         """``(RadioOutput, [B, h, w, D] per chosen layer)``; see :meth:`Student.forward_intermediates`."""
         out, inter = self.student.forward_intermediates(images, indices, aggregation)
         return self._output(out), inter

@@ -98,6 +98,8 @@ class InputConditioner(nn.Module):
 
     def __init__(self, mean: Sequence[float] = OPENAI_CLIP_MEAN, std: Sequence[float] = OPENAI_CLIP_STD):
         super().__init__()
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
@@ -152,7 +154,8 @@ class Student(nn.Module):
         self.registers = nn.Parameter(torch.zeros(1, self.num_registers, spec.dim)) if self.num_registers else None
         norm = partial(nn.LayerNorm, eps=1e-6)
         self.blocks = nn.ModuleList(
-            Block(spec.dim, spec.heads, spec.mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(spec.depth)
+            Block(spec.dim, spec.heads, spec.mlp_ratio, qkv_bias=True, norm_layer=norm)  # type: ignore[arg-type]
+            for _ in range(spec.depth)  # (timm types norm_layer as a class; it takes any callable)
         )
         self.adaptors = nn.ModuleDict({t.name: TeacherAdaptor(t, spec.dim, adaptor_hidden, adaptor_inner) for t in self.teachers})
         self._init_weights()
@@ -262,14 +265,15 @@ class Student(nn.Module):
         chosen_blocks = set(take)
         tokens, (h, w) = self.embed(x, generator)
         intermediates: list[torch.Tensor] = []
-        total, count = None, 0
+        total: torch.Tensor | None = None
+        count = 0
         for i, block in enumerate(self.blocks):
             tokens = block(tokens)
             if aggregation == "dense" and i <= take[-1]:
                 patches = tokens[:, self.num_prefix_tokens :].float()
                 total, count = (patches if total is None else total + patches), count + 1
             if i in chosen_blocks:
-                chosen = tokens if aggregation == "sparse" else (total / count).to(tokens.dtype)
+                chosen = tokens if aggregation == "sparse" or total is None else (total / count).to(tokens.dtype)
                 intermediates.append(self._patch_grid(chosen, h, w))
                 total, count = None, 0
         return self.head(tokens, h, w), intermediates

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -176,7 +177,8 @@ def train_stage(
         distributed.teardown(d)
 
 
-def _train(config, stage, d, steps, run, init, workers, flip, on_step) -> StageResult:
+def _train(config: PipelineConfig, stage: int, d: distributed.Dist, steps: int | None, run: Path, init: Path | None,
+           workers: int, flip: bool, on_step: Callable[[dict], None] | None) -> StageResult:
     # ---- set-up: store, targets, student, loss, optimizer ------------------------------------
     cfg = config.stages[stage - 1]
     store = FeatureStore(config.store.path)
@@ -219,7 +221,7 @@ def _train(config, stage, d, steps, run, init, workers, flip, on_step) -> StageR
             find_unused_parameters=used != set(student.adaptors.keys()),  # a teacher absent from this stage
         )  # fmt: skip
     if cfg.compile:
-        model = torch.compile(model)
+        model = cast(nn.Module, torch.compile(model))
 
     # ---- data: deterministic batches from (seed, stage, partition, step) -----------------------
     limits = ImageLimits(config.data.min_image_size, config.data.max_image_pixels)
@@ -292,7 +294,7 @@ def _train(config, stage, d, steps, run, init, workers, flip, on_step) -> StageR
             record = {"step": step, "lr": lr, **{n: float(v) for n, v in zip(names, values.cpu())},
                       "images_per_s": images / dt, "data_wait": t_data / dt}  # fmt: skip
             losses.append(record["total"])
-            if d.main:
+            if log is not None:  # rank 0 only
                 log.write(json.dumps(record) + "\n")
                 log.flush()
             if on_step:

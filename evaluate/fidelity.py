@@ -92,6 +92,7 @@ class ChannelMoments:
         if self.mean is None:
             self.count, self.mean, self.m2 = n, mean, m2
             return
+        assert self.m2 is not None  # set together with mean
         total = self.count + n
         delta = mean - self.mean
         self.mean = self.mean + delta * (n / total)

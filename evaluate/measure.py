@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +21,11 @@ from .fidelity import FidelityAccumulator, geometric_mean
 from .images import LabeledSplit, load_batch
 from .knn import knn_scores, topk_accuracy
 from .zero_shot import DEFAULT_TEMPLATES, build_prompts, text_classifier, zero_shot_scores
+
+if TYPE_CHECKING:
+    from radio.config import PipelineConfig
+    from radio.distill.export import RadioModel
+    from radio.store.layout import FeatureStore
 
 Encoder = StudentEncoder | TeacherEncoder
 
@@ -101,8 +107,8 @@ class FidelityResult:
     geometric_mean: dict[str, float]
 
 
-def measure_fidelity(model, store, config, rows: str = "held-out", stage: int | None = None,
-                     max_rows: int | None = None, batch_size: int = 8) -> FidelityResult:  # fmt: skip
+def measure_fidelity(model: RadioModel, store: FeatureStore, config: PipelineConfig, rows: str = "held-out",
+                     stage: int | None = None, max_rows: int | None = None, batch_size: int = 8) -> FidelityResult:  # fmt: skip
     """F[X] of an exported ``model`` (``radio.load``) on the store rows of ``config``.
 
     Keys and resolutions are the partitions of ``stage`` (default: the stage the export was
@@ -139,7 +145,7 @@ def measure_fidelity(model, store, config, rows: str = "held-out", stage: int | 
     normalizers = {k: normalizer_for(store, key=k, mode=config.normalization) for k in keys}  # the teacher's
     limits = ImageLimits(config.data.min_image_size, config.data.max_image_pixels)
     device = next(model.parameters()).device
-    results = []
+    results: list[dict[str, Any]] = []
     # Raw fp16 targets when present; keys whose raw targets were dropped are decoded from their
     # compact codec and mapped back to the teacher's space.
     from radio.distill.compact_targets import build_decoders, decode_targets, raw_dropped, to_teacher_space

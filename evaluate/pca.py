@@ -82,7 +82,7 @@ def render_grid(
             x = label_width + gap + c * (cell + gap)
             a = np.asarray(img)
             a = a if a.dtype == np.uint8 else (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
-            canvas.paste(Image.fromarray(a).resize((cell, cell), Image.NEAREST), (x, y))
+            canvas.paste(Image.fromarray(a).resize((cell, cell), Image.Resampling.NEAREST), (x, y))
             row_boxes.append([x, y, x + cell, y + cell])
         boxes.append(row_boxes)
     layout = {"rows": list(row_labels), "columns": list(col_labels), "cell": cell, "gap": gap,

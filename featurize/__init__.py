@@ -1,0 +1,2 @@
+if __name__ != "radio.featurize":  # one file, one module: the folder is the package radio.featurize
+    raise ImportError(f"import radio.featurize, not {__name__}: featurize/ is importable only as radio.featurize")

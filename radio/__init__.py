@@ -1,7 +1,8 @@
 """radio: train agglomerative vision foundation models (RADIO-AMP) and use them.
 
-The parts live in their own folders (``radio.store``, ``radio.featurize``, ``radio.distill``,
-``radio.evaluate``, ``radio.cli``); this package holds only the inference entry point::
+The parts live in their own top-level folders, linked in here (``radio/store -> ../store``, ...):
+``radio.store``, ``radio.featurize``, ``radio.distill``, ``radio.evaluate``, ``radio.cli``. This
+file holds only the inference entry point::
 
     model = radio.load("exports/tiny")        # a folder written by `radio export`
     out = model(images)                        # images [B, 3, H, W] in [0, 1], H, W multiples of 16

@@ -55,4 +55,4 @@ def crop_resize(pixels: np.ndarray, box: CropBox, size: int) -> np.ndarray:
     if crop.shape[0] == size and crop.shape[1] == size:
         return np.ascontiguousarray(crop)
     # PIL widens the bicubic kernel when shrinking, i.e. antialiases, which torch's default does not.
-    return np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((size, size), Image.BICUBIC))
+    return np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((size, size), Image.Resampling.BICUBIC))

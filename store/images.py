@@ -82,7 +82,7 @@ def decode_image(data: bytes | None, limits: ImageLimits = ImageLimits()) -> Dec
         with warnings.catch_warnings():
             # PIL warns (and raises past 2x its own limit) on huge images; our limit decides.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
         w, h = img.size
         if w * h > limits.max_pixels:
             return Decoded(None, "decompression_bomb")
