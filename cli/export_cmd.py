@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -31,7 +31,7 @@ def export(
     """
     from radio.distill.export import export as do_export
 
-    cfg = load(config, pipeline, store=store) if run is None or pipeline or store else None
+    cfg: Any = load(config, pipeline, store=store) if run is None or pipeline or store else None  # set if run is None
     where = do_export(run or Path(cfg.out), out, _store_if_present(cfg), cfg, stage, fmt)
     if fmt == "timm":
         from radio.distill.export_timm import TIMM_VARIANTS, prefix_tokens

@@ -101,6 +101,7 @@ def compact(
         n = c.compact_store_key(fs, key, codec=codec, rank=rank, variance=variance, clip=clip, summary=summary,
                                 overwrite=overwrite)  # fmt: skip
         ck = c.compact_key(fs, key)
+        assert ck is not None  # just compacted
         kept = c.variance_retained(fs, key)
         print(f"{key}: {ck.features.describe()}, {n} tars compacted, "
               f"{int(c.compact_complete(fs, key).sum())}/{len(fs.plan.tars)} done, variance retained "

@@ -53,7 +53,7 @@ tokens divided by group sizes, so gradients flow to ``x`` through them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -270,7 +270,7 @@ def merge_tokens(x: torch.Tensor, grid: tuple[int, int], tokens: int, *, stride:
         raise ValueError(f"target of {tokens} tokens is outside [1, {n_in}]")
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r} (known: {', '.join(LAYOUTS)})")
-    stride = auto_stride(grid, tokens) if stride == "auto" else tuple(stride)
+    stride = auto_stride(grid, tokens) if stride == "auto" else cast("tuple[int, int]", tuple(stride))
     sy, sx = stride
     if sy < 1 or sx < 1 or sy * sx < 2:
         raise ValueError(f"stride {stride} must be ≥ 1 in each direction with at least 2 tokens per window")

@@ -28,10 +28,12 @@ def compact_keys(store: FeatureStore, keys: list[str]) -> dict[str, CompactKey]:
     A key with some tars only compact (written so by featurize) and others only raw cannot be read
     either way: :class:`StoreError` says to compact the rest.
     """
-    out = {}
+    out: dict[str, CompactKey] = {}
     for k in keys:
         if reads_compact(store, k):
-            out[k] = compact_key(store, k)
+            ck = compact_key(store, k)
+            assert ck is not None  # reads_compact: the key has a codec
+            out[k] = ck
             check_normalizer(store, out[k])
         elif raw_missing(store, k)[store.completed(k)].any():
             left = int((store.completed(k) & ~compact_complete(store, k)).sum())
@@ -58,6 +60,14 @@ class CompactDecoder(nn.Module):
     ``features [B, h, w, K]`` one byte → ``[B, h, w, C]`` float32 in PHI-S space; ``summary
     [B, Ks]`` one byte → ``[B, Cs]`` float32 in the teacher's space.
     """
+
+    # buffers registered in __init__ (by _codec_buffers)
+    features_scale: torch.Tensor
+    features_basis: torch.Tensor | None
+    summary_scale: torch.Tensor
+    summary_basis: torch.Tensor | None
+    summary_inverse: torch.Tensor
+    summary_mean: torch.Tensor
 
     def __init__(self, ck: CompactKey, store: FeatureStore):
         super().__init__()

@@ -11,6 +11,7 @@ interpolating SAM features ruins them, paper §4.2).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -63,7 +64,7 @@ class DistillLoss(nn.Module):
     Keys in ``prenormalized`` (compact keys, decoded straight into PHI-S space) skip ``normalize``.
     """
 
-    def __init__(self, partitions: list[tuple[int, list[KeyTarget]]], normalizers: dict[str, nn.Module],
+    def __init__(self, partitions: list[tuple[int, list[KeyTarget]]], normalizers: Mapping[str, nn.Module],
                  prenormalized: frozenset[str] = frozenset()):  # fmt: skip
         super().__init__()
         self.partitions = partitions

@@ -82,7 +82,8 @@ class ShardRuns:
             expected = offsets[0] + np.arange(len(idx), dtype=np.uint64) * np.uint64(self.row_bytes)
             if (offsets == EMPTY).any() or (sizes != self.row_bytes).any() or (offsets != expected).any():
                 return False
-            view = memoryview(out.view(np.uint8).reshape(-1))
+            # numpy's stubs give ndarray __buffer__ only for Python >= 3.12 (mypy checks 3.11)
+            view = memoryview(out.view(np.uint8).reshape(-1))  # type: ignore[arg-type]
             got = os.preadv(fd, [view], int(offsets[0]))
             return got == view.nbytes
         finally:

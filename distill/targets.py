@@ -22,6 +22,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorstore as ts
@@ -111,10 +112,11 @@ class TargetReader:
 
     def read(self, rows: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
         arrays = self._open()
+        assert self._pool is not None  # started by _open
         rows = np.asarray(rows, dtype=np.int64)
         order = np.argsort(rows, kind="stable")
         ordered = rows[order]
-        pending: list[tuple[np.ndarray, int, object]] = []  # (out, first position, future)
+        pending: list[tuple[np.ndarray | None, Any, Any]] = []  # (out, first position, future); (None, key, future)
         direct_jobs: list[tuple] = []
         out: dict[str, dict[str, np.ndarray]] = {}
         with ts.Batch() as batch:

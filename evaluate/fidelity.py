@@ -129,6 +129,7 @@ class FidelityAccumulator:
 
     def result(self) -> KeyFidelity:
         mse, err_var = self._sse / self._values, self._error.total_variance
+        assert self._teacher.mean is not None  # _values > 0: add() has run
         channels = len(self._teacher.mean)
         f = math.inf if mse == 0.0 else self._teacher.total_variance / channels / mse
         ratio = math.inf if err_var == 0.0 else self._teacher.total_variance / err_var

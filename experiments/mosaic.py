@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -127,9 +128,9 @@ def _crops(config, n: int):
     from radio.store.shards import ShardReader
 
     rows = [r for r in FeatureStore(config.store.path).manifest().to_pylist() if r["valid"]][:n]
-    pixels = {}
+    pixels: dict[str, np.ndarray] = {}
     for tar in dict.fromkeys(r["tar"] for r in rows):
-        pixels |= {s.key: s.pixels for s in ShardReader(tar) if s.valid}
+        pixels |= {s.key: cast(np.ndarray, s.pixels) for s in ShardReader(tar) if s.valid}  # valid: decoded
     crops = [crop_resize(pixels[r["key"]], CropBox(r["crop_x"], r["crop_y"], r["crop_size"]), RESOLUTION) for r in rows]
     return [r["key"] for r in rows], torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
 
@@ -161,7 +162,7 @@ def tile_check(config, key: str, k: int, n: int) -> dict:
     fs = FeatureStore(config.store.path)
     manifest = fs.manifest().to_pylist()
     window = [r for r in manifest if r["tar_index"] == 0 and r["ordinal"] < fs.plan.shard_rows and r["valid"]]
-    pixels = {s.key: s.pixels for s in ShardReader(window[0]["tar"]) if s.valid}
+    pixels = {s.key: cast(np.ndarray, s.pixels) for s in ShardReader(window[0]["tar"]) if s.valid}  # valid: decoded
     teacher = create_teacher(config.teachers["sam"].model, config.teachers["sam"].weights)
     seed = config.featurize.seed
     stored = fs.array(key, "features")

@@ -17,6 +17,7 @@ pairs low- and high-resolution keys with its partitions. Two students, same tota
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 from . import common
 from .common import Outcome, Scale
@@ -75,7 +76,7 @@ def run(out: Path, scale: Scale) -> Outcome:
         table.append({"student": label, "fine": r.native["fine"], "coarse": r.native["coarse"], "all": r.native["all"],
                       "coarse (tiling)": (r.tiling or {}).get("coarse")})  # fmt: skip
     s, m = results["single"].native, results["multi"].native
-    agrees = all(m[k] < s[k] for k in ("fine", "coarse") if s[k] is not None and m[k] is not None)
+    agrees = all(cast(float, m[k]) < cast(float, s[k]) for k in ("fine", "coarse") if s[k] is not None and m[k] is not None)
     verdict = (f"Scale variance fine {s['fine']:.4g} → {m['fine']:.4g}, coarse "
                f"{_fmt(s['coarse'])} → {_fmt(m['coarse'])} (single → multi-stage; lower is better): "
                + (f"the multi-stage student is more scale-consistent, as in the paper: "

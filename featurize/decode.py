@@ -134,6 +134,7 @@ class TarDecoder:
             reasons[x.reason or "valid"] += 1
             keys[i] = x.key
             if box is not None:
+                assert x.pixels is not None  # a box only for a valid sample
                 valid[i] = True
                 for s in res:  # every geometry from the one decode
                     px[s][i] = crop_resize(x.pixels, box, s)
@@ -146,6 +147,7 @@ class TarDecoder:
     def _box(self, sample: Sample) -> CropBox | None:
         if not sample.valid:
             return None
+        assert sample.pixels is not None  # valid: decoded
         h, w = sample.pixels.shape[:2]
         s = self.settings
         return choose_crop(s.seed, sample.key, w, h, s.crop_kind, s.crop_scale)

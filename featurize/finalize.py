@@ -94,6 +94,7 @@ class Finalizer:
 
     def _finish(self, st: _TarState) -> Iterator[TarResult]:
         end = st.end
+        assert end is not None  # finished only once the end is known
         t = st.item["tar_index"]
         for w in st.item["work"]:
             work = WorkItem.from_json(json.dumps(w))

@@ -179,8 +179,9 @@ def run_on_ray(store: FeatureStore, items: list[WorkItem], settings: FeaturizeSe
     threads = None if gpus else max(1, (os.cpu_count() or 1) // n)
     gpu_total = accelerator_bytes() if gpus else 0
 
-    ds = ray.data.from_items([{"item": t.to_json()} for t in tars], override_num_blocks=len(tars))
-    ds = ds.map_batches(_decode, batch_size=1, num_cpus=decode_cpus, concurrency=decoders,
+    ds: ray.data.Dataset = ray.data.from_items([{"item": t.to_json()} for t in tars], override_num_blocks=len(tars))
+    # ray's stubs type map_batches' fn as taking the batch alone; fn_kwargs supplies the rest
+    ds = ds.map_batches(_decode, batch_size=1, num_cpus=decode_cpus, concurrency=decoders,  # type: ignore[arg-type]
                         fn_kwargs=dict(store_path=str(store.path), settings=settings, batch_size=batch_size))  # fmt: skip
     for s in specs:
         host, gpu = teacher_memory(s.model, s.keys, batch_size)

@@ -67,7 +67,7 @@ def rank_for_variance(eigenvalues: np.ndarray, variance: float) -> int:
     if not 0 < variance <= 1:
         raise CodecError(f"--variance {variance}: must be in (0, 1]")
     share = np.cumsum(eigenvalues) / max(float(eigenvalues.sum()), 1e-300)
-    return int(min(len(eigenvalues), np.searchsorted(share, variance - 1e-12) + 1))
+    return int(min(len(eigenvalues), int(np.searchsorted(share, variance - 1e-12)) + 1))
 
 
 def fit_codec(phis: PhiS, name: str = "int8", rank: int | None = None, variance: float | None = None,

@@ -117,5 +117,7 @@ def read_image_file(path: str | Path, limits: ImageLimits = ImageLimits()) -> np
         raise ImageReadError(f"cannot read image {path}: {e.strerror or e}") from None
     decoded = decode_image(data, limits)
     if not decoded.ok:
+        assert decoded.reason is not None  # not ok: there is a reason
         raise ImageReadError(f"cannot read image {path}: {decoded.reason.replace('_', ' ')}")
+    assert decoded.pixels is not None  # ok: there are pixels
     return decoded.pixels

@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 
 import zarr
+import zarr.abc.store
 import zarr.storage
 
 
