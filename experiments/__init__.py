@@ -8,6 +8,9 @@ fit-phis, distill, export, eval, compress), writing a table, a picture and a JSO
 
 from __future__ import annotations
 
+if __name__ != "radio.experiments":  # one file, one module: the folder is the package radio.experiments
+    raise ImportError(f"import radio.experiments, not {__name__}: experiments/ is importable only as radio.experiments")
+
 import time
 from pathlib import Path
 from types import ModuleType

@@ -8,6 +8,7 @@ which :func:`update_readme` splices into README.md between the experiment's mark
 
 from __future__ import annotations
 
+
 import json
 import shutil
 import time
@@ -19,8 +20,10 @@ from typing import Any
 from radio.config import PipelineConfig
 from radio.config.load import ConfigError, format_validation_error
 
+from radio.errors import RadioError
 
-class ExperimentError(ValueError):
+
+class ExperimentError(RadioError):
     """An experiment that cannot run (unknown name, a pipeline step that failed)."""
 
 

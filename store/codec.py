@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from radio.errors import RadioError
+
 from .hadamard import normalized_hadamard
 from .phis import PhiS
 
@@ -29,7 +31,7 @@ FP8_MAX = 448.0  # largest finite float8 e4m3fn
 DEFAULT_CLIP = 4.0
 
 
-class CodecError(ValueError):
+class CodecError(RadioError):
     """Codec parameters that cannot be used (bad rank, unknown codec, ...)."""
 
 

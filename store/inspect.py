@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
+import os
 from pathlib import Path
 from typing import Any
 

@@ -133,7 +133,9 @@ def test_a_store_planned_for_a_million_rows_opens_splits_and_serves_a_batch(tmp_
                 "valid": rows % 7 != 3, "reason": pa.nulls(per_tar, pa.string()), "width": np.full(per_tar, 64, np.int32),
                 "height": np.full(per_tar, 64, np.int32), "crop_x": np.zeros(per_tar, np.int32),
                 "crop_y": np.zeros(per_tar, np.int32), "crop_size": np.full(per_tar, 64, np.int32)}  # fmt: skip
-        pq.write_table(pa.table(cols, schema=MANIFEST_SCHEMA), store.manifest_path(t.index))
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.table(cols, schema=MANIFEST_SCHEMA), sink)
+        store.location.write_bytes(store.manifest_name(t.index), sink.getvalue().to_pybytes())
         store.mark_complete("k", t.index)
 
     manifest = Manifest.build(store)

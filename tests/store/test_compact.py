@@ -4,6 +4,7 @@ and the trainer on a stage mixing raw and compact keys."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,7 +84,7 @@ def test_cli_compact_info_drop_raw_and_errors(fitted, tmp_path):
     config, path = fitted
     store = _copy(path, tmp_path)
     runner = CliRunner()
-    shutil.rmtree(store.path / "normalizers" / "clip")  # the teacher of clip@112 has no normalizer
+    shutil.rmtree(Path(store.path) / "normalizers" / "clip")  # the teacher of clip@112 has no normalizer
     r = runner.invoke(app, ["store", "compact", str(store.path), "-k", "clip@112"])
     assert r.exit_code == 2
     assert r.output.strip().splitlines() == [
@@ -93,7 +94,7 @@ def test_cli_compact_info_drop_raw_and_errors(fitted, tmp_path):
     r = runner.invoke(app, ["store", "compact", str(store.path), "-k", KEY, "--summary", "--drop-raw"])
     assert r.exit_code == 0, r.output
     assert f"{KEY}: raw targets dropped" in r.output
-    assert not (store.path / "targets" / KEY / "features" / "c").exists()
+    assert not (Path(store.path) / "targets" / KEY / "features" / "c").exists()
     info = {k.key: k for k in store_info(store.path)["keys"]}[KEY]
     assert info.codec == "int8" and info.raw_dropped and info.variance_retained >= 0.999
     assert info.compact_bytes_per_sample / info.raw_bytes_per_sample == pytest.approx(0.5)
@@ -128,7 +129,7 @@ def test_featurize_writes_compact_directly_after_fit_phis_max_tars(tiny_store, r
     from radio.config import load_pipeline
     from radio.distill.compact_targets import compact_keys
     from radio.featurize.job import _settings, prepare, select
-    from radio.featurize.worker import TarFeaturizer
+    from radio.featurize.graph import build_stages, run_local
     from radio.store.sampledata import write_sample_data
 
     _, ref_path = tiny_store
@@ -137,20 +138,18 @@ def test_featurize_writes_compact_directly_after_fit_phis_max_tars(tiny_store, r
                            store=str(tmp_path / "store.zarr"), out=str(tmp_path / "run"))  # fmt: skip
     selection = select(config, ["dinov2"])
     store, items = prepare(config, selection)
-    worker = TarFeaturizer(str(store.path), _settings(config), batch_size=config.featurize.batch_size)
+    settings, batch = _settings(config), config.featurize.batch_size
     first, rest = items[:2], items[2:]
     assert rest
-    for item in first:
-        assert worker.process(item).error is None
+    assert all(r.error is None for r in run_local(store, first, settings, batch))
     fit_store(store, [KEY], allow_partial=True, max_tars=2)
     store, items = prepare(config, selection)  # the driver sees the normalizer: the rest is written compact
     assert [i.tar_index for i in items] == [i.tar_index for i in rest]
     ck = c.compact_key(store, KEY)
     assert ck.features.name == "int8" and ck.attrs["normalizer"]["tar_indices"] == [0, 1]
-    for item in items:
-        assert worker.process(item).error is None
+    assert all(r.error is None for r in run_local(store, items, settings, batch))
     t = store.plan.tars[rest[0].tar_index]
-    assert not (store.path / "targets" / KEY / "features" / "c" / str(t.row_start // store.plan.shard_rows)).exists()
+    assert not (Path(store.path) / "targets" / KEY / "features" / "c" / str(t.row_start // store.plan.shard_rows)).exists()
     assert c.raw_missing(store, KEY).tolist() == [False, False, True]
     assert verify_store(store.path) == []
     with pytest.raises(c.StoreError, match=r"^dinov2@112: some tars are stored only compact and 2 only raw; run"):
