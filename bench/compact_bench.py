@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from radio.featurize.graph import run_local
 from radio.featurize.job import plan_rows
 from radio.featurize.teachers import get_spec
-from radio.featurize.worker import FeaturizeSettings, KeyJob, TarFeaturizer, WorkItem
+from radio.featurize.worker import FeaturizeSettings, KeyJob, WorkItem
 from radio.store.codec import decode, encode, fit_codec, variance_retained
 from radio.store.compact import compact_store_key
 from radio.store.inspect import store_info
@@ -50,9 +51,8 @@ def _featurize(tmp: Path, model: str, job: KeyJob, images: int, batch: int) -> F
     store.create_target(job.key, grid=(g, g), feature_dim=spec.feature_dim, summary_dim=spec.summary_dim,
                         provenance={"grid": [g, g], "feature_dim": spec.feature_dim, "summary_dim": spec.summary_dim,
                                     "model": model})  # fmt: skip
-    worker = TarFeaturizer(str(store.path), FeaturizeSettings(), batch_size=batch)
-    for tp in store.plan.tars:
-        r = worker.process(WorkItem(tp.index, model, model, None, (job,)))
+    items = [WorkItem(tp.index, model, model, None, (job,)) for tp in store.plan.tars]
+    for r in run_local(store, items, FeaturizeSettings(), batch):
         assert r.error is None, r.error
     return store
 
@@ -141,9 +141,7 @@ def tiny_training(tmp: Path, steps: int) -> dict:
     config = load_pipeline(root / "pipelines.yaml", "tiny", data=str(tmp / "tiny_shards" / "*.tar"),
                            store=str(tmp / "raw.zarr"), out=str(tmp / "run_raw"))  # fmt: skip
     store, items = prepare(config, select(config))
-    worker = TarFeaturizer(str(store.path), _settings(config), batch_size=config.featurize.batch_size)
-    for item in items:
-        assert worker.process(item).error is None
+    assert all(r.error is None for r in run_local(store, items, _settings(config), config.featurize.batch_size))
     fit_store(store)
     shutil.copytree(tmp / "raw.zarr", tmp / "int8.zarr")
     compact = FeatureStore(tmp / "int8.zarr")

@@ -56,7 +56,7 @@ def build_store(path: Path, rows: int, big_rows: int, compressor: str) -> Featur
 
 
 def files_of(store: FeatureStore, key: str, name: str) -> list[Path]:
-    return sorted(p for p in (store.path / "targets" / key / name / "c").rglob("*") if p.is_file())
+    return sorted(p for p in (Path(store.path) / "targets" / key / name / "c").rglob("*") if p.is_file())
 
 
 def raw_read(files: list[Path]) -> int:
@@ -72,8 +72,8 @@ def zarr_async_read(store: FeatureStore, key: str, rows: np.ndarray) -> None:
     import zarr.api.asynchronous as za
 
     async def go():
-        feats = await za.open_array(store=str(store.path / "targets" / key / "features"), mode="r")
-        summ = await za.open_array(store=str(store.path / "targets" / key / "summary"), mode="r")
+        feats = await za.open_array(store=str(Path(store.path) / "targets" / key / "features"), mode="r")
+        summ = await za.open_array(store=str(Path(store.path) / "targets" / key / "summary"), mode="r")
         lo, hi = int(rows.min()), int(rows.max()) + 1
         await asyncio.gather(*(feats.getitem(int(r)) for r in rows), summ.getitem(slice(lo, hi)))
 
