@@ -108,6 +108,29 @@ print(json.dumps({"rows": len(m), "rss_mb": rss_mb() - before, "rss_file_mb": rs
 """
 
 
+def s3_read(local: Path, rows: np.ndarray, batch: int, local_rows_per_s: float) -> dict:
+    """Upload the store to a bucket on a local S3 server and read the 16x16 key in ``rows`` mode
+    through the trainer's reader (tensorstore's s3 driver, concurrent ranged GETs): the cost of
+    the network hop, as a ratio to the same reads from local disk."""
+    import s3fs
+
+    from radio.store.s3local import local_s3_server
+
+    with local_s3_server():
+        fs = s3fs.S3FileSystem()
+        fs.mkdir("bench")
+        fs.put(str(local), "bench/store.zarr", recursive=True)
+        reader = TargetReader("s3://bench/store.zarr", [("clip", True)])
+        order = EpochOrder(rows, batch, 0, 0, "rows", SHARD_ROWS)
+        batches = max(1, len(rows) // batch)
+        got = reader.read(order.batch(0))  # also checks the bytes: the same as the local read
+        want = TargetReader(local, [("clip", True)]).read(order.batch(0))
+        assert all(np.array_equal(got["clip"][n], want["clip"][n]) for n in want["clip"])
+        t = timed(lambda: [reader.read(order.batch(s)) for s in range(batches)], 1)
+    rate = batches * batch / t
+    return {"s3_rows_per_s": rate, "s3_ratio_to_local": rate / local_rows_per_s}
+
+
 def manifest_rss(folder: Path, n: int) -> dict:
     """Save a synthetic ``n``-row manifest, then open it in a fresh process and look up a batch
     of 1024 random rows. The cost is the private resident memory that added (``RssAnon``, after
@@ -133,6 +156,8 @@ def main() -> None:
     ap.add_argument("--compressor", choices=["none", "zstd"], default="none")
     ap.add_argument("--manifest-rows", type=int, default=10_000_000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--s3", action="store_true",
+                    help="also read the 16x16 key from a local S3 server (moto) and report it against local disk")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -168,6 +193,8 @@ def main() -> None:
             r["big_raw_rows_per_s"] = args.big_rows / t
             r["big_ratio_rows"] = r["big_rows_per_s"] / r["big_raw_rows_per_s"]
             r["big_ratio_blocks"] = r["big_blocks_per_s"] / r["big_raw_rows_per_s"]
+        if args.s3:
+            r |= s3_read(tmp / "store.zarr", rows, args.batch, r["rows_per_s"])
         m = manifest_rss(tmp / "manifest", args.manifest_rows)
     r["ratio_rows"] = r["rows_per_s"] / r["raw_rows_per_s"]
     r["ratio_blocks"] = r["blocks_per_s"] / r["raw_rows_per_s"]
@@ -180,6 +207,9 @@ def main() -> None:
     print(f"  blocks mode {r['blocks_per_s']:8.0f} rows/s  = {r['ratio_blocks']:.2f} of raw")
     print(f"  zarr async  {r['zarr_async_rows_per_s']:8.0f} rows/s  (rows mode, for comparison)")
     print(f"  raw read    {r['raw_rows_per_s']:8.0f} rows/s  ({r['raw_gb_per_s']:.2f} GB/s)")
+    if args.s3:
+        print(f"  from S3      {r['s3_rows_per_s']:8.0f} rows/s  = {r['s3_ratio_to_local']:.2f} of the same reads "
+              "on local disk (moto on 127.0.0.1)")
     if args.big_rows:
         print(f"64x64x1280 fp16 ({args.big_rows} rows, batches of 8): rows {r['big_rows_per_s']:.1f}/s "
               f"({r['big_ratio_rows']:.2f}), blocks {r['big_blocks_per_s']:.1f}/s ({r['big_ratio_blocks']:.2f}), "
