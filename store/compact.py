@@ -159,11 +159,14 @@ def prepare_compact(store: FeatureStore, key: str, codec: str = "int8", rank: in
     n, t, r = store.plan.total_rows, len(store.plan.tars), store.plan.shard_rows
     h, w = info.grid
     k = cf.stored_channels
+    # The raw arrays' compressor (the shipped pipelines store none): the trainer's direct reader
+    # serves uncompressed shards with one positioned read per run of rows.
+    compressors = tuple(store.array(key, "features").compressors) or None
     c.create_array("features", shape=(n, h, w, k), dtype=cf.dtype, chunks=(1, h, w, k), shards=(r, h, w, k),
-                   fill_value=0, dimension_names=("row", "y", "x", "channel"))  # fmt: skip
+                   compressors=compressors, fill_value=0, dimension_names=("row", "y", "x", "channel"))  # fmt: skip
     if cs is not None:
         c.create_array("summary", shape=(n, cs.stored_channels), dtype=cs.dtype, chunks=(r, cs.stored_channels),
-                       fill_value=0, dimension_names=("row", "channel"))  # fmt: skip
+                       compressors=compressors, fill_value=0, dimension_names=("row", "channel"))  # fmt: skip
     for stream, cd in (("features", cf), ("summary", cs)):
         if cd is None:
             continue
