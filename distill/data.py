@@ -153,7 +153,6 @@ class PartitionRows(Dataset):
                  limits: ImageLimits = ImageLimits(), manifest: str | Path | Manifest | None = None,
                  compact: frozenset[str] = frozenset()):  # fmt: skip
         self.store_path = store_path
-        self.compact = compact  # keys read from their compact arrays: one byte per value, decoded on the device
         self.resolution = resolution
         self.targets = targets
         self.limits = limits

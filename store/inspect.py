@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
-import os
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +165,7 @@ def _verify_compact(store: FeatureStore, key: str, manifests: dict[int, Any]) ->
     for tp in store.plan.tars:
         if not done[tp.index] or not tp.rows:
             continue
-        where = f"{key} compact tar {tp.index} ({os.path.basename(tp.path)})"
+        where = f"{key} compact tar {tp.index} ({posixpath.basename(tp.path)})"
         m = manifests.get(tp.index)
         if m is None:
             problems.append(f"{where}: marked complete but has no manifest")
