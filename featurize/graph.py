@@ -7,6 +7,11 @@
 Each teacher actor declares the host and GPU memory its teacher needs, from its parameter count
 and its largest forward, so Ray never packs more teachers onto a node than fit. The CPU stage
 takes the CPUs the teacher actors leave free.
+
+Every teacher stage needs at least one live actor for groups to flow, so when one actor of every
+selected teacher does not fit the cluster at once (Ray would wait forever for the last one), the
+teachers run in **passes**: consecutive stages whose actors fit together, one graph per pass, each
+decoding the tars again (:func:`plan_passes`). A teacher that fits no node is refused up front.
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from queue import Queue
 from typing import Any
 
 import numpy as np
 
+from radio.errors import RadioError
 from radio.store.layout import FeatureStore
 
 from .decode import TarDecoder, by_tar, pixel_column
@@ -72,27 +78,38 @@ def teacher_size(model: str) -> tuple[int, int]:
     return sum(p.numel() for p in t.parameters()), width
 
 
-def teacher_memory(model: str, keys: tuple[KeyJob, ...], batch_size: int) -> tuple[int, int]:
+def teacher_memory(model: str, keys: tuple[KeyJob, ...], batch_size: int, on_gpu: bool = True,
+                   loads_weights: bool = True) -> tuple[int, int]:  # fmt: skip
     """(host bytes, accelerator bytes) one actor of this teacher needs.
 
-    Accelerator: fp32 weights (bf16 autocast casts per op) + the largest forward's activations,
-    taken as ~16 live ``[tokens, width]`` bf16 tensors per image (attention and MLP buffers)
-    + 0.5 GiB of CUDA context. Host: weights twice (build, then checkpoint load) + the group's
-    pixels in flight + 0.75 GiB of interpreter, torch and Ray (measured: 0.55-0.7 GiB for
-    a tiny teacher).
+    Activations of the largest forward: ~16 live ``[tokens, width]`` tensors per image (attention
+    and MLP buffers; ``width`` is the widest layer's input, the MLP's), in bf16 on a GPU; on the
+    CPU three times that (fp32 and a transient copy) plus one layer's attention scores
+    ``[heads, tokens, tokens]`` fp32, heads taken as the feature dim / 64.
+
+    Accelerator: fp32 weights (bf16 autocast casts per op) + activations + 0.5 GiB of CUDA
+    context. Host: the weights (twice when a checkpoint is loaded: the built model and the file's
+    tensors) + the group's pixels in flight + 0.75 GiB of interpreter, torch and Ray (0.55-0.7
+    GiB measured for a tiny teacher) + the activations when the teacher runs on the CPU
+    (``on_gpu`` False), all with the 25 % margin Ray Data's memory detector asks for above the
+    peak it sees. Measured for random-init SAM-H on a 1024 canvas on the CPU: 6.0-6.1 GiB used;
+    requests of 5.5 GiB (no activations) and 6.3 GiB (no margin) were flagged, 7.8 GiB is not.
     """
     params, width = teacher_size(model)
     spec = get_spec(model)
-    act = 0
+    act = scores = 0
     for k in keys:
         if k.mosaic:
             images, side = max(1, batch_size // (k.mosaic * k.mosaic)), k.canvas
         else:
             images, side = batch_size, k.resolution
-        act = max(act, images * (side // spec.patch) ** 2 * width * 2 * 16)
+        tokens = (side // spec.patch) ** 2
+        act = max(act, images * tokens * width * 2 * 16)
+        scores = max(scores, images * max(1, spec.feature_dim // 64) * tokens * tokens * 4)
     gpu = params * 4 + act + GiB // 2
     pixels = 3 * batch_size * sum(k.resolution**2 * 3 for k in keys)
-    host = 2 * params * 4 + pixels + 3 * GiB // 4
+    host = (2 if loads_weights else 1) * params * 4 + pixels + 3 * GiB // 4 + (0 if on_gpu else 3 * act + scores)
+    host = host * 5 // 4  # Ray Data's memory detector asks for 25 % above the peak it sees
     return host, gpu
 
 
@@ -103,6 +120,53 @@ def accelerator_bytes() -> int:
     if torch.cuda.is_available():
         return torch.cuda.get_device_properties(0).total_memory
     return int(float(os.environ.get("RADIO_GPU_MEMORY_GB", "80")) * GiB)
+
+
+class ClusterTooSmall(RadioError):
+    """A teacher's actor needs more memory than any node (or GPU) of the cluster has."""
+
+
+@dataclass(frozen=True)
+class ClusterMemory:
+    """What the teacher actors may reserve: Ray's ``memory`` resource (bytes) summed over alive
+    nodes and on the largest node, and the GPUs."""
+
+    total: float
+    largest: float
+    gpus: float
+
+    @classmethod
+    def of_ray(cls) -> ClusterMemory:
+        import ray
+
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        mem = [float(r.get("memory", 0.0)) for r in nodes]
+        return cls(sum(mem), max(mem, default=0.0), sum(float(r.get("GPU", 0.0)) for r in nodes))
+
+
+def plan_passes(specs: list[StageSpec], needs: list[tuple[int, float]], cluster: ClusterMemory) -> list[list[StageSpec]]:
+    """Split the stages, in graph order, into passes whose actors (one per teacher) fit together.
+
+    ``needs[i]``: (host bytes, GPUs) one actor of ``specs[i]`` reserves. A pass is closed when the
+    next stage's host memory would exceed the cluster's total or its GPU share the cluster's GPUs.
+    Raises :class:`ClusterTooSmall` for a teacher that fits no node at all."""
+    for s, (host, gpu) in zip(specs, needs):
+        if host > cluster.largest:
+            raise ClusterTooSmall(
+                f"teacher {s.teacher} ({s.model}) needs {host / GiB:.1f} GiB of host memory per actor; the largest "
+                f"Ray node offers {cluster.largest / GiB:.1f} GiB: add a node with more memory")
+        if gpu > cluster.gpus:
+            raise ClusterTooSmall(f"teacher {s.teacher} ({s.model}) needs {gpu:g} GPUs per actor; the cluster has {cluster.gpus:g}")
+    passes: list[list[StageSpec]] = []
+    host_sum, gpu_sum = 0.0, 0.0
+    for s, (host, gpu) in zip(specs, needs):
+        if passes and host_sum + host <= cluster.total and gpu_sum + gpu <= cluster.gpus + 1e-9:
+            passes[-1].append(s)
+            host_sum, gpu_sum = host_sum + host, gpu_sum + gpu
+        else:
+            passes.append([s])
+            host_sum, gpu_sum = host, gpu
+    return passes
 
 
 # ---- in-process ---------------------------------------------------------------------------------
@@ -163,8 +227,36 @@ def _decode(batch: dict[str, np.ndarray], store_path: str, settings: FeaturizeSe
 
 
 def run_on_ray(store: FeatureStore, items: list[WorkItem], settings: FeaturizeSettings, batch_size: int,
-               workers: int | None, gpus: int) -> Iterator[TarResult]:  # fmt: skip
-    """Build and run the Ray Data graph; yields results as tars finish."""
+               workers: int | None, gpus: int, cluster: ClusterMemory | None = None,
+               on_note: Callable[[str], None] | None = None) -> Iterator[TarResult]:  # fmt: skip
+    """Build and run the Ray Data graph (one per pass, see :func:`plan_passes`); yields results as
+    tars finish. ``cluster``: what actors may reserve (default: the attached cluster's)."""
+    cluster = cluster or ClusterMemory.of_ray()
+    gpu_total = accelerator_bytes() if gpus else 0
+    specs = stage_specs(items)
+    needs = []
+    for s in specs:
+        host, gpu = teacher_memory(s.model, s.keys, batch_size, on_gpu=bool(gpus), loads_weights=bool(s.weights))
+        needs.append((host, _gpu_share(gpu, gpu_total) if gpus else 0.0))
+    passes = plan_passes(specs, needs, cluster)
+    if len(passes) > 1 and on_note:
+        need = sum(h for h, _ in needs) / GiB
+        on_note(f"one actor of each teacher needs {need:.1f} GiB of host memory and the cluster offers "
+                f"{cluster.total / GiB:.1f} GiB: the teachers run in {len(passes)} passes ("
+                + "; ".join(", ".join(s.teacher for s in p) for p in passes) + "), each decoding the tars again")  # fmt: skip
+    for p in passes:
+        names = {s.teacher for s in p}
+        yield from _run_pass(store, [it for it in items if it.teacher in names], settings, batch_size, workers, gpus,
+                             gpu_total)  # fmt: skip
+
+
+def _gpu_share(gpu_bytes: int, gpu_total: int) -> float:
+    """A GPU share proportional to the memory the teacher needs (at most one whole GPU)."""
+    return min(1.0, max(0.05, round(gpu_bytes / gpu_total + 0.005, 2)))
+
+
+def _run_pass(store: FeatureStore, items: list[WorkItem], settings: FeaturizeSettings, batch_size: int,
+              workers: int | None, gpus: int, gpu_total: int) -> Iterator[TarResult]:  # fmt: skip
     import ray
 
     specs = stage_specs(items)
@@ -177,17 +269,15 @@ def run_on_ray(store: FeatureStore, items: list[WorkItem], settings: FeaturizeSe
     free = cpus - teacher_cpus * n * len(specs)
     decoders = max(1, min(len(tars), int(free // decode_cpus)))
     threads = None if gpus else max(1, (os.cpu_count() or 1) // n)
-    gpu_total = accelerator_bytes() if gpus else 0
 
     ds: ray.data.Dataset = ray.data.from_items([{"item": t.to_json()} for t in tars], override_num_blocks=len(tars))
     # ray's stubs type map_batches' fn as taking the batch alone; fn_kwargs supplies the rest
-    ds = ds.map_batches(_decode, batch_size=1, num_cpus=decode_cpus, concurrency=decoders,  # type: ignore[arg-type]
+    ds = ds.map_batches(_decode, batch_size=1, num_cpus=decode_cpus,  # type: ignore[arg-type]
+                        compute=ray.data.TaskPoolStrategy(size=decoders),
                         fn_kwargs=dict(store_path=str(store.path), settings=settings, batch_size=batch_size))  # fmt: skip
     for s in specs:
-        host, gpu = teacher_memory(s.model, s.keys, batch_size)
-        gpu_kwargs: dict[str, Any] = {}
-        if gpus:  # a GPU share proportional to the memory the teacher needs
-            gpu_kwargs["num_gpus"] = min(1.0, max(0.05, round(gpu / gpu_total + 0.005, 2)))
+        host, gpu = teacher_memory(s.model, s.keys, batch_size, on_gpu=bool(gpus), loads_weights=bool(s.weights))
+        gpu_kwargs: dict[str, Any] = {"num_gpus": _gpu_share(gpu, gpu_total)} if gpus else {}
         ds = ds.map_batches(
             TeacherStage,
             batch_size=1,  # one group = about one teacher batch
@@ -204,4 +294,4 @@ def run_on_ray(store: FeatureStore, items: list[WorkItem], settings: FeaturizeSe
         yield from fin.add(row)
 
 
-__all__ = ["StageSpec", "build_stages", "prefetch", "run_local", "run_on_ray", "stage_specs", "teacher_memory", "teacher_size"]
+__all__ = ["ClusterMemory", "ClusterTooSmall", "StageSpec", "build_stages", "plan_passes", "prefetch", "run_local", "run_on_ray", "stage_specs", "teacher_memory", "teacher_size"]

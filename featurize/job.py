@@ -293,7 +293,7 @@ def run_featurize(
         local = not (address or os.environ.get("RAY_ADDRESS"))
         log = log_path(config.out) if local and not verbose else None
         with ray_output_to(log):
-            for i, result in enumerate(_run_on_ray(config, store, items, address, workers, verbose)):
+            for i, result in enumerate(_run_on_ray(config, store, items, address, workers, verbose, on_note or print)):
                 report.results.append(result)
                 if on_result:
                     on_result(result, i + 1, len(items))
@@ -303,7 +303,7 @@ def run_featurize(
 
 
 def _run_on_ray(config: PipelineConfig, store: FeatureStore, items: list[WorkItem], address: str | None,
-                workers: int | None, verbose: bool = False):  # fmt: skip
+                workers: int | None, verbose: bool = False, on_note: Callable[[str], None] | None = None):  # fmt: skip
     import logging
 
     import ray
@@ -316,7 +316,8 @@ def _run_on_ray(config: PipelineConfig, store: FeatureStore, items: list[WorkIte
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the driver shows its own, per tar
     ctx.execution_options.preserve_order = False
-    yield from run_on_ray(store, items, _settings(config), config.featurize.batch_size, workers, gpus)
+    yield from run_on_ray(store, items, _settings(config), config.featurize.batch_size, workers, gpus,
+                          on_note=on_note)  # fmt: skip
 
 
 def _init_ray(address: str | None, verbose: bool = False) -> int:

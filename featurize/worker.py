@@ -24,6 +24,7 @@ from radio.store.moments import Moments
 from radio.store.phis import PhiS
 
 from . import mosaic
+from .hostmem import keep_heap_for_cpu_teachers
 from .teachers import Teacher, create_teacher
 
 
@@ -151,6 +152,8 @@ class TeacherStage:
         self.drop = drop  # pixel columns no later stage needs
         if threads:
             torch.set_num_threads(threads)
+        if self.device.type == "cpu":
+            keep_heap_for_cpu_teachers()  # else each forward re-faults its activations (hostmem)
         self.error: str | None = None
         self.teacher: Teacher | None = None
         self.last_inputs = 0  # images or canvases of the last forward (the run report counts them)

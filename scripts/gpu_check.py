@@ -36,7 +36,7 @@ FULL = {
     "train_batch": 256,
     "featurize_batch": 256,
     "shard_rows": 64,
-    "shard_size": 100,
+    "shard_size": 512,  # tars of two whole groups (256 rows): only the last tar ends in a short batch
 }
 TINY = {
     "teachers": {

@@ -136,6 +136,9 @@ class FeatureStore:
             raise StoreError(f"{self.path}: not a radio store of format {STORE_FORMAT}")
         self.plan = Plan.from_json(attrs["plan"])
         self.settings: dict[str, Any] = attrs.get("featurize", {})
+        # Array handles of the write paths: opening one reads its metadata (~2 ms), which a
+        # teacher stage would otherwise pay per shard and the driver per (tar, key) and stream.
+        self._handles: dict[tuple[str, str], zarr.Array] = {}
 
     def _open_root(self) -> zarr.Group:
         writable = self.location.writable()
@@ -183,6 +186,7 @@ class FeatureStore:
         A key whose provenance differs but that has no complete tar is re-planned without
         ``overwrite``: nothing computed would be lost (e.g. a run stopped before its first tar).
         """
+        self._handles.clear()  # a re-planned key gets new arrays
         targets = self.root["targets"]
         if key in targets:
             # `compact` is added by `radio store compact` (radio.store.compact), not by featurize.
@@ -279,23 +283,30 @@ class FeatureStore:
         pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), sink)
         self.location.write_bytes(self.manifest_name(tar_index), sink.getvalue().to_pybytes())
 
+    def _written(self, key: str, name: str) -> zarr.Array:
+        """:meth:`array`, opened once per store object for the write paths below."""
+        handle = self._handles.get((key, name))
+        if handle is None:
+            handle = self._handles[(key, name)] = self.array(key, name)
+        return handle
+
     def write_shard(self, key: str, row_start: int, features: np.ndarray, summary: np.ndarray | None) -> None:
         """Write one whole Zarr shard of rows: ``features [shard_rows, h, w, C]``, ``summary [shard_rows, Cs]``."""
         r = self.plan.shard_rows
         if row_start % r or features.shape[0] != r:
             raise ValueError(f"write_shard takes whole shards: rows {row_start}..+{features.shape[0]} of {r}")
-        self.array(key, "features")[row_start : row_start + r] = features
+        self._written(key, "features")[row_start : row_start + r] = features
         if summary is not None:
-            self.array(key, "summary")[row_start : row_start + r] = summary
+            self._written(key, "summary")[row_start : row_start + r] = summary
 
     def write_moments(self, key: str, tar_index: int, stream: str, m: Moments) -> None:
-        self.array(key, f"moments/{stream}_count")[tar_index] = m.count
-        self.array(key, f"moments/{stream}_mean")[tar_index] = m.mean
-        self.array(key, f"moments/{stream}_m2")[tar_index] = m.m2
+        self._written(key, f"moments/{stream}_count")[tar_index] = m.count
+        self._written(key, f"moments/{stream}_mean")[tar_index] = m.mean
+        self._written(key, f"moments/{stream}_m2")[tar_index] = m.m2
 
     def mark_complete(self, key: str, tar_index: int) -> None:
         """The completion marker: the last write of a (tar, target key); atomic (one chunk object)."""
-        self.array(key, "complete")[tar_index] = 1
+        self._written(key, "complete")[tar_index] = 1
 
 
 def settings_json(settings: dict[str, Any]) -> dict[str, Any]:

@@ -132,6 +132,25 @@ def test_two_workers_lose_no_rows(uninterrupted, repo, shards, tmp_path):
     assert _manifests(uninterrupted[0]) == _manifests(store)
 
 
+def test_teachers_that_do_not_fit_together_run_in_passes_to_the_same_store(uninterrupted, repo, shards, tmp_path,
+                                                                           monkeypatch):  # fmt: skip
+    from radio.featurize import graph
+    from radio.featurize.job import select
+
+    config = _config(repo, shards, tmp_path / "passes.zarr")
+    hosts = [graph.teacher_memory(model, tuple(keys), config.featurize.batch_size)[0]
+             for model, _, keys in select(config).teachers.values()]  # fmt: skip
+    real = graph.ClusterMemory.of_ray()
+    # The fault: a cluster with room for two teachers' actors at a time, not four.
+    small = graph.ClusterMemory(total=2.2 * max(hosts), largest=real.largest, gpus=real.gpus)
+    monkeypatch.setattr(graph.ClusterMemory, "of_ray", classmethod(lambda cls: small))
+    notes: list[str] = []
+    report = run_featurize(config, workers=1, on_note=notes.append)
+    assert not report.failed and [r.tar_index for r in report.truncated] == [3] * 4
+    assert sum("the teachers run in 2 passes" in n for n in notes) == 1, notes
+    _assert_same_store(uninterrupted[0], tmp_path / "passes.zarr")
+
+
 def _featurize_cmd(repo, shards, store) -> list[str]:
     return [sys.executable, "-m", "radio.cli", "featurize", "--config", str(repo / "pipelines.yaml"),
             "--data", str(shards / "*.tar"), "--store", str(store), "--out", str(Path(store).parent / "run")]  # fmt: skip

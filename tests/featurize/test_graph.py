@@ -11,7 +11,8 @@ import pytest
 import radio.store.shards as shards_module
 from radio.config import load_pipeline
 from radio.featurize import counts
-from radio.featurize.graph import run_local, stage_specs, teacher_memory, teacher_size
+from radio.featurize.graph import (GiB, ClusterMemory, ClusterTooSmall, StageSpec, plan_passes, run_local, stage_specs,
+                                   teacher_memory, teacher_size)
 from radio.featurize.job import _settings, prepare, select
 from radio.featurize.worker import KeyJob
 from radio.store.inspect import verify_store
@@ -102,6 +103,22 @@ def test_actor_memory_comes_from_parameter_counts():
     small_host, small_gpu = teacher_memory("dinov2_tiny", (KeyJob("d", 224),), 256)
     assert host > 2 * params * 4 and gpu > params * 4
     assert small_host < host and small_gpu < gpu
+
+
+def test_teachers_run_in_passes_when_their_actors_do_not_fit_together():
+    specs = [StageSpec(f"t{i}", "m", None, (), ()) for i in range(4)]
+    cluster = ClusterMemory(total=20 * GiB, largest=12 * GiB, gpus=1)
+
+    def names(needs):
+        return [[s.teacher for s in p] for p in plan_passes(specs[: len(needs)], needs, cluster)]
+
+    assert names([(4 * GiB, 0.2)] * 4) == [["t0", "t1", "t2", "t3"]]  # all fit: one graph
+    assert names([(8 * GiB, 0.1), (8 * GiB, 0.1), (9 * GiB, 0.1), (5 * GiB, 0.1)]) == [["t0", "t1"], ["t2", "t3"]]
+    assert names([(GiB, 0.6)] * 3) == [["t0"], ["t1"], ["t2"]]  # GPU shares decide
+    with pytest.raises(ClusterTooSmall) as e:
+        names([(13 * GiB, 0.1)])
+    assert str(e.value) == ("teacher t0 (m) needs 13.0 GiB of host memory per actor; the largest Ray node offers "
+                            "12.0 GiB: add a node with more memory")  # fmt: skip
 
 
 def test_pixel_columns_leave_after_their_last_teacher(repo, small):
