@@ -6,9 +6,13 @@
 2. Mosaic: SAM images/s with mosaic 4 ÷ mosaic 1 (each image padded alone to the canvas), both
    through the pipeline. Ideal 16; target ≥ 12.
 3. Bytes per sample per target key: raw fp16 vs stored on disk.
-4. Four teachers at once (``--four``): decodes per image, counted by instrumenting the one image
-   decoder (must be 1.0: the CPU stage decodes once for every teacher), and pipeline images/s ÷
-   the bare forwards of the four teachers back to back (1 / Σ 1/rate). Target ≥ 0.9.
+4. Four teachers at once (``--case four``): decodes per image, counted by instrumenting the one
+   image decoder (must be 1.0: the CPU stage decodes once for every teacher), and pipeline
+   images/s ÷ the bare forwards of the four teachers back to back (1 / Σ 1/rate). Target ≥ 0.9.
+   Tars hold one batch each unless ``--four-tar-size`` says otherwise.
+
+Both sides of every ratio run warm (each teacher's first forward happens before the clock) and
+under the same malloc policy (:mod:`radio.featurize.hostmem`, which the teacher stage applies).
 
     .venv/bin/python bench/featurize_bench.py [--quick] [--json]
 
@@ -233,7 +237,7 @@ def main() -> None:
         canvas = get_spec(args.sam).input_size
         res = canvas // 4
         # k=4 fills one canvas with 16 images; k=1 pays a whole canvas per image, so 4 images
-        # measure its rate well enough (a SAM-B forward at 1024 takes ~20 s on 2 CPU cores).
+        # measure its rate well enough (a SAM-B forward at 1024 takes ~8 s on 2 CPU cores).
         n_mosaic = 16
         k4 = _mosaic_images_per_s(tmp, args.sam, 4, canvas, res, n_mosaic, args.threads)
         k1 = _mosaic_images_per_s(tmp, args.sam, 1, canvas, res, max(1, n_mosaic // 4), args.threads)
