@@ -100,7 +100,7 @@ def _stages(store: FeatureStore, items: list[WorkItem], batch: int, threads: int
                 n = batch if job.mosaic is None else job.mosaic**2
                 crops = torch.zeros(n, job.resolution, job.resolution, 3, dtype=torch.uint8)
                 with torch.inference_mode():
-                    stage._forward(stage.teacher, job, crops[:batch], [f"{i:012d}" for i in range(n)])
+                    stage._forward(stage.teacher, job, crops, [f"{i:012d}" for i in range(n)])
         _BUILT[str(store.path)] = stages
     return _BUILT[str(store.path)]
 

@@ -234,20 +234,20 @@ def run_on_ray(store: FeatureStore, items: list[WorkItem], settings: FeaturizeSe
     cluster = cluster or ClusterMemory.of_ray()
     gpu_total = accelerator_bytes() if gpus else 0
     specs = stage_specs(items)
-    needs = []
+    needs: dict[str, tuple[int, float]] = {}  # teacher → (host bytes, GPUs) of one actor
     for s in specs:
         host, gpu = teacher_memory(s.model, s.keys, batch_size, on_gpu=bool(gpus), loads_weights=bool(s.weights))
-        needs.append((host, _gpu_share(gpu, gpu_total) if gpus else 0.0))
-    passes = plan_passes(specs, needs, cluster)
+        needs[s.teacher] = (host, _gpu_share(gpu, gpu_total) if gpus else 0.0)
+    passes = plan_passes(specs, [needs[s.teacher] for s in specs], cluster)
     if len(passes) > 1 and on_note:
-        need = sum(h for h, _ in needs) / GiB
+        need = sum(h for h, _ in needs.values()) / GiB
         on_note(f"one actor of each teacher needs {need:.1f} GiB of host memory and the cluster offers "
                 f"{cluster.total / GiB:.1f} GiB: the teachers run in {len(passes)} passes ("
                 + "; ".join(", ".join(s.teacher for s in p) for p in passes) + "), each decoding the tars again")  # fmt: skip
     for p in passes:
         names = {s.teacher for s in p}
         yield from _run_pass(store, [it for it in items if it.teacher in names], settings, batch_size, workers, gpus,
-                             gpu_total)  # fmt: skip
+                             needs)  # fmt: skip
 
 
 def _gpu_share(gpu_bytes: int, gpu_total: int) -> float:
@@ -256,7 +256,8 @@ def _gpu_share(gpu_bytes: int, gpu_total: int) -> float:
 
 
 def _run_pass(store: FeatureStore, items: list[WorkItem], settings: FeaturizeSettings, batch_size: int,
-              workers: int | None, gpus: int, gpu_total: int) -> Iterator[TarResult]:  # fmt: skip
+              workers: int | None, gpus: int, needs: dict[str, tuple[int, float]]) -> Iterator[TarResult]:  # fmt: skip
+    """One Ray Data graph over ``items``; ``needs``: teacher → (host bytes, GPUs) of one actor."""
     import ray
 
     specs = stage_specs(items)
@@ -276,8 +277,8 @@ def _run_pass(store: FeatureStore, items: list[WorkItem], settings: FeaturizeSet
                         compute=ray.data.TaskPoolStrategy(size=decoders),
                         fn_kwargs=dict(store_path=str(store.path), settings=settings, batch_size=batch_size))  # fmt: skip
     for s in specs:
-        host, gpu = teacher_memory(s.model, s.keys, batch_size, on_gpu=bool(gpus), loads_weights=bool(s.weights))
-        gpu_kwargs: dict[str, Any] = {"num_gpus": _gpu_share(gpu, gpu_total)} if gpus else {}
+        host, gpu_share = needs[s.teacher]
+        gpu_kwargs: dict[str, Any] = {"num_gpus": gpu_share} if gpus else {}
         ds = ds.map_batches(
             TeacherStage,
             batch_size=1,  # one group = about one teacher batch

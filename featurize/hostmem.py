@@ -8,7 +8,7 @@ on a 2-core machine: one SAM-B 1024² canvas took 10.9-11.9 s after DINOv2-B, CL
 so400m had run in the same process, 8.1-8.2 s with the thresholds below (8.0-8.5 s alone).
 
 Fixing both thresholds stops the adaptation: blocks up to 32 MiB (glibc's ceiling for the mmap
-threshold) come from the heap, and up to 1 GiB of free heap top is kept for the next batch.
+threshold) come from the heap, and up to 2 GiB of free heap top is kept for the next batch.
 Larger blocks are still mmapped. On a GPU the activations live in PyTorch's caching allocator,
 so this is applied only when a teacher runs on the CPU.
 """

@@ -138,7 +138,8 @@ def test_teachers_that_do_not_fit_together_run_in_passes_to_the_same_store(unint
     from radio.featurize.job import select
 
     config = _config(repo, shards, tmp_path / "passes.zarr")
-    hosts = [graph.teacher_memory(model, tuple(keys), config.featurize.batch_size)[0]
+    # as run_on_ray asks for them: CPU teachers, random init
+    hosts = [graph.teacher_memory(model, tuple(keys), config.featurize.batch_size, on_gpu=False, loads_weights=False)[0]
              for model, _, keys in select(config).teachers.values()]  # fmt: skip
     real = graph.ClusterMemory.of_ray()
     # The fault: a cluster with room for two teachers' actors at a time, not four.
