@@ -36,7 +36,7 @@ def info(path: PathArg, as_json: Annotated[bool, typer.Option("--json", help="pr
                   f"{s['samples']} samples, {s['valid']} valid; bad: {bad}")  # fmt: skip
     table = Table("target key", "teacher", "model", "weights", "grid", "dims (feat/sum)", "mosaic", "complete tars",
                   "valid rows", "bytes/sample raw", "bytes/sample stored", "codec", "compact bytes/sample",
-                  "variance retained")  # fmt: skip
+                  "variance retained", "normalizer")  # fmt: skip
     for k in s["keys"]:
         p = k.provenance
         table.add_row(k.key, p["teacher"], p["model"], p["weights"], "x".join(map(str, p["grid"])),
@@ -47,7 +47,9 @@ def info(path: PathArg, as_json: Annotated[bool, typer.Option("--json", help="pr
                        + (", raw dropped)" if k.raw_dropped else ")")) if k.codec else "-",
                       f"{k.compact_bytes_per_sample} ({k.compact_bytes_per_sample / k.raw_bytes_per_sample:.3f} of raw)"
                       if k.codec else "-",
-                      f"{k.variance_retained:.5f}" if k.variance_retained is not None else "-")  # fmt: skip
+                      f"{k.variance_retained:.5f}" if k.variance_retained is not None else "-",
+                      k.normalizer + ("" if k.normalizer_current is None else
+                                      " (current)" if k.normalizer_current else " (not current: re-expressed)"))  # fmt: skip
     console.print(table)
 
 
@@ -78,15 +80,21 @@ def compact(
     ] = None,
     clip: Annotated[float, typer.Option("--clip", help="clip at this many σ of PHI-S space")] = 4.0,
     summary: Annotated[bool, typer.Option("--summary", help="compact the summary too (in its own PHI-S space)")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="redo keys compacted with other settings")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="redo keys compacted with other settings or in a replaced PHI-S (raw "
+                     "targets only stored compact are first restored from them)"),
+    ] = False,
     drop_raw: Annotated[
         bool, typer.Option("--drop-raw", help="delete the raw fp16 arrays once `store verify` passes on the compact ones")
     ] = False,
 ) -> None:
     """Rewrite keys' features (and --summary) in PHI-S space as int8/fp8, optionally rank-truncated.
 
-    Runs after `radio fit-phis`; resumable per (tar, key) like featurize; records the codec in the
-    key's provenance. The trainer then reads these keys compact and decodes them on its device.
+    Runs after `radio fit-phis`; resumable per (tar, key) like featurize (in the PHI-S a key was
+    first compacted in, also after a refit); records the codec in the key's provenance. The
+    trainer then reads these keys compact and decodes them on its device (re-expressed in the
+    current PHI-S when a refit replaced theirs). Every key is checked before any is compacted.
     """
     from radio.store import compact as c
     from radio.store.inspect import verify_store
@@ -94,9 +102,9 @@ def compact(
 
     fs = FeatureStore(path)
     chosen = keys or fs.target_keys
-    for key in chosen:
-        fs.target(key)
-        c.normalizer_for(fs, key, "features")  # every key checked before any work
+    for key in chosen:  # every key's request checked before any work: nothing is written if one is refused
+        c.plan_compact(fs, key, codec=codec, rank=rank, variance=variance, clip=clip, summary=summary,
+                       overwrite=overwrite)  # fmt: skip
     for key in chosen:
         n = c.compact_store_key(fs, key, codec=codec, rank=rank, variance=variance, clip=clip, summary=summary,
                                 overwrite=overwrite)  # fmt: skip

@@ -3,8 +3,11 @@
 A key compacted by `radio store compact` arrives from the loader as one byte per value (int8, or
 fp8 bits) and is moved to the device as such; :class:`CompactDecoder` then decodes it there,
 straight into PHI-S space (:func:`radio.store.codec.decode_on_device`), so the loss skips
-``normalize`` for it. A compacted summary is mapped back to the teacher's space (the summary
-loss is a cosine there). Raw keys pass through untouched, so a stage may mix both.
+``normalize`` for it. Values encoded in a normalizer that a refit has since replaced as current
+are re-expressed in the current one on the device (``y_new = y_old A + b``,
+:func:`radio.store.compact.reexpression`), so every key of a teacher trains in one space. A
+compacted summary is mapped back to the teacher's space (the summary loss is a cosine there).
+Raw keys pass through untouched, so a stage may mix both.
 
 Wiring: ``batch = decode_targets(to_device(batch), decoders)`` at the one place the trainer
 converts targets after the host→device copy; ``DistillLoss(..., prenormalized=set(decoders))``.
@@ -17,8 +20,8 @@ import torch
 from torch import nn
 
 from radio.store.codec import Codec, decode_on_device
-from radio.store.compact import (CompactKey, check_normalizer, compact_complete, compact_key, normalizer_for,
-                                  raw_missing, reads_compact)  # fmt: skip
+from radio.store.compact import (CompactKey, check_normalizer, compact_complete, compact_key, compact_phis,
+                                  is_current, normalizer_for, raw_missing, reads_compact, reexpression)  # fmt: skip
 from radio.store.layout import FeatureStore, StoreError
 
 
@@ -57,13 +60,16 @@ def _codec_buffers(module: nn.Module, prefix: str, codec: Codec) -> None:
 class CompactDecoder(nn.Module):
     """Decode one compact key's batch tensors on their device (buffers follow ``.to(device)``).
 
-    ``features [B, h, w, K]`` one byte → ``[B, h, w, C]`` float32 in PHI-S space; ``summary
+    ``features [B, h, w, K]`` one byte → ``[B, h, w, C]`` float32 in the teacher's current PHI-S
+    space (re-expressed from the one they were encoded in when a refit replaced it); ``summary
     [B, Ks]`` one byte → ``[B, Cs]`` float32 in the teacher's space.
     """
 
     # buffers registered in __init__ (by _codec_buffers)
     features_scale: torch.Tensor
     features_basis: torch.Tensor | None
+    features_reexpress: torch.Tensor | None  # [C, C] A of y_new = y_old A + b, None when encoded in the current space
+    features_shift: torch.Tensor | None  # [C] b
     summary_scale: torch.Tensor
     summary_basis: torch.Tensor | None
     summary_inverse: torch.Tensor
@@ -72,16 +78,25 @@ class CompactDecoder(nn.Module):
     def __init__(self, ck: CompactKey, store: FeatureStore):
         super().__init__()
         _codec_buffers(self, "features", ck.features)
+        a = b = None
+        if not is_current(store, ck, "features"):
+            a, b = (torch.as_tensor(v, dtype=torch.float32)
+                    for v in reexpression(compact_phis(store, ck, "features"), normalizer_for(store, ck.key, "features")))  # fmt: skip
+        self.register_buffer("features_reexpress", a, persistent=False)
+        self.register_buffer("features_shift", b, persistent=False)
         self.has_summary = ck.summary is not None
         if ck.summary is not None:
             _codec_buffers(self, "summary", ck.summary)
-            p = normalizer_for(store, ck.key, "summary")
+            p = compact_phis(store, ck, "summary")  # the space it was encoded in, mapped straight to the teacher's
             self.register_buffer("summary_inverse", torch.as_tensor(p.inverse, dtype=torch.float32), persistent=False)
             self.register_buffer("summary_mean", torch.as_tensor(p.mean, dtype=torch.float32), persistent=False)
 
     def forward(self, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = dict(targets)
-        out["features"] = decode_on_device(targets["features"], self.features_scale, self.features_basis)
+        y = decode_on_device(targets["features"], self.features_scale, self.features_basis)
+        if self.features_reexpress is not None:
+            y = y @ self.features_reexpress + self.features_shift
+        out["features"] = y
         if self.has_summary:
             y = decode_on_device(targets["summary"], self.summary_scale, self.summary_basis)
             out["summary"] = y @ self.summary_inverse.T + self.summary_mean
@@ -101,6 +116,7 @@ def decode_targets(batch: dict, decoders: nn.ModuleDict) -> dict:
 
 
 def to_teacher_space(store: FeatureStore, key: str, y: torch.Tensor) -> torch.Tensor:
-    """Decoded PHI-S-space features → the teacher's space (for evaluation once raw targets are dropped)."""
+    """Decoded features (:class:`CompactDecoder`: the current PHI-S space) → the teacher's space
+    (for evaluation once raw targets are dropped)."""
     p = normalizer_for(store, key, "features")
     return (y.double() @ torch.from_numpy(np.asarray(p.inverse)).T + torch.from_numpy(p.mean)).float()

@@ -268,7 +268,7 @@ class TeacherStage:
         """The codec and normalizer ``key`` is written compact in (the driver created it), or None."""
         if key not in self._direct_cache:
             ck = compact.compact_key(self.store, key)
-            self._direct_cache[key] = None if ck is None else (ck, compact.normalizer_for(self.store, key, "features"))
+            self._direct_cache[key] = None if ck is None else (ck, compact.compact_phis(self.store, ck, "features"))
         return self._direct_cache[key]
 
     def _forward(

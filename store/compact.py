@@ -29,50 +29,75 @@ import torch
 
 from .codec import Codec, CodecError, decode, encode, fit_codec
 from .layout import FeatureStore, StoreError
-from .normalizers import _phis_group, load_phis, teacher_of
+from .normalizers import (_phis_group, current_fingerprint, load_phis, load_teacher_phis, normalizer_info,
+                          provenance_fingerprint, teacher_of)  # fmt: skip
 from .phis import PhiS
 
 GROUP = "compact"
+STREAM_ATTR = {"features": "normalizer", "summary": "summary_normalizer"}  # where a group records its normalizer
+SETTINGS = ("codec", "rank", "variance", "clip", "summary")  # what a request chooses (a resume must match)
 
 
 def normalizer_for(store: FeatureStore, key: str, stream: str = "features") -> PhiS:
-    """The PHI-S normalizer a target key's ``stream`` is compacted in: its teacher's (one target
-    space per adaptor head). The one place that says which."""
+    """The PHI-S normalizer new compact data of ``key``'s ``stream`` is encoded in: its teacher's
+    current one (one target space per adaptor head). Existing compact data stays in the one it
+    was encoded in (:func:`compact_phis`)."""
     try:
         return load_phis(store, key, stream)
     except StoreError:
         raise StoreError(f"{key}: no PHI-S normalizer for {stream}; run `radio fit-phis` before compacting") from None
 
 
-def _normalizer_group(store: FeatureStore, key: str, stream: str):
-    """The Zarr group of :func:`normalizer_for`'s normalizer, or None (change both together)."""
-    return _phis_group(store, teacher_of(store, key), stream)
-
-
 def _normalizer_attrs(store: FeatureStore, key: str, stream: str) -> dict[str, Any]:
-    """Which normalizer the codec's values live in: its fingerprint, and the tars it was fitted from."""
-    g = _normalizer_group(store, key, stream)
+    """Which normalizer the codec's values live in (the current one): its fingerprint, and the tars it was fitted from."""
+    g = _phis_group(store, teacher_of(store, key), stream)
     tars = g.attrs["tars"]  # per key of the teacher: the tars its moments came from
     return {"fingerprint": g.attrs["fingerprint"], "keys": g.attrs.get("keys"), "count": g.attrs["count"],
             "tars": len(set().union(*tars.values())), "tar_indices": tars.get(key)}  # fmt: skip
 
 
+def compact_fingerprint(ck: CompactKey, stream: str = "features") -> str | None:
+    """The fingerprint of the normalizer ``ck``'s ``stream`` is encoded in (None: not compacted)."""
+    n = ck.attrs.get(STREAM_ATTR[stream])
+    return None if n is None else str(n["fingerprint"])
+
+
+def compact_phis(store: FeatureStore, ck: CompactKey, stream: str = "features") -> PhiS:
+    """The normalizer ``ck``'s ``stream`` was encoded in, by its recorded fingerprint: decode and
+    resume with this one, never with a later refit's."""
+    fp = compact_fingerprint(ck, stream)
+    try:
+        return load_teacher_phis(store, teacher_of(store, ck.key), stream, fp)
+    except StoreError:
+        raise StoreError(f"{ck.key}: compacted in PHI-S {fp} for {stream}, which the store does not hold") from None
+
+
+def is_current(store: FeatureStore, ck: CompactKey, stream: str = "features") -> bool:
+    """Whether ``ck``'s ``stream`` is expressed in its teacher's current normalizer (else readers re-express it)."""
+    return compact_fingerprint(ck, stream) == current_fingerprint(store, teacher_of(store, ck.key), stream)
+
+
 def check_normalizer(store: FeatureStore, ck: CompactKey) -> None:
-    """Compact values are PHI-S space of one fitted normalizer; refuse them once fit-phis replaced it
-    (the trainer and export would otherwise mix two spaces)."""
-    for stream, attr in (("features", "normalizer"), ("summary", "summary_normalizer")):
-        if ck.attrs.get(attr) is None:
-            continue
-        now = _normalizer_attrs(store, ck.key, stream)["fingerprint"] if _has_phis(store, ck.key, stream) else None
-        if now != ck.attrs[attr]["fingerprint"]:
-            raise StoreError(f"{ck.key}: compacted in a PHI-S normalizer that `radio fit-phis` has since replaced; "
-                             "run `radio store compact --overwrite` (needs the raw targets) or refit from the same tars")  # fmt: skip
+    """The normalizers ``ck`` is encoded in are in the store (one line if not). A refit since is
+    fine: readers re-express the values in the current normalizer (:func:`reexpression`)."""
+    for stream in ("features", "summary"):
+        if ck.attrs.get(STREAM_ATTR[stream]) is not None:
+            compact_phis(store, ck, stream)
+
+
+def reexpression(old: PhiS, new: PhiS) -> tuple[np.ndarray, np.ndarray]:
+    """``A [C, C]``, ``b [C]`` with ``y_new = y_old A + b`` for row vectors: PHI-S space of ``old``
+    → PHI-S space of ``new``, ``y_new = T_new (T_old⁻¹ y_old + μ_old − μ_new)`` (float64; exact,
+    so decoded int8 values keep their error of half a step of the old space, mapped by T_new T_old⁻¹)."""
+    a = old.inverse.T @ new.transform.T
+    b = (old.mean - new.mean) @ new.transform.T
+    return a, b
 
 
 def _has_phis(store: FeatureStore, key: str, stream: str) -> bool:
     """Whether ``key``'s teacher has a fitted normalizer whose moments covered ``key``."""
-    g = _normalizer_group(store, key, stream)
-    return g is not None and "fingerprint" in g.attrs and key in g.attrs.get("keys", [])
+    g = _phis_group(store, teacher_of(store, key), stream)
+    return g is not None and key in g.attrs.get("keys", [])
 
 
 @dataclass(frozen=True)
@@ -122,35 +147,76 @@ def reads_compact(store: FeatureStore, key: str) -> bool:
     return bool(done[store.completed(key)].all()) and bool(done.any())
 
 
+def _fit(key: str, features: PhiS, summary: PhiS | None, codec: str, rank: int | None, variance: float | None,
+         clip: float) -> tuple[Codec, Codec | None]:  # fmt: skip
+    try:
+        return (fit_codec(features, codec, rank, variance, clip),
+                fit_codec(summary, codec, None, None, clip) if summary is not None else None)  # fmt: skip
+    except CodecError as e:
+        raise StoreError(f"{key}: {e}") from None
+
+
+def plan_compact(store: FeatureStore, key: str, codec: str = "int8", rank: int | None = None,
+                 variance: float | None = None, clip: float = 4.0, summary: bool = False,
+                 overwrite: bool = False) -> tuple[str, CompactKey | None]:  # fmt: skip
+    """What :func:`prepare_compact` would do with ``key``, writing nothing (one-line
+    :class:`StoreError` for a request it refuses): ``("resume", ck)`` the existing group,
+    ``("new", ck or None)`` a group in the current normalizer (replacing ``ck``), or
+    ``("restore", ck)`` the same after restoring raw targets from ``ck`` (they are not all on disk).
+
+    The same request resumes the existing group in the normalizer it was encoded in, also after
+    a refit (readers re-express it); ``overwrite`` recompacts it in the current one.
+    """
+    info = store.target(key)
+    if summary and not info.summary_dim:
+        raise StoreError(f"{key}: has no summary to compact")
+    phis_f = normalizer_for(store, key, "features")
+    phis_s = normalizer_for(store, key, "summary") if summary else None
+    _fit(key, phis_f, phis_s, codec, rank, variance, clip)  # the request is valid in the current normalizer
+    if fitted_on_key(store, key) is False:
+        raise StoreError(f"{key}: its PHI-S was fitted on other teacher outputs (featurized again since); "
+                         "run `radio fit-phis` before compacting")  # fmt: skip
+    ck = compact_key(store, key)
+    if ck is None:
+        return "new", None
+    # The request in the existing group's own normalizers (a stream it did not compact: the current one).
+    own_s = compact_phis(store, ck, "summary") if summary and ck.summary is not None else phis_s
+    cf, _ = _fit(key, compact_phis(store, ck, "features"), own_s, codec, rank, variance, clip)
+    want = {"codec": codec, "rank": cf.rank, "variance": variance, "clip": clip, "summary": bool(summary),
+            "normalizer": ck.attrs.get("normalizer"),
+            "summary_normalizer": (ck.attrs.get("summary_normalizer") if ck.summary is not None
+                                   else _normalizer_attrs(store, key, "summary")) if summary else None}  # fmt: skip
+    changed = sorted(k for k in ck.attrs.keys() | want.keys() if k != "raw_dropped" and ck.attrs.get(k) != want.get(k))
+    stale = not all(is_current(store, ck, st) for st in ("features", "summary") if ck.attrs.get(STREAM_ATTR[st]))
+    if not changed and not (overwrite and stale):
+        return "resume", ck
+    if not overwrite:
+        raise StoreError(f"{key}: compacted with other settings ({', '.join(changed)}); pass --overwrite to redo it")
+    return ("restore" if raw_missing(store, key)[store.completed(key)].any() else "new"), ck
+
+
 def prepare_compact(store: FeatureStore, key: str, codec: str = "int8", rank: int | None = None,
                     variance: float | None = None, clip: float = 4.0, summary: bool = False,
                     overwrite: bool = False) -> CompactKey:  # fmt: skip
-    """Fit the codec from the key's normalizer and allocate its compact arrays (idempotent: the
-    same request on an existing group resumes it; another one needs ``overwrite``)."""
+    """Fit the codec from the key's current normalizer and allocate its compact arrays (idempotent:
+    the same request on an existing group resumes it; another one needs ``overwrite``, which
+    first restores raw targets that are only stored compact, see :func:`plan_compact`)."""
+    action, old = plan_compact(store, key, codec, rank, variance, clip, summary, overwrite)
+    if action == "resume":
+        assert old is not None
+        _record_provenance(store, key, old)  # a run killed before it was recorded
+        return old
+    if action == "restore":
+        assert old is not None
+        restore_raw(store, old)
     info = store.target(key)
     phis_f = normalizer_for(store, key, "features")
-    if summary and not info.summary_dim:
-        raise StoreError(f"{key}: has no summary to compact")
     phis_s = normalizer_for(store, key, "summary") if summary else None
-    try:
-        cf = fit_codec(phis_f, codec, rank, variance, clip)
-        cs = fit_codec(phis_s, codec, None, None, clip) if phis_s is not None else None
-    except CodecError as e:
-        raise StoreError(f"{key}: {e}") from None
+    cf, cs = _fit(key, phis_f, phis_s, codec, rank, variance, clip)
     attrs = {"codec": codec, "rank": cf.rank, "variance": variance, "clip": clip, "summary": bool(summary),
              "normalizer": _normalizer_attrs(store, key, "features"),
              "summary_normalizer": _normalizer_attrs(store, key, "summary") if summary else None}  # fmt: skip
     g = store.root["targets"][key]
-    if GROUP in g and "codec" in g[GROUP].attrs:
-        old = {k: v for k, v in g[GROUP].attrs.items() if k != "raw_dropped"}
-        if old == attrs:
-            return compact_key(store, key)
-        if g[GROUP].attrs.get("raw_dropped") or g[GROUP]["direct"][:].any():
-            raise StoreError(f"{key}: some of its raw targets are not on disk (dropped, or featurized compact); "
-                             "it cannot be compacted again with other settings")  # fmt: skip
-        if not overwrite:
-            changed = sorted(k for k in old.keys() | attrs.keys() if old.get(k) != attrs.get(k))
-            raise StoreError(f"{key}: compacted with other settings ({', '.join(changed)}); pass --overwrite to redo it")
     if GROUP in g:
         store.location.remove_prefix(f"targets/{key}/{GROUP}")
         store.root = store._open_root()
@@ -178,13 +244,44 @@ def prepare_compact(store: FeatureStore, key: str, codec: str = "int8", rank: in
         c.create_array(name, shape=(t,), dtype="float64", chunks=(1,), fill_value=0)
     c.create_array("direct", shape=(t,), dtype="uint8", chunks=(1,), fill_value=0)  # written compact by featurize
     c.create_array("complete", shape=(t,), dtype="uint8", chunks=(1,), fill_value=0)
-    # Attributes last: a codec named in them has its parameters fully written.
-    c.attrs.update(attrs)
-    provenance = dict(g.attrs)
-    provenance["compact"] = {"codec": codec, "rank": cf.rank, "clip": clip, "summary": bool(summary),
-                             "normalizer_tars": attrs["normalizer"]["tars"]}  # fmt: skip
-    g.attrs.update(provenance)
-    return compact_key(store, key)
+    # Attributes last, in one write of zarr.json (zarr's ``attrs.update`` writes once per key: a
+    # kill in between left ``codec`` without ``clip``): a codec named in them has its parameters fully written.
+    c.update_attributes(attrs)
+    ck = compact_key(store, key)
+    assert ck is not None
+    _record_provenance(store, key, ck)
+    return ck
+
+
+def _record_provenance(store: FeatureStore, key: str, ck: CompactKey) -> None:
+    """The key's ``compact`` provenance entry (one write, only when it is not already there)."""
+    entry = {"codec": ck.attrs["codec"], "rank": ck.attrs["rank"], "clip": ck.attrs["clip"],
+             "summary": bool(ck.attrs["summary"]), "normalizer_tars": ck.attrs["normalizer"]["tars"]}  # fmt: skip
+    g = store.root["targets"][key]
+    if g.attrs.get("compact") != entry:
+        g.update_attributes({"compact": entry})
+
+
+def restore_raw(store: FeatureStore, ck: CompactKey) -> int:
+    """Write the raw fp16 targets of every compacted tar whose raw ones are not on disk, decoded
+    from ``ck`` in the normalizer it was encoded in (lossy by the codec's error; invalid rows stay
+    zero); returns how many tars. Idempotent: ``ck`` is read, never changed, so a killed run redoes it."""
+    missing = raw_missing(store, ck.key) & compact_complete(store, ck.key)
+    g = store.root["targets"][ck.key][GROUP]
+    streams = [("features", ck.features)] + ([("summary", ck.summary)] if ck.summary is not None else [])
+    for t in np.flatnonzero(missing):
+        tp = store.plan.tars[int(t)]
+        rows = slice(tp.row_start, tp.row_start + tp.rows)
+        valid = _valid_local_rows(store, int(t))
+        for stream, codec in streams:
+            p = compact_phis(store, ck, stream)
+            q = g[stream][rows]
+            x = np.zeros(q.shape[:-1] + (len(p.mean),), np.float16)
+            if len(valid):
+                y = decode(codec, torch.from_numpy(q[valid])).double()
+                x[valid] = (y @ torch.from_numpy(p.inverse).T + torch.from_numpy(p.mean)).numpy().astype(np.float16)
+            store.array(ck.key, stream)[rows] = x  # whole shards: a tar's rows never share one
+    return int(missing.sum())
 
 
 def _valid_local_rows(store: FeatureStore, tar_index: int) -> np.ndarray:
@@ -215,8 +312,8 @@ def compact_tar(store: FeatureStore, ck: CompactKey, tar_index: int) -> None:
     key, tp, r = ck.key, store.plan.tars[tar_index], store.plan.shard_rows
     g = store.root["targets"][key][GROUP]
     valid = _valid_local_rows(store, tar_index)
-    phis_f = normalizer_for(store, key, "features")
-    phis_s = normalizer_for(store, key, "summary") if ck.summary is not None else None
+    phis_f = compact_phis(store, ck, "features")  # the group's own: a resume after a refit stays in one space
+    phis_s = compact_phis(store, ck, "summary") if ck.summary is not None else None
     sse = ssy = 0.0
     for start in range(0, tp.rows, r):
         rows = slice(tp.row_start + start, tp.row_start + start + r)
@@ -251,28 +348,42 @@ def direct_compact(store: FeatureStore, key: str) -> CompactKey | None:
 
     A key with a fitted feature normalizer gets an ``int8`` compact group if it has none (the
     settings of an earlier `radio store compact` are kept), so tars featurized after
-    ``fit-phis --max-tars`` never exist as raw fp16 on disk.
+    ``fit-phis --max-tars`` never exist as raw fp16 on disk. Only when that normalizer (the
+    group's own, else the current one) was fitted on the teacher output featurize now writes:
+    its recorded provenance of the key must match the key's (after `featurize --overwrite` with
+    another teacher, e.g. another ``output_scale``, int8 in the old space would be garbage; those
+    tars are written raw fp16, to be refitted and compacted).
     """
     if not _has_phis(store, key, "features"):
         return None
     ck = compact_key(store, key)
-    if ck is None:
+    if ck is None:  # (a group exists only for the provenance the key has: featurize --overwrite removes it)
+        if not fitted_on_key(store, key):
+            return None  # fitted on other outputs (or by a version that did not record them): raw is safe
         ck = prepare_compact(store, key)
     check_normalizer(store, ck)
     return ck
 
 
+def fitted_on_key(store: FeatureStore, key: str) -> bool | None:
+    """Whether the current normalizer of ``key``'s teacher was fitted on the teacher output ``key``
+    holds now (its recorded :func:`provenance_fingerprint`); None when it recorded none (fitted
+    before provenance was recorded)."""
+    recorded = (normalizer_info(store, teacher_of(store, key), "features") or {}).get("provenance")
+    return None if recorded is None else recorded.get(key) == provenance_fingerprint(store, key)
+
+
 def write_direct_window(store: FeatureStore, ck: CompactKey, row_start: int, features: np.ndarray,
                         summary: np.ndarray | None, valid: list[int], phis: PhiS) -> tuple[float, float]:  # fmt: skip
-    """Worker side: one whole shard of rows written compact (features) and raw (summary, unless the
-    codec compacts it too); returns Σ(y-ŷ)², Σy² of the valid rows. ``features [R, h, w, C]`` fp16."""
+    """Worker side: one whole shard of rows written compact (features, in ``phis`` =
+    ``compact_phis(store, ck)``) and raw (summary, unless the codec compacts it too); returns Σ(y-ŷ)², Σy² of the valid rows. ``features [R, h, w, C]`` fp16."""
     g = store.root["targets"][ck.key][GROUP]
     r = store.plan.shard_rows
     q, sse, ssy = encode_rows(phis, ck.features, features, np.asarray(valid, np.int64))
     g["features"][row_start : row_start + r] = q
     if summary is not None:
         if ck.summary is not None:
-            p = normalizer_for(store, ck.key, "summary")
+            p = compact_phis(store, ck, "summary")
             g["summary"][row_start : row_start + r] = encode_rows(p, ck.summary, summary, np.asarray(valid, np.int64))[0]
         else:
             store.array(ck.key, "summary")[row_start : row_start + r] = summary
@@ -318,6 +429,6 @@ def drop_raw(store: FeatureStore, key: str) -> None:
     """Delete the raw features and summary chunks of ``key`` (the array metadata stays, reading as
     zeros); the caller checks first that the compact arrays are complete and verified."""
     g = store.root["targets"][key]
-    g[GROUP].attrs["raw_dropped"] = True  # first: from now on readers must not trust raw chunks
+    g[GROUP].update_attributes({"raw_dropped": True})  # first: from now on readers must not trust raw chunks
     for name in ("features", "summary") if ck_has_summary(g) else ("features",):
         store.location.remove_prefix(f"targets/{key}/{name}/c")

@@ -32,6 +32,8 @@ class KeyInfo:
     compact_stored_bytes_per_sample: float | None = None  # the compact arrays on disk per valid row
     variance_retained: float | None = None  # 1 − MSE/Var in PHI-S space over the compacted tars
     raw_dropped: bool = False
+    normalizer: str = "raw"  # the PHI-S fingerprint the compact features are encoded in ("raw": no compact data)
+    normalizer_current: bool | None = None  # whether that is the teacher's current normalizer (else re-expressed)
 
 
 def store_info(path: str | Path) -> dict[str, Any]:
@@ -61,6 +63,8 @@ def store_info(path: str | Path) -> dict[str, Any]:
             info.compact_stored_bytes_per_sample = cdisk / max(1, cvalid)
             info.variance_retained = compact_mod.variance_retained(store, key)
             info.raw_dropped = ck.raw_dropped
+            info.normalizer = compact_mod.compact_fingerprint(ck) or "raw"
+            info.normalizer_current = compact_mod.is_current(store, ck)
         keys.append(info)
     reasons: dict[str, int] = {}
     for r in manifest.column("reason").to_pylist() if manifest.num_rows else []:

@@ -5,20 +5,30 @@ moments of all that teacher's target keys: the student has one adaptor head per 
 every key of a teacher must be expressed in the same space. (Separate per-key fits put
 ``sam@432`` and ``sam@1024`` in different bases: ``eigh`` flips eigenvector signs and rotates
 within near-equal eigenvalues from one fit to the next.) RADIO does the same: one PHI-S and one
-head per teacher. The store holds, at its root::
+head per teacher.
 
-    normalizers/TEACHER/STREAM/{mean [C], transform [C, C], inverse [C, C], eigenvalues [C], std [C]}
+Normalizers are **immutable and addressed by fingerprint** (of the merged moments): compact
+targets (:mod:`.compact`) are int8 values in one normalizer's space, so a refit must never
+replace the arrays they are expressed in. The store holds, at its root::
+
+    normalizers/TEACHER/STREAM/                  attribute ``current``: the fingerprint in use (written last)
+        FINGERPRINT/{mean [C], transform [C, C], inverse [C, C], eigenvalues [C], std [C]}
 
 (float64, plain Zarr arrays) with attributes ``phi``, ``count``, ``keys`` (the target keys
-merged), ``tars`` (per key, the tar indices whose moments were merged) and ``fingerprint`` (of
-the merged moments). :class:`Normalizer` applies one of the config's normalizations: ``phis``
-(the paper's), ``standardize`` (per-channel mean/std, the baseline of Table 3) or ``none``.
+merged), ``tars`` (per key, the tar indices whose moments were merged), ``provenance`` (per key,
+:func:`provenance_fingerprint` of the teacher output it was fitted on), ``hadamard`` and
+``fingerprint``, all in one write after the arrays. Stores written before versioning hold one
+normalizer in ``normalizers/TEACHER/STREAM/{arrays}`` with the attributes on that group; it is
+read as the version its ``fingerprint`` names (and stays addressable after a refit).
+:class:`Normalizer` applies one of the config's normalizations: ``phis`` (the paper's),
+``standardize`` (per-channel mean/std, the baseline of Table 3) or ``none``.
 :func:`normalizer_for` is the one way to get a teacher's (or a target key's, via its teacher).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +66,14 @@ def moments_fingerprint(m: Moments) -> str:
     return h.hexdigest()[:16]
 
 
+def provenance_fingerprint(store: FeatureStore, key: str) -> str:
+    """Of the teacher output ``key`` holds: its featurize provenance (teacher, weights, output
+    scale, ...), without the ``compact`` entry `radio store compact` adds. Recorded per key at fit
+    time, so featurize can tell whether a normalizer was fitted on the outputs it now writes."""
+    attrs = {k: v for k, v in store.target(key).attrs.items() if k != "compact"}
+    return hashlib.sha256(json.dumps(attrs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class KeySpectrum:
     """Diagnostics of one target key's own moments (not used for normalizing)."""
@@ -80,8 +98,9 @@ class FitReport:
     count: int  # vectors the moments cover (rows × tokens for features, over every key)
     phis: PhiS
     hadamard: str
-    unchanged: bool  # the stored normalizer already came from these moments
+    unchanged: bool  # the current normalizer already came from these moments
     spectra: tuple[KeySpectrum, ...]  # per key, diagnostics only
+    fingerprint: str = ""  # of the merged moments: the normalizer's address in the store
 
 
 def _key_spectrum(key: str, parts: list[Moments], merged: Moments) -> KeySpectrum:
@@ -96,7 +115,8 @@ def fit_store(
     """Fit one PHI-S per teacher and stream from the merged moments (of at most ``max_tars``
     evenly spaced tars per key) of **all** the teacher's keys in the store; ``keys`` (default:
     all) only chooses which teachers to fit. Idempotent: a normalizer whose moments did not
-    change is left as it is."""
+    change is left as it is; new moments add a normalizer and make it current (see the module
+    docstring: the old one stays, compact targets may be expressed in it)."""
     for key in keys or []:
         store.target(key)  # unknown key → StoreError listing what the store has
     teachers = sorted({teacher_of(store, k) for k in (keys or store.target_keys)})
@@ -110,6 +130,7 @@ def fit_store(
             )
     reports = []
     for teacher, tkeys in groups.items():
+        provenance = {k: provenance_fingerprint(store, k) for k in tkeys}
         for stream in streams_of(store, tkeys[0]):
             every, spectra, tars = [], [], {}
             for key in tkeys:
@@ -122,45 +143,93 @@ def fit_store(
                 tars[key] = store.tar_indices(key, max_tars)
             merged = merge_all(every)  # Chan's merge: exactly the moments of every key's vectors together
             fp = moments_fingerprint(merged)
-            group = _phis_group(store, teacher, stream)
-            unchanged = group is not None and group.attrs.get("fingerprint") == fp
-            phis = load_teacher_phis(store, teacher, stream) if unchanged else fit_phis(merged)
+            unchanged = current_fingerprint(store, teacher, stream) == fp
+            known = _phis_group(store, teacher, stream, fp) is not None  # fitted before: made current again
+            phis = load_teacher_phis(store, teacher, stream, fp) if known else fit_phis(merged)
             if not unchanged:
-                _write_phis(store, teacher, stream, phis, merged.count, tars, fp)
+                _write_phis(store, teacher, stream, phis, merged.count, tars, fp, provenance)
             reports.append(FitReport(teacher, tuple(tkeys), stream, len(every), merged.count, phis,
-                                     describe(len(phis.mean)), unchanged, tuple(spectra)))  # fmt: skip
+                                     describe(len(phis.mean)), unchanged, tuple(spectra), fp))  # fmt: skip
     return reports
 
 
-def _phis_group(store: FeatureStore, teacher: str, stream: str):
+def _stream_group(store: FeatureStore, teacher: str, stream: str):
     root = store.root
     if "normalizers" not in root or teacher not in root["normalizers"] or stream not in root["normalizers"][teacher]:
         return None
     return root["normalizers"][teacher][stream]
 
 
+def current_fingerprint(store: FeatureStore, teacher: str, stream: str = "features") -> str | None:
+    """The fingerprint of the teacher's normalizer in use (the ``current`` pointer; a store in the
+    unversioned layout: its one normalizer's), or None before fit-phis."""
+    s = _stream_group(store, teacher, stream)
+    if s is None:
+        return None
+    fp = s.attrs.get("current", s.attrs.get("fingerprint"))
+    return str(fp) if fp is not None else None
+
+
+def _phis_group(store: FeatureStore, teacher: str, stream: str, fingerprint: str | None = None):
+    """The Zarr group of the normalizer ``fingerprint`` (default: the current one) with its arrays
+    fully written (its attributes name its fingerprint), or None."""
+    s = _stream_group(store, teacher, stream)
+    fp = fingerprint or current_fingerprint(store, teacher, stream)
+    if s is None or fp is None:
+        return None
+    if fp in s and s[fp].attrs.get("fingerprint") == fp:
+        return s[fp]
+    return s if s.attrs.get("fingerprint") == fp else None  # the unversioned layout
+
+
+def normalizer_versions(store: FeatureStore, teacher: str, stream: str = "features") -> list[str]:
+    """Fingerprints of every complete normalizer of the teacher's stream in the store, sorted."""
+    s = _stream_group(store, teacher, stream)
+    if s is None:
+        return []
+    found = {name for name in s.group_keys() if s[name].attrs.get("fingerprint") == name}
+    if "fingerprint" in s.attrs:
+        found.add(str(s.attrs["fingerprint"]))
+    return sorted(found)
+
+
 def _write_phis(store: FeatureStore, teacher: str, stream: str, p: PhiS, count: int,
-                tars: dict[str, list[int]], fp: str) -> None:  # fmt: skip
-    g = store.root.require_group("normalizers").require_group(teacher).require_group(stream)
-    if "fingerprint" in g.attrs:
-        del g.attrs["fingerprint"]  # being rewritten: not valid until the new arrays are in
-    for name in ("mean", "transform", "inverse", "eigenvalues", "std"):
-        value = getattr(p, name)
-        g.create_array(name, shape=value.shape, dtype="float64", chunks=value.shape, overwrite=True, fill_value=0)[...] = value
-    # Attributes last: a fingerprint names arrays that are fully written.
-    g.attrs.update({"phi": p.phi, "count": count, "keys": sorted(tars), "tars": tars, "fingerprint": fp,
-                    "hadamard": describe(len(p.mean))})  # fmt: skip
+                tars: dict[str, list[int]], fp: str, provenance: dict[str, str]) -> None:  # fmt: skip
+    """Add normalizer ``fp`` (unless the store has it) and make it current. Never rewrites an
+    existing normalizer: compact targets may be expressed in it."""
+    s = store.root.require_group("normalizers").require_group(teacher).require_group(stream)
+    if _phis_group(store, teacher, stream, fp) is None:
+        if fp in s:  # a write killed before its attributes: its arrays are not trusted
+            store.location.remove_prefix(f"normalizers/{teacher}/{stream}/{fp}")
+            store.root = store._open_root()
+            s = store.root["normalizers"][teacher][stream]
+        g = s.create_group(fp)
+        for name in ("mean", "transform", "inverse", "eigenvalues", "std"):
+            value = getattr(p, name)
+            g.create_array(name, shape=value.shape, dtype="float64", chunks=value.shape, fill_value=0)[...] = value
+        # Attributes after the arrays and in one write of zarr.json: a fingerprint names arrays that are fully written.
+        g.update_attributes({"phi": p.phi, "count": count, "keys": sorted(tars), "tars": tars, "provenance": provenance,
+                             "hadamard": describe(len(p.mean)), "fingerprint": fp})  # fmt: skip
+    s.update_attributes({"current": fp})  # last: the pointer moves only to a complete normalizer
 
 
-def normalizer_info(store: FeatureStore, teacher: str, stream: str = "features") -> dict | None:
-    """The stored normalizer's attributes (``keys``, ``tars``, ``count``, ``fingerprint``, ...) or None."""
-    g = _phis_group(store, teacher, stream)
-    return dict(g.attrs) if g is not None and "fingerprint" in g.attrs else None
+def normalizer_info(store: FeatureStore, teacher: str, stream: str = "features",
+                    fingerprint: str | None = None) -> dict | None:  # fmt: skip
+    """The attributes (``keys``, ``tars``, ``count``, ``fingerprint``, ...) of the normalizer
+    ``fingerprint`` (default: the current one), or None."""
+    g = _phis_group(store, teacher, stream, fingerprint)
+    if g is None:
+        return None
+    return {k: v for k, v in g.attrs.items() if k != "current"}
 
 
-def load_teacher_phis(store: FeatureStore, teacher: str, stream: str = "features") -> PhiS:
-    g = _phis_group(store, teacher, stream)
-    if g is None or "fingerprint" not in g.attrs:
+def load_teacher_phis(store: FeatureStore, teacher: str, stream: str = "features",
+                      fingerprint: str | None = None) -> PhiS:  # fmt: skip
+    """The teacher's normalizer ``fingerprint`` (default: the current one)."""
+    g = _phis_group(store, teacher, stream, fingerprint)
+    if g is None:
+        if fingerprint is not None and current_fingerprint(store, teacher, stream) is not None:
+            raise StoreError(f"{teacher}: the store has no PHI-S {fingerprint} for {stream}")
         raise StoreError(f"{teacher}: no PHI-S for {stream}; run `radio fit-phis`")
     arrays = {n: g[n][...] for n in ("mean", "transform", "inverse", "eigenvalues", "std")}
     return PhiS(phi=float(g.attrs["phi"]), **arrays)
