@@ -94,7 +94,7 @@ class CompactDecoder(nn.Module):
     def forward(self, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = dict(targets)
         y = decode_on_device(targets["features"], self.features_scale, self.features_basis)
-        if self.features_reexpress is not None:
+        if self.features_reexpress is not None and self.features_shift is not None:
             y = y @ self.features_reexpress + self.features_shift
         out["features"] = y
         if self.has_summary:

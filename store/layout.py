@@ -9,7 +9,7 @@ Layout under the store path::
         moments/features_{count,mean,m2}   per tar: [T], [T, C], [T, C, C] float64
         moments/summary_{count,mean,m2}    the same for the summary
         complete  [T]              uint8 completion marker per tar, written last
-    normalizers/TEACHER/STREAM/    one PHI-S per teacher from all its keys (`radio fit-phis`, store/normalizers.py)
+    normalizers/TEACHER/STREAM/FP/ one PHI-S per teacher from all its keys, by fingerprint (`radio fit-phis`, store/normalizers.py)
     manifest/NNNNNNNN.parquet      per tar: row, key, uid, tar, ordinal, offset, size, valid, reason, crop
 
 The path is a local directory or an object-store URL (``s3://bucket/prefix``): every file above is
