@@ -62,6 +62,8 @@ def fit_phis(
     make_console().print(table)
     fitted = sum(not r.unchanged for r in reports)
     print(f"PHI-S: {fitted} fitted, {len(reports) - fitted} unchanged (same moments as the stored ones)")
+    # Earlier normalizers stay in the store: compact targets are decoded in the one they were encoded in.
+    print("current normalizers: " + ", ".join(f"{r.teacher}/{r.stream} {r.fingerprint}" for r in reports))
     png = plot_spectra(reports)
     if plot is None:  # beside the store's arrays, also when the store is an object-store URL
         fs.location.write_bytes("phis_spectra.png", png)

@@ -227,7 +227,11 @@ def prepare(config: PipelineConfig, selection: Selection, overwrite: bool = Fals
         done = {job.key: store.completed(job.key) for job in jobs}
         for job in jobs:
             if not done[job.key].all():
-                compact.direct_compact(store, job.key)  # fitted normalizer → the worker writes int8, not fp16
+                # A normalizer fitted on these teacher outputs → the worker writes int8, not fp16.
+                if compact.direct_compact(store, job.key) is None and compact.fitted_on_key(store, job.key) is False:
+                    if notes is not None:
+                        notes.append(f"{job.key}: its PHI-S was fitted on other teacher outputs; written raw fp16 "
+                                     "(run `radio fit-phis` again, then `radio store compact`)")  # fmt: skip
         for tp in plan.tars:
             todo = tuple(j for j in jobs if not done[j.key][tp.index])
             if todo:

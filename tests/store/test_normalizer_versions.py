@@ -234,8 +234,11 @@ def test_featurize_overwrite_with_another_teacher_output_writes_raw_not_int8_in_
     teachers = dict(config.teachers)
     teachers["dinov2"] = teachers["dinov2"].model_copy(update={"output_scale": 2.0})
     changed = config.model_copy(update={"teachers": teachers})
-    store, items = prepare(changed, select(changed, ["dinov2"]), overwrite=True)
+    notes: list[str] = []
+    store, items = prepare(changed, select(changed, ["dinov2"]), overwrite=True, notes=notes)
     assert c.compact_key(store, KEY) is None  # the normalizer was fitted on other outputs: raw fp16
+    assert notes[0] == (f"{KEY}: its PHI-S was fitted on other teacher outputs; written raw fp16 "
+                        "(run `radio fit-phis` again, then `radio store compact`)")  # fmt: skip
     _featurize(store, items, changed)
     assert not c.raw_missing(store, KEY).any() and store.completed(KEY).all()
     info = {k.key: k for k in store_info(store.path)["keys"]}[KEY]
