@@ -80,8 +80,8 @@ class CompactDecoder(nn.Module):
         _codec_buffers(self, "features", ck.features)
         a = b = None
         if not is_current(store, ck, "features"):
-            a, b = (torch.as_tensor(v, dtype=torch.float32)
-                    for v in reexpression(compact_phis(store, ck, "features"), normalizer_for(store, ck.key, "features")))  # fmt: skip
+            own, current = compact_phis(store, ck, "features"), normalizer_for(store, ck.key, "features")
+            a, b = (torch.as_tensor(v, dtype=torch.float32) for v in reexpression(own, current))
         self.register_buffer("features_reexpress", a, persistent=False)
         self.register_buffer("features_shift", b, persistent=False)
         self.has_summary = ck.summary is not None

@@ -376,7 +376,8 @@ def fitted_on_key(store: FeatureStore, key: str) -> bool | None:
 def write_direct_window(store: FeatureStore, ck: CompactKey, row_start: int, features: np.ndarray,
                         summary: np.ndarray | None, valid: list[int], phis: PhiS) -> tuple[float, float]:  # fmt: skip
     """Worker side: one whole shard of rows written compact (features, in ``phis`` =
-    ``compact_phis(store, ck)``) and raw (summary, unless the codec compacts it too); returns Σ(y-ŷ)², Σy² of the valid rows. ``features [R, h, w, C]`` fp16."""
+    ``compact_phis(store, ck)``) and raw (summary, unless the codec compacts it too); returns
+    Σ(y-ŷ)², Σy² of the valid rows. ``features [R, h, w, C]`` fp16."""
     g = store.root["targets"][ck.key][GROUP]
     r = store.plan.shard_rows
     q, sse, ssy = encode_rows(phis, ck.features, features, np.asarray(valid, np.int64))

@@ -113,7 +113,8 @@ def test_refit_adds_a_normalizer_and_compact_only_data_still_decodes_in_the_new_
         new = current_fingerprint(store, teacher)
         assert normalizer_versions(store, teacher) == sorted([first[teacher], new]) and new != first[teacher]
         assert all(len(normalizer_versions(store, teacher, s)) == 2 for s in streams)
-        assert set(normalizer_info(store, teacher, fingerprint=first[teacher])["tars"][teacher_keys_of(store, teacher)[0]]) == {0}
+        fitted_from = normalizer_info(store, teacher, fingerprint=first[teacher])["tars"]
+        assert set(fitted_from[teacher_keys_of(store, teacher)[0]]) == {0}  # the first one: tar 0 only
     ref = FeatureStore(tiny_store[1])  # the same shards featurized all raw
     for key in ("dinov2@112", "sam@128", "clip@168"):
         teacher = teacher_of(store, key)
@@ -324,3 +325,37 @@ def test_compact_summary_checks_every_key_before_any_work(fitted, tmp_path):
     assert r.output.strip().splitlines() == [f"error: {no_summary}: has no summary to compact"]
     assert not list(Path(store.path).glob("targets/*/compact"))  # nothing written
     assert all("compact" not in FeatureStore(store.path).target(k).attrs for k in store.target_keys)
+
+
+def test_featurize_after_a_refit_writes_new_tars_in_the_normalizer_their_key_is_compacted_in(repo, tiny_store, tmp_path):
+    from radio.distill.compact_targets import CompactDecoder, compact_keys
+    from radio.featurize.job import prepare, select
+
+    config = _tiny_config(repo, tmp_path)
+    selection = select(config, ["dinov2"])
+    store, items = prepare(config, selection)
+    _featurize(store, [i for i in items if i.tar_index == 0], config)
+    fit_store(store, [KEY], allow_partial=True)
+    first = current_fingerprint(store, "dinov2")
+    store, items = prepare(config, selection)
+    _featurize(store, [i for i in items if i.tar_index == 1], config)  # written int8 in the first normalizer
+    fit_store(store, [KEY], allow_partial=True)  # a refit from tars 0 and 1 while featurize is not done
+    assert current_fingerprint(store, "dinov2") != first
+    store, items = prepare(config, selection)  # was refused ("since replaced"); now resumes in the group's normalizer
+    _featurize(store, items, config)
+    ck = c.compact_key(store, KEY)
+    assert c.compact_fingerprint(ck) == first and c.raw_missing(store, KEY).tolist() == [False, True, True]
+    assert c.compact_store_key(store, KEY) == 1 and list(compact_keys(store, [KEY])) == [KEY]
+    assert verify_store(store.path) == []
+    ref = FeatureStore(tiny_store[1])
+    t = store.plan.tars[2]
+    rows = np.intersect1d(_valid_rows(ref, KEY), np.arange(t.row_start, t.row_start + t.rows))
+    raw = ref.array(KEY, "features")[rows].astype(np.float64)
+    q = store.root["targets"][KEY]["compact"]["features"][rows]
+    old = c.compact_phis(store, ck)
+    clipped = np.abs(q) == 127
+    assert np.abs(decode(ck.features, torch.from_numpy(q)).numpy() - old.normalize(raw))[~clipped].max() <= STEP / 2 + 1e-4
+    got = CompactDecoder(ck, store)({"features": torch.from_numpy(q)})["features"].double().numpy()
+    a, _ = c.reexpression(old, c.normalizer_for(store, KEY))
+    whole = ~clipped.any(-1)
+    assert np.abs(got - c.normalizer_for(store, KEY).normalize(raw))[whole].max() <= STEP / 2 * np.abs(a).sum(0).max() + 1e-3
