@@ -175,9 +175,10 @@ class FeatureStore:
                 )
             return store
         check_empty(location)
-        # "w-": create, never clear (mode "w" would delete whatever is at the path first).
-        root = zarr.open_group(store=location.zarr_store(), mode="w-")
-        root.attrs.update({"radio_store": STORE_FORMAT, "plan": plan.to_json(), "featurize": settings})
+        # Create, never clear: open_group's mode "w" would delete whatever is at the path first.
+        # The attributes go in the same write as zarr.json (a store is never without its plan).
+        attrs = {"radio_store": STORE_FORMAT, "plan": plan.to_json(), "featurize": settings}
+        root = zarr.create_group(store=location.zarr_store(), overwrite=False, attributes=attrs)
         root.create_group("targets")
         return cls(path)
 

@@ -146,7 +146,8 @@ class Location:
 
         def ask() -> bool:
             try:
-                return self.fs.info(key).get("type") == "file"
+                # refresh: a cached listing of the folder would answer for objects written since.
+                return self.fs.info(key, refresh=True).get("type") == "file"
             except FileNotFoundError:
                 return False
 
@@ -250,6 +251,8 @@ class Location:
                 return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(key, detail=False, refresh=True))
             except FileNotFoundError:
                 return []
+            finally:
+                self.fs.invalidate_cache(key)  # keep no listing that later writes would make stale
 
         return retried(self.url_of(name), ls)
 
