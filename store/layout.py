@@ -146,8 +146,11 @@ class FeatureStore:
     def _open_root(self) -> zarr.Group:
         writable = self.location.writable()
         zstore = self.location.zarr_store(read_only=not writable)
+        def open_root() -> zarr.Group:
+            return zarr.open_group(store=zstore, mode="r+" if writable else "r")
+
         # Reads only: a failed request is retried, then one line (see objects.retried).
-        return retried(self.location.url_of("zarr.json"), lambda: zarr.open_group(store=zstore, mode="r+" if writable else "r"))
+        return open_root() if self.location.local is not None else retried(self.location.url_of("zarr.json"), open_root)
 
     # ---- creation (driver only) -------------------------------------------------------------
 

@@ -53,6 +53,12 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[:300]}"
 
 
+def _transport(e: BaseException) -> bool:
+    """A failed request (s3fs turns the server's errors into OSError), not a bad answer."""
+    module = type(e).__module__.split(".")[0]
+    return isinstance(e, (OSError, TimeoutError)) or module in ("botocore", "aiobotocore", "aiohttp", "urllib3")
+
+
 def _unreachable(e: BaseException) -> bool:
     names = {t.__name__ for t in type(e).__mro__}
     return bool(names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError"})
@@ -70,6 +76,8 @@ def retried(what: str, call: Callable[[], T]) -> T:
         except PermissionError as e:
             raise StoreError(f"{what}: permission denied ({_one_line(e)})") from None
         except Exception as e:  # noqa: BLE001 - botocore/aiohttp errors share no base class
+            if not _transport(e):
+                raise  # bad content (a damaged zarr.json, ...): not a request to repeat
             # An endpoint that cannot be reached was already retried by the client (botocore's
             # retries, ~7 s): one line now rather than half a minute of the same.
             if attempt == len(RETRY_DELAYS) or _unreachable(e):
