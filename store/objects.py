@@ -176,7 +176,7 @@ class Location:
         if not names:
             return {}  # fsspec's cat of no paths raises FileNotFoundError
         keys = {self._key(n): n for n in names}
-        found = self.fs.cat(list(keys), on_error="return")
+        found = retried(self.url_of(names[0]), lambda: self.fs.cat(list(keys), on_error="return"))
         out: dict[str, bytes] = {}
         for key, name in keys.items():
             value = found.get(key, FileNotFoundError(key))
