@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 
-from .objects import Location, StoreError
+from .objects import Location, StoreError, StoreReadOnly
 
 PREFIX = "leases"
 TTL = 120.0  # seconds a lease lives without renewal; renewed every TTL / 4
@@ -127,7 +127,13 @@ class Lease:
                 now = time.time()
                 self.info = LeaseInfo(self.kind, self.holder, socket.gethostname(), os.getpid(), now, now + self.ttl,
                                       uuid.uuid4().hex[:12], self.destructive)  # fmt: skip
-                self._write()
+                try:
+                    self._write()
+                except StoreReadOnly:
+                    if self.kind == "writer":
+                        raise
+                    self.info = None  # a reader of a read-only store (a shared copy): no writer can change it
+                    return self
                 blocker = self._raced()
                 if blocker is None:
                     break
@@ -236,7 +242,7 @@ class Lease:
 
 def take(path: str | Path, kind: str, holder: str, *, destructive: bool = False, wait: bool = False) -> Lease:
     """A :class:`Lease` to hold with ``with``: the entry points' one call. A reader on a store it
-    cannot write (a read-only copy) holds nothing: no writer can change that store either."""
+    cannot write (a read-only copy or bucket) holds nothing: no writer can change that store either."""
     lease = Lease(path, kind, holder, destructive=destructive, wait=wait)
     if kind == "reader" and (not lease.location.writable() or not lease.location.exists("zarr.json")):
         return _NoLease(lease.location)  # (not a store: the reader's own open says so, in one line)

@@ -48,6 +48,10 @@ class StoreError(RadioError):
     """A store that is missing, of another plan, unreachable, or does not hold what was asked for."""
 
 
+class StoreReadOnly(StoreError):
+    """A write the store refused: no permission, or a read-only file system."""
+
+
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split()) or "no message"
     return f"{type(e).__name__}: {text[:300]}"
@@ -74,7 +78,7 @@ def retried(what: str, call: Callable[[], T]) -> T:
         except (FileNotFoundError, StoreError):
             raise
         except PermissionError as e:
-            raise StoreError(f"{what}: permission denied ({_one_line(e)})") from None
+            raise StoreReadOnly(f"{what}: permission denied ({_one_line(e)})") from None
         except Exception as e:  # noqa: BLE001 - botocore/aiohttp errors share no base class
             if not _transport(e):
                 raise  # bad content (a damaged zarr.json, ...): not a request to repeat
@@ -200,13 +204,16 @@ class Location:
                 tmp.write_bytes(data)
                 os.replace(tmp, path)
             except (PermissionError, IsADirectoryError, NotADirectoryError) as e:
-                raise StoreError(f"{path}: cannot write ({e.strerror}); is the store read-only?") from None
+                raise StoreReadOnly(f"{path}: cannot write ({e.strerror}); is the store read-only?") from None
             except OSError as e:
                 if e.errno != errno.EROFS:
                     raise  # ENOSPC and the like: not this line's business
-                raise StoreError(f"{path}: cannot write ({e.strerror}); is the store read-only?") from None
+                raise StoreReadOnly(f"{path}: cannot write ({e.strerror}); is the store read-only?") from None
         else:
-            self.fs.pipe_file(self._key(name), data)
+            try:
+                self.fs.pipe_file(self._key(name), data)
+            except PermissionError as e:
+                raise StoreReadOnly(f"{self.url_of(name)}: cannot write ({_one_line(e)})") from None
 
     def remove_prefix(self, name: str) -> None:
         """Remove every object under ``name/`` (nothing if there is none); a removal that fails

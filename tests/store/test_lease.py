@@ -161,3 +161,23 @@ def test_writers_exclude_each_other_on_s3(s3_bucket):
             Lease(url, "writer", "featurize").acquire()
         assert [x.token for x in leases(Location(url))] == [held.info.token]
     assert leases(Location(url)) == []
+
+
+def test_a_reader_of_a_read_only_store_holds_nothing_and_a_writer_is_told(tmp_path, monkeypatch):
+    import errno
+
+    from radio.store.objects import StoreReadOnly
+
+    real = os.replace
+
+    def replace(src, dst, *args, **kwargs):  # the file system under tmp_path is read-only
+        if str(dst).startswith(str(tmp_path)):
+            raise OSError(errno.EROFS, "Read-only file system", str(dst))
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with Lease(tmp_path, "reader", "distill") as held:
+        assert held.info is None and leases(Location(tmp_path)) == []
+    with pytest.raises(StoreReadOnly, match=rf"^{tmp_path}/leases/writer-.*\.json: cannot write \(Read-only file "
+                                            r"system\); is the store read-only\?$"):  # fmt: skip
+        Lease(tmp_path, "writer", "fit-phis").acquire()
