@@ -27,6 +27,7 @@ def featurize(
     ] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="teacher actors [default: one per GPU, else 1]")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="recompute the selected target keys from scratch")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="wait while another run writes the store, instead of exiting")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="show Ray's own log lines instead of writing them to OUT/logs/")] = False,
     config: ConfigOpt = DEFAULT_CONFIG,
     pipeline: PipelineOpt = None,
@@ -50,7 +51,7 @@ def featurize(
         raise fail(f"--mosaic {mosaic} must be a power of two (1, 2, 4, ...)")
     with Progress(sys.stderr.isatty()) as progress:
         report = run_featurize(cfg, teachers=teacher, mosaic=mosaic, address=address, workers=workers,
-                               overwrite=overwrite, verbose=verbose, on_result=progress.update,
+                               overwrite=overwrite, verbose=verbose, on_result=progress.update, wait=wait,
                                on_note=lambda line: print(f"note: {line}", file=sys.stderr))  # fmt: skip
     print_summary(report)
     if not report.ok:

@@ -38,13 +38,22 @@ def fit_phis(
     Prints per teacher, and per key as diagnostics, the vectors used, φ and the share of variance
     in the top 1/10/100 principal components, and plots the eigenvalue spectra.
     """
-    from rich.table import Table
-
+    from radio.store import lease
     from radio.store.layout import FeatureStore
-    from radio.store.normalizers import fit_store
 
     cfg = load(config, pipeline, store=store)
     fs = FeatureStore(cfg.store.path)
+    fs.location.require_writable("fit-phis")
+    # A replaced normalizer changes the space a training run's targets are read in: never under one.
+    with lease.take(cfg.store.path, "writer", "fit-phis", destructive=True):
+        _fit(fs, keys, allow_partial, max_tars, plot)
+
+
+def _fit(fs, keys: list[str] | None, allow_partial: bool, max_tars: int | None, plot: Path | None) -> None:
+    from rich.table import Table
+
+    from radio.store.normalizers import fit_store
+
     reports = fit_store(fs, keys, allow_partial, max_tars)
     table = Table("teacher / target key", "stream", "tars", "rows", "vectors", "φ", "top 1", "top 10", "top 100",
                   "Hadamard", "",

@@ -96,11 +96,28 @@ def compact(
     trainer then reads these keys compact and decodes them on its device (re-expressed in the
     current PHI-S when a refit replaced theirs). Every key is checked before any is compacted.
     """
-    from radio.store import compact as c
-    from radio.store.inspect import verify_store
+    from radio.store import lease
+
+    fs = _open_writable(path, "store compact")
+    # --drop-raw deletes raw targets and --overwrite rewrites compact ones: never under a training run.
+    with lease.take(path, "writer", "store compact", destructive=drop_raw or overwrite):
+        fs.location.remove_temporaries()  # a killed compact's half-written files
+        _compact(fs, path, keys, codec, rank, variance, clip, summary, overwrite, drop_raw)
+
+
+def _open_writable(path: str, command: str):
     from radio.store.layout import FeatureStore
 
     fs = FeatureStore(path)
+    fs.location.require_writable(command)
+    return fs
+
+
+def _compact(fs, path: str, keys: list[str] | None, codec: str, rank: int | None, variance: float | None, clip: float,
+             summary: bool, overwrite: bool, drop_raw: bool) -> None:  # fmt: skip
+    from radio.store import compact as c
+    from radio.store.inspect import verify_store
+
     chosen = keys or fs.target_keys
     for key in chosen:  # every key's request checked before any work: nothing is written if one is refused
         c.plan_compact(fs, key, codec=codec, rank=rank, variance=variance, clip=clip, summary=summary,

@@ -58,10 +58,9 @@ def split_rows(store: FeatureStore, keys: list[str], held_out: int, manifest: Ma
         usable = np.flatnonzero(valid & complete[manifest.tar_of(np.arange(len(valid)))]).astype(np.int64)
     else:
         parts = []
-        for t in store.plan.tars:
-            name = store.manifest_name(t.index)
-            if complete[t.index] and store.location.exists(name):
-                table = pq.read_table(pa.BufferReader(store.location.read_bytes(name)), columns=["row", "valid"])
+        for t, data in store.read_manifests(complete).items():  # a complete tar must have its manifest
+            if complete[t]:
+                table = pq.read_table(pa.BufferReader(data), columns=["row", "valid"])
                 parts.append(table.column("row").to_numpy()[table.column("valid").to_numpy(zero_copy_only=False)])
         usable = np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
     cut = max(0, len(usable) - held_out)

@@ -170,9 +170,14 @@ def train_stage(
     """Train stage ``stage`` (1-based) of ``config``; resumes from the stage's checkpoint if present."""
     if not 1 <= stage <= len(config.stages):
         raise DistillError(f"--stage {stage}: the pipeline has stages 1..{len(config.stages)}")
+    from radio.store import lease
+
     d = distributed.setup(device)
     try:
-        return _train(config, stage, d, steps, Path(out or config.out), init, workers, flip, on_step)
+        # A reader lease for the run: `compact --drop-raw`, `featurize --overwrite` and `fit-phis`
+        # refuse to delete or rewrite the store meanwhile (each rank holds its own).
+        with lease.take(config.store.path, "reader", "distill"):
+            return _train(config, stage, d, steps, Path(out or config.out), init, workers, flip, on_step)
     finally:
         distributed.teardown(d)
 

@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass, field, replace
 
 from radio.config import PipelineConfig, fingerprint
 from radio.errors import RadioError
-from radio.store import compact
-from radio.store.layout import FeatureStore, Plan, settings_json
+from radio.store import compact, lease
+from radio.store.layout import FeatureStore, Plan, check_empty, settings_json
+from radio.store.objects import Location
 from radio.store.shards import expand_shards, open_binary
 
 from .mosaic import mosaic_misfit
@@ -272,8 +273,12 @@ def run_featurize(
     verbose: bool = False,
     on_result: ProgressFn | None = None,
     on_note: Callable[[str], None] | None = None,
+    wait: bool = False,
 ) -> FeaturizeReport:
     """Featurize the selected target keys of ``config`` into its store; resumable.
+
+    The run holds the store's writer lease (:mod:`radio.store.lease`): another writer makes it
+    refuse with one line naming the holder, or with ``wait`` wait for it.
 
     Before anything is written: the selection and its geometry are validated and every
     teacher's weights are resolved (:func:`~radio.featurize.preflight.check_weights`). On a
@@ -284,6 +289,18 @@ def run_featurize(
     for note in selection.notes:
         (on_note or print)(note)
     check_weights({t: (model, weights) for t, (model, weights, _) in selection.teachers.items()})
+    location = Location(config.store.path)
+    if not location.exists("zarr.json"):
+        check_empty(location)  # before the lease is written: a folder that is not a store stays untouched
+    # One writer at a time; --overwrite deletes keys, so it also waits for no training run to read them.
+    with lease.take(config.store.path, "writer", "featurize", destructive=overwrite, wait=wait):
+        location.remove_temporaries()  # a killed run's half-written files (we hold the store alone)
+        return _featurize(config, selection, start, address, workers, overwrite, verbose, on_result, on_note)
+
+
+def _featurize(config: PipelineConfig, selection: Selection, start: float, address: str | None, workers: int | None,
+               overwrite: bool, verbose: bool, on_result: ProgressFn | None,
+               on_note: Callable[[str], None] | None) -> FeaturizeReport:  # fmt: skip
     later: list[str] = []
     store, items = prepare(config, selection, overwrite, later)
     for note in later:

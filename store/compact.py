@@ -287,9 +287,12 @@ def restore_raw(store: FeatureStore, ck: CompactKey) -> int:
 def _valid_local_rows(store: FeatureStore, tar_index: int) -> np.ndarray:
     tp = store.plan.tars[tar_index]
     name = store.manifest_name(tar_index)
-    if not store.location.exists(name):
-        return np.zeros(0, np.int64)
-    m = pq.read_table(pa.BufferReader(store.location.read_bytes(name)), columns=["row", "valid"]).to_pydict()
+    try:  # only complete tars are compacted: a missing manifest is damage, never "no valid rows"
+        data = store.location.read_bytes(name)
+    except FileNotFoundError:
+        raise StoreError(f"{store.location.url_of(name)}: missing, but tar {tar_index} ({tp.path}) is marked complete; "
+                         "run `radio store verify`") from None  # fmt: skip
+    m = pq.read_table(pa.BufferReader(data), columns=["row", "valid"]).to_pydict()
     rows = np.asarray(m["row"], np.int64)
     return rows[np.asarray(m["valid"], bool)] - tp.row_start
 

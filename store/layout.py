@@ -35,16 +35,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
-from radio.errors import RadioError
-
 from .moments import Moments
-from .objects import Location
+from .objects import TEMP_NAME, Location, StoreError, retried
 
 STORE_FORMAT = 1
-
-
-class StoreError(RadioError):
-    """A store that is missing, of another plan, or does not hold what was asked for."""
+# What an empty folder may already hold when a store is created in it: the lease a featurize
+# run takes before planning (radio.store.lease), and a killed writer's temporary files.
+CREATE_IGNORES = ("leases",)
 
 
 @dataclass(frozen=True)
@@ -132,9 +129,15 @@ class FeatureStore:
             raise StoreError(f"{self.path}: not a radio store (no zarr.json); run `radio featurize` first")
         self.root = self._open_root()
         attrs = dict(self.root.attrs)
-        if attrs.get("radio_store") != STORE_FORMAT:
-            raise StoreError(f"{self.path}: not a radio store of format {STORE_FORMAT}")
-        self.plan = Plan.from_json(attrs["plan"])
+        if "radio_store" not in attrs:
+            raise StoreError(f"{self.path}: not a radio store (zarr.json has no radio_store attribute)")
+        if attrs["radio_store"] != STORE_FORMAT:
+            raise StoreError(f"{self.path}: store format {attrs['radio_store']!r}; this radio reads format {STORE_FORMAT}")
+        try:
+            self.plan = Plan.from_json(attrs["plan"])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            why = f"missing {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+            raise StoreError(f"{self.path}: damaged root attribute plan ({why})") from None
         self.settings: dict[str, Any] = attrs.get("featurize", {})
         # Array handles of the write paths: opening one reads its metadata (~2 ms), which a
         # teacher stage would otherwise pay per shard and the driver per (tar, key) and stream.
@@ -142,13 +145,22 @@ class FeatureStore:
 
     def _open_root(self) -> zarr.Group:
         writable = self.location.writable()
-        return zarr.open_group(store=self.location.zarr_store(read_only=not writable), mode="r+" if writable else "r")
+        zstore = self.location.zarr_store(read_only=not writable)
+        def open_root() -> zarr.Group:
+            return zarr.open_group(store=zstore, mode="r+" if writable else "r")
+
+        # Reads only: a failed request is retried, then one line (see objects.retried).
+        return open_root() if self.location.local is not None else retried(self.location.url_of("zarr.json"), open_root)
 
     # ---- creation (driver only) -------------------------------------------------------------
 
     @classmethod
     def create(cls, path: str | Path, plan: Plan, settings: dict[str, Any]) -> FeatureStore:
-        """Create a store for ``plan``, or open an existing one after checking it has the same plan."""
+        """Create a store for ``plan``, or open an existing one after checking it has the same plan.
+
+        A new store is created only where nothing exists, or in an empty directory / prefix
+        (:func:`check_empty`); anything else that is not a radio store is refused and left as it is.
+        """
         location = Location(path)
         if location.exists("zarr.json"):
             store = cls(path)
@@ -165,8 +177,11 @@ class FeatureStore:
                     "use a new --store or --overwrite"
                 )
             return store
-        root = zarr.open_group(store=location.zarr_store(), mode="w")
-        root.attrs.update({"radio_store": STORE_FORMAT, "plan": plan.to_json(), "featurize": settings})
+        check_empty(location)
+        # Create, never clear: open_group's mode "w" would delete whatever is at the path first.
+        # The attributes go in the same write as zarr.json (a store is never without its plan).
+        attrs = {"radio_store": STORE_FORMAT, "plan": plan.to_json(), "featurize": settings}
+        root = zarr.create_group(store=location.zarr_store(), overwrite=False, attributes=attrs)
         root.create_group("targets")
         return cls(path)
 
@@ -266,9 +281,31 @@ class FeatureStore:
         """The manifest object of a tar, relative to the store."""
         return f"manifest/{tar_index:08d}.parquet"
 
-    def manifest(self) -> pa.Table:
-        """Manifest rows of every tar that has one, in row order."""
+    def marked_complete(self) -> np.ndarray:
+        """``[T] bool``: tars complete for some target key (each of them must have its manifest)."""
+        done = np.zeros(len(self.plan.tars), bool)
+        for key in self.target_keys:
+            done |= self.completed(key)
+        return done
+
+    def read_manifests(self, required: np.ndarray | None = None) -> dict[int, bytes]:
+        """The parquet bytes of every tar's manifest that exists, by tar index. A tar in
+        ``required`` (``[T] bool``, default :meth:`marked_complete`) without one is a
+        :class:`StoreError`: its rows must never read as "no rows"."""
+        need = self.marked_complete() if required is None else required
         found = self.location.read_many([self.manifest_name(t.index) for t in self.plan.tars])
+        out = {t.index: found[self.manifest_name(t.index)] for t in self.plan.tars if self.manifest_name(t.index) in found}
+        missing = [t for t in self.plan.tars if need[t.index] and t.index not in out]
+        if missing:
+            t = missing[0]
+            more = f" (and {len(missing) - 1} more tars)" if len(missing) > 1 else ""
+            raise StoreError(f"{self.location.url_of(self.manifest_name(t.index))}: missing, but tar {t.index} "
+                             f"({t.path}) is marked complete{more}; run `radio store verify`")  # fmt: skip
+        return out
+
+    def manifest(self) -> pa.Table:
+        """Manifest rows of every tar that has one, in row order (a complete tar must have one)."""
+        found = self.read_manifests()
         tables = [pq.read_table(pa.BufferReader(data)) for data in found.values()]
         if not tables:
             return MANIFEST_SCHEMA.empty_table()
@@ -307,6 +344,22 @@ class FeatureStore:
     def mark_complete(self, key: str, tar_index: int) -> None:
         """The completion marker: the last write of a (tar, target key); atomic (one chunk object)."""
         self._written(key, "complete")[tar_index] = 1
+
+
+def check_empty(location: Location) -> None:
+    """Refuse, with one line and touching nothing, to create a store where something that is not
+    a store exists: a file, a non-empty folder or prefix (``--store .``, ``~``, swapped --data)."""
+    if location.local is not None and location.local.exists() and not location.local.is_dir():
+        raise StoreError(f"{location.url}: exists and is a file, not a radio store; give a new or empty --store")
+    if location.local is None:
+        bucket = location.root.split("/", 1)[0]
+        if not location.bucket_exists():
+            raise StoreError(f"{location.url}: no such bucket {bucket!r}")
+    held = [e for e in location.entries() if e not in CREATE_IGNORES and not TEMP_NAME.search(e)]
+    if held:
+        shown = ", ".join(held[:3]) + (f", ... ({len(held)} entries)" if len(held) > 3 else "")
+        raise StoreError(f"{location.url}: exists and is not a radio store (no zarr.json; it holds {shown}); "
+                         "nothing was touched: give a new or empty --store")  # fmt: skip
 
 
 def settings_json(settings: dict[str, Any]) -> dict[str, Any]:
