@@ -22,11 +22,10 @@ from typing import Literal
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 
+from radio.store.checksums import read_parquet
 from radio.store.crops import CropBox, crop_resize
 from radio.store.images import ImageLimits, decode_image
 from radio.store.layout import FeatureStore
@@ -61,7 +60,7 @@ def split_rows(store: FeatureStore, keys: list[str], held_out: int, manifest: Ma
         for t in store.plan.tars:
             name = store.manifest_name(t.index)
             if complete[t.index] and store.location.exists(name):
-                table = pq.read_table(pa.BufferReader(store.location.read_bytes(name)), columns=["row", "valid"])
+                table = read_parquet(store.location.read_bytes(name), f"{store.path}/{name}", ["row", "valid"])
                 parts.append(table.column("row").to_numpy()[table.column("valid").to_numpy(zero_copy_only=False)])
         usable = np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
     cut = max(0, len(usable) - held_out)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checksums import CorruptError, create_array, read
 from .hadamard import describe
 from .layout import FeatureStore, StoreError
 from .moments import Moments, merge_all
@@ -124,7 +125,10 @@ def fit_store(
             fp = moments_fingerprint(merged)
             group = _phis_group(store, teacher, stream)
             unchanged = group is not None and group.attrs.get("fingerprint") == fp
-            phis = load_teacher_phis(store, teacher, stream) if unchanged else fit_phis(merged)
+            try:
+                phis = load_teacher_phis(store, teacher, stream) if unchanged else fit_phis(merged)
+            except CorruptError:  # a damaged stored normalizer is refitted (same moments: same fingerprint)
+                unchanged, phis = False, fit_phis(merged)
             if not unchanged:
                 _write_phis(store, teacher, stream, phis, merged.count, tars, fp)
             reports.append(FitReport(teacher, tuple(tkeys), stream, len(every), merged.count, phis,
@@ -146,7 +150,7 @@ def _write_phis(store: FeatureStore, teacher: str, stream: str, p: PhiS, count: 
         del g.attrs["fingerprint"]  # being rewritten: not valid until the new arrays are in
     for name in ("mean", "transform", "inverse", "eigenvalues", "std"):
         value = getattr(p, name)
-        g.create_array(name, shape=value.shape, dtype="float64", chunks=value.shape, overwrite=True, fill_value=0)[...] = value
+        create_array(g, name, shape=value.shape, dtype="float64", chunks=value.shape, overwrite=True, fill_value=0)[...] = value
     # Attributes last: a fingerprint names arrays that are fully written.
     g.attrs.update({"phi": p.phi, "count": count, "keys": sorted(tars), "tars": tars, "fingerprint": fp,
                     "hadamard": describe(len(p.mean))})  # fmt: skip
@@ -162,7 +166,8 @@ def load_teacher_phis(store: FeatureStore, teacher: str, stream: str = "features
     g = _phis_group(store, teacher, stream)
     if g is None or "fingerprint" not in g.attrs:
         raise StoreError(f"{teacher}: no PHI-S for {stream}; run `radio fit-phis`")
-    arrays = {n: g[n][...] for n in ("mean", "transform", "inverse", "eigenvalues", "std")}
+    arrays = {n: read(g[n], ..., f"{store.path}: normalizers/{teacher}/{stream}/{n}")
+              for n in ("mean", "transform", "inverse", "eigenvalues", "std")}  # fmt: skip
     return PhiS(phi=float(g.attrs["phi"]), **arrays)
 
 
