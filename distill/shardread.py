@@ -38,7 +38,7 @@ IOV_ROWS = 256  # rows per preadv with checksums: 2 buffers a row, under Linux's
 
 def _crc(data: np.ndarray) -> int:
     """crc32c of a contiguous uint8 array (google_crc32c takes numpy arrays without a copy)."""
-    return int(google_crc32c.value(data))  # type: ignore[arg-type]
+    return int(google_crc32c.value(data))
 
 
 class ShardRuns:
@@ -122,7 +122,7 @@ class ShardRuns:
         stored = np.empty((len(rows), 4), np.uint8)
         for a in range(0, len(rows), IOV_ROWS):
             b = min(a + IOV_ROWS, len(rows))
-            bufs = [memoryview(x) for i in range(a, b) for x in (rows[i], stored[i])]  # type: ignore[arg-type]
+            bufs = [memoryview(x) for i in range(a, b) for x in (rows[i], stored[i])]
             if os.preadv(fd, bufs, offset + a * self.chunk_bytes) != (b - a) * self.chunk_bytes:
                 return False
         want = stored.view("<u4").reshape(-1)

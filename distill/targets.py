@@ -191,7 +191,7 @@ class TargetReader:
             except ValueError as e:
                 file = _chunk_file(str(e))
                 if name == "summary" and file is not None and "/c/" in file:  # the damaged chunk's first row
-                    chunk_rows = int(arrays[(key, name)].chunk_layout.read_chunk.shape[0])
+                    chunk_rows = int((arrays[(key, name)].chunk_layout.read_chunk.shape or (1,))[0] or 1)
                     row = int(file.rsplit("/c/", 1)[1].split("/")[0]) * chunk_rows
                 raise read_error(self.store_path, key, name, row, e) from None
             if target is None:

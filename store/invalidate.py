@@ -9,6 +9,8 @@ fitted normalizer, DESIGN.md §3) and rewrites its moments and manifest before m
 
 from __future__ import annotations
 
+from typing import Any
+
 from . import compact as compact_mod
 from .layout import FeatureStore, StoreError
 
@@ -21,7 +23,8 @@ def invalidate(store: FeatureStore, key: str, tars: list[int]) -> None:
     if outside:
         raise StoreError(f"{store.path}: no tar {outside[0]} (the plan has tars 0..{n - 1})")
     marker = store.array(key, "complete")
-    g = store.root["targets"][key]
+    targets: Any = store.root["targets"]  # a zarr Group (zarr's stubs type a member as Array | Group)
+    g = targets[key]
     compact = g[compact_mod.GROUP] if compact_mod.GROUP in g and "complete" in g[compact_mod.GROUP] else None
     for t in sorted(set(tars)):
         # Whole-chunk writes (chunks of one marker): a damaged marker chunk is replaced, never read.
