@@ -87,7 +87,7 @@ class ShardRuns:
             size = os.fstat(fd).st_size
             raw = os.pread(fd, n + 4, max(0, size - n - 4))  # the index, then its 4-byte crc32c
             if len(raw) != n + 4 or _crc(np.frombuffer(raw, np.uint8, n)) != int.from_bytes(raw[n:], "little"):
-                raise CorruptError(f"{self._shard_file(shard)}: shard index does not match its crc32c (the shard is damaged)")
+                raise CorruptError(f"{self._shard_file(shard)}: shard index does not match its crc32c")
             idx = np.frombuffer(raw, "<u8", n // 8).reshape(self.shard_rows, 2)
             self._index[shard] = idx
             if len(self._index) > self.max_index:
@@ -132,5 +132,5 @@ class ShardRuns:
             for i in range(a, b):
                 if _crc(rows[i]) != int(want[i]):
                     raise CorruptError(f"{self._shard_file(shard)}: row {shard * self.shard_rows + first + i} "
-                                       "does not match its crc32c (the shard is damaged)")  # fmt: skip
+                                       "does not match its crc32c")  # fmt: skip
         return True

@@ -119,8 +119,8 @@ def _train_read(store: FeatureStore, kind: str, row: int):
 
 READ_ERRORS = {
     "features": lambda s, row: rf"^{RAW}: features of tar {TAR} \(00000001.tar\), row {row}, shard "
-    rf"{s.path}/targets/{RAW}/features/c/{row // 8}/0/0/0 is damaged \(row {row} does not match its crc32c "
-    rf"\(the shard is damaged\)\); run `radio store verify {s.path}`$",
+    rf"{s.path}/targets/{RAW}/features/c/{row // 8}/0/0/0 is damaged \(row {row} does not match its crc32c\); "
+    rf"run `radio store verify {s.path}`$",
     "summary": lambda s, row: rf"^{RAW}: summary of tar {TAR} \(00000001.tar\), row {row - row % 8}, shard "
     rf"{s.path}/targets/{RAW}/summary/c/{row // 8}/0 is damaged \(DATA_LOSS: .*Digest mismatch.*\); "
     rf"run `radio store verify {s.path}`$",
@@ -202,7 +202,7 @@ def test_a_damaged_shard_index_is_one_line_for_the_reader_and_verify(store):
     f, _ = _shard_chunk(Path(store.path) / "targets" / RAW / "features", row, 8)
     _flip(f, f.stat().st_size - 30)  # inside the [8, 2] uint64 index
     with pytest.raises(CorruptError, match=rf"^{RAW}: features of tar {TAR} \(00000001.tar\), row {row}, shard {f} is "
-                       r"damaged \(shard index does not match its crc32c \(the shard is damaged\)\)"):  # fmt: skip
+                       r"damaged \(shard index does not match its crc32c\)"):  # fmt: skip
         TargetReader(store.path, [(RAW, False)]).read(np.array([row]))
     problems = verify_report(store.path).problems
     assert [p for p in problems if p.startswith(f"{RAW} tar {TAR} (00000001.tar): features: stored bytes are damaged")]
@@ -309,3 +309,24 @@ def test_a_store_written_before_checksums_reads_and_verify_notes_it(store):
     assert report.notes == [f"{RAW}: written before data checksums (no crc32c on its chunks); only consistency was checked"]
     out = CliRunner().invoke(app, ["store", "verify", str(store.path)])
     assert out.exit_code == 0 and out.stdout.splitlines() == [f"note: {report.notes[0]}", f"{store.path}: ok"]
+
+
+def test_a_damaged_row_read_in_a_dataloader_worker_is_one_line_in_the_trainer(store):
+    """The trainer's loop reads batches from forkserver DataLoader workers; torch sends a worker's
+    error back with its traceback as the message, and `next_batch` makes it one line again."""
+    from torch.utils.data import DataLoader
+
+    from radio.distill.data import PartitionRows, StepBatches, collate, next_batch
+    from radio.distill.loss import KeyTarget
+
+    row = _damage(store, "features")
+    info = store.target(RAW)
+    ds = PartitionRows(str(store.path), 32, [KeyTarget(RAW, "clip", info.grid, False, True)])
+    sampler = StepBatches(np.array([row]), 1, 0, 0, 0, 1)  # one step of one row: the damaged one
+    loader = iter(DataLoader(ds, batch_sampler=sampler, num_workers=1, collate_fn=collate,
+                             multiprocessing_context="forkserver"))  # fmt: skip
+    with pytest.raises(CorruptError) as e:
+        next_batch(loader)
+    assert str(e.value) == (f"{RAW}: features of tar {TAR} (00000001.tar), row {row}, shard {store.path}/targets/{RAW}/"
+                            f"features/c/{row // 8}/0/0/0 is damaged (row {row} does not match its crc32c); "
+                            f"run `radio store verify {store.path}`")  # fmt: skip
