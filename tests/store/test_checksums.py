@@ -177,6 +177,14 @@ def test_a_clean_store_verifies_and_reads_every_row_with_checksums(store):
     assert np.array_equal(got["features"], store.array(RAW, "features")[rows])
     assert np.array_equal(got["summary"], store.array(RAW, "summary")[rows])
     assert pq.ParquetFile(Path(store.path) / store.manifest_name(TAR)).metadata.num_rows > 0
+    # A run of rows is one read; every row of it is checked, not only the first.
+    have = set(rows.tolist())
+    first = next(r for r in have if r + 1 in have and r + 2 in have and r // 8 == (r + 2) // 8)
+    run = np.arange(first, first + 3)
+    f, off = _shard_chunk(Path(store.path) / "targets" / RAW / "features", int(run[2]), 8)
+    _flip(f, off + 100)
+    with pytest.raises(CorruptError, match=rf"is damaged \(row {run[2]} does not match its crc32c\)"):
+        TargetReader(store.path, [(RAW, False)]).read(run)
 
 
 def test_an_absent_shard_of_a_complete_tar_is_an_error_never_the_fill_value(store):
@@ -330,3 +338,39 @@ def test_a_damaged_row_read_in_a_dataloader_worker_is_one_line_in_the_trainer(st
     assert str(e.value) == (f"{RAW}: features of tar {TAR} (00000001.tar), row {row}, shard {store.path}/targets/{RAW}/"
                             f"features/c/{row // 8}/0/0/0 is damaged (row {row} does not match its crc32c); "
                             f"run `radio store verify {store.path}`")  # fmt: skip
+
+
+def test_a_compressed_store_is_checked_on_the_tensorstore_path(tmp_path):
+    """zstd arrays are read through tensorstore (not the direct reader): crc32c follows zstd in the
+    chain; a flipped byte of the compressed chunk is a digest mismatch, or zstd's own error where
+    tensorstore's streaming decode meets it first: either way one line naming the shard."""
+    from radio.store.layout import Plan
+
+    plan = Plan.build([(f"/x/{i:08d}.tar", 0, 8, None) for i in range(2)], 8)
+    s = FeatureStore.create(tmp_path / "z.zarr", plan, {})
+    s.create_target("k", grid=(2, 2), feature_dim=8, summary_dim=4, provenance={}, compressor="zstd")
+    rng = np.random.default_rng(0)
+    for start in (0, 8):
+        s.write_shard("k", start, rng.standard_normal((8, 2, 2, 8)).astype(np.float16),
+                      rng.standard_normal((8, 4)).astype(np.float16))  # fmt: skip
+    assert ShardRuns.open(Path(s.path) / "targets" / "k" / "features") is None  # compressed: tensorstore
+    assert [type(c).__name__ for c in s.array("k", "features").compressors] == ["ZstdCodec", "Crc32cCodec"]
+    reader = TargetReader(s.path, [("k", True)])
+    assert reader.read(np.array([9]))["k"]["features"].shape == (1, 2, 2, 8)
+    f, off = _shard_chunk(Path(s.path) / "targets" / "k" / "features", 9, 8)
+    _flip(f, off + 3)
+    with pytest.raises(CorruptError, match=rf"^k: features of tar 1 \(00000001.tar\), row 9, shard {f} is damaged "
+                       r"\((DATA_LOSS: Digest mismatch, .+|FAILED_PRECONDITION: .+)\); "
+                       rf"run `radio store verify {s.path}`$"):  # fmt: skip
+        TargetReader(s.path, [("k", True)]).read(np.array([9]))
+
+
+def test_fit_phis_on_damaged_moments_is_one_line_and_exit_1(store, repo):
+    _damage(store, "moments")
+    out = CliRunner().invoke(app, ["fit-phis", "--config", str(repo / "pipelines.yaml"), "--pipeline", "tiny",
+                                   "--store", str(store.path)])  # fmt: skip
+    assert out.exit_code == 1, out.output
+    (line,) = out.stderr.strip().splitlines()
+    assert re.fullmatch(rf"error: {re.escape(str(store.path))}: {RAW} tar {TAR}: targets/{RAW}/moments/features_mean: "
+                        r"stored bytes are damaged \(Stored and computed checksum do not match\. Stored: b'.+'\. "
+                        r"Computed: b'.+'\.\)", line), line  # fmt: skip
