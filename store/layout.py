@@ -20,7 +20,8 @@ padded to whole Zarr shards; the driver pre-allocates every array; exactly one t
 (tar, target key), in whole shards; its completion marker is written after features, summary,
 moments and manifest are durable. Each of those writes is one object (a Zarr shard or chunk, a
 parquet file), atomic on object stores as on disk; nothing relies on rename. Plain Zarr v3 and
-parquet: no pickles anywhere.
+parquet: no pickles anywhere. Every chunk of every array ends in a crc32c and every manifest page
+has a checksum (:mod:`.checksums` makes the codec chains and reads them back).
 """
 
 from __future__ import annotations
