@@ -7,7 +7,10 @@ then times, in one run and one process:
   - the loader's target reads (`TargetReader`, what `PartitionRows.__getitems__` calls) of
     random batches in `sampling: rows` mode and in `sampling: blocks` mode,
   - zarr's async API reading the same rows (the alternative to tensorstore),
-  - a raw read of the same bytes: `open().read()` of the shard files (warm page cache).
+  - a raw read of the same bytes: `open().read()` of the shard files (warm page cache),
+  - the cost of checksums: the 16x16 key's features with crc32c (every array the store writes
+    has it) against the same rows in the layout before checksums (`clip_nocrc`: bytes only),
+    both read through the trainer's reader, rows and blocks mode (`crc_ratio_*` = with / without).
 Ratios are per process, measured back to back, so a shared CPU hurts both sides alike.
 It also opens a synthetic 10M-row columnar manifest in a fresh process (as a DataLoader worker
 does), serves a batch's images' lookups, and reports the resident memory that cost.
@@ -32,6 +35,7 @@ import zarr
 from radio.distill.data import EpochOrder
 from radio.distill.manifest import Manifest
 from radio.distill.targets import TargetReader
+from radio.store import checksums
 from radio.store.layout import FeatureStore, Plan
 
 SHARD_ROWS = 64
@@ -46,16 +50,21 @@ def build_store(path: Path, rows: int, big_rows: int, compressor: str) -> Featur
     store.create_target("sam", grid=(64, 64), feature_dim=1280, summary_dim=None, provenance={"k": 2},
                         compressor=compressor)  # fmt: skip
     # The same key compacted to int8 (`radio store compact` layout: targets/clip/compact/features,
-    # 1-row chunks in 64-row shards, the raw arrays' compressor), to show reads scale with bytes.
+    # 1-row chunks in 64-row shards, the raw arrays' compressor and crc32c), to show reads scale with bytes.
     compressors = [zarr.codecs.ZstdCodec(level=0)] if compressor == "zstd" else None
-    int8 = store.root["targets"]["clip"].create_group("compact").create_array(
-        "features", shape=(plan.total_rows, 16, 16, 1280), dtype="int8", chunks=(1, 16, 16, 1280),
+    int8 = checksums.create_array(
+        store.root["targets"]["clip"].create_group("compact"), "features", shape=(plan.total_rows, 16, 16, 1280),
+        dtype="int8", chunks=(1, 16, 16, 1280), shards=(SHARD_ROWS, 16, 16, 1280), compressor=compressor, fill_value=0)  # fmt: skip
+    # The same features as stores wrote them before checksums (inner codecs: bytes only).
+    nocrc = store.root["targets"].create_group("clip_nocrc").create_array(
+        "features", shape=(plan.total_rows, 16, 16, 1280), dtype="float16", chunks=(1, 16, 16, 1280),
         shards=(SHARD_ROWS, 16, 16, 1280), compressors=compressors, fill_value=0)  # fmt: skip
     rng = np.random.default_rng(0)
     for start in range(0, rows, SHARD_ROWS):
         feats = rng.standard_normal((SHARD_ROWS, 16, 16, 1280), dtype=np.float32).astype(np.float16)
         summ = rng.standard_normal((SHARD_ROWS, 1280), dtype=np.float32).astype(np.float16)
         store.write_shard("clip", start, feats, summ)
+        nocrc[start : start + SHARD_ROWS] = feats
         int8[start : start + SHARD_ROWS] = np.clip(np.rint(feats.astype(np.float32) * 32), -127, 127).astype(np.int8)
         if start < big_rows:
             big = rng.standard_normal((SHARD_ROWS, 64, 64, 1280), dtype=np.float32).astype(np.float16)
@@ -96,6 +105,20 @@ def timed(fn, repeat: int) -> float:
         t = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t)
+    return best
+
+
+def alternating(fns: dict, repeat: int) -> dict[str, float]:
+    """Best wall time of each of ``fns``, called in turn ``repeat`` times (after one warm-up call
+    each), so that load from other processes falls on both sides of a ratio alike."""
+    for fn in fns.values():
+        fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
     return best
 
 
@@ -189,6 +212,16 @@ def main() -> None:
             t = timed(lambda: [rd.read(orders["rows"].batch(s)) for s in range(batches)], args.repeat)
             r[f"{name}_rows_per_s"] = n / t
         r["int8_speedup"] = r["int8_features_rows_per_s"] / r["fp16_features_rows_per_s"]
+        # crc32c on every row (direct reader, hardware crc32c) against the layout without it, interleaved
+        nocrc_only = TargetReader(store.path, [("clip_nocrc", False)])
+        assert np.array_equal(nocrc_only.read(rows[:8])["clip_nocrc"]["features"], fp16_only.read(rows[:8])["clip"]["features"])
+        for mode, order in orders.items():
+            pair = {"crc": fp16_only, "nocrc": nocrc_only}
+            best = alternating({k: (lambda rd=rd: [rd.read(order.batch(s)) for s in range(batches)]) for k, rd in pair.items()},
+                               args.repeat * 3)  # fmt: skip
+            for name, t in best.items():
+                r[f"{name}_{mode}_rows_per_s"] = n / t
+            r[f"crc_ratio_{mode}"] = r[f"crc_{mode}_rows_per_s"] / r[f"nocrc_{mode}_rows_per_s"]
         t = timed(lambda: [zarr_async_read(store, "clip", orders["rows"].batch(s)) for s in range(batches)], 1)
         r["zarr_async_rows_per_s"] = n / t
         clip_files = files_of(store, "clip", "features") + files_of(store, "clip", "summary")
@@ -225,6 +258,9 @@ def main() -> None:
     print(f"  raw read    {r['raw_rows_per_s']:8.0f} rows/s  ({r['raw_gb_per_s']:.2f} GB/s)")
     print(f"  features only, rows mode: fp16 {r['fp16_features_rows_per_s']:.0f} rows/s, int8 compact "
           f"{r['int8_features_rows_per_s']:.0f} rows/s ({r['int8_speedup']:.2f}x for 0.5x the bytes)")
+    print(f"  crc32c on every row (features only): rows mode {r['crc_rows_rows_per_s']:.0f} vs "
+          f"{r['nocrc_rows_rows_per_s']:.0f} rows/s without ({r['crc_ratio_rows']:.3f}), blocks mode "
+          f"{r['crc_blocks_rows_per_s']:.0f} vs {r['nocrc_blocks_rows_per_s']:.0f} ({r['crc_ratio_blocks']:.3f})")
     if args.s3:
         print(f"  from S3      {r['s3_rows_per_s']:8.0f} rows/s  = {r['s3_ratio_to_local']:.2f} of the same reads "
               "on local disk (moto on 127.0.0.1)")

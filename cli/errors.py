@@ -25,7 +25,8 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 
 
 def user_errors(fn: F) -> F:
-    """Decorate a command: any :class:`~radio.errors.RadioError` prints ``error: ...`` and exits 2.
+    """Decorate a command: any :class:`~radio.errors.RadioError` prints ``error: ...`` and exits 2
+    (or its ``exit_code``: a damaged store's :class:`~radio.store.checksums.CorruptError` exits 1).
 
     Every part's error class derives from ``RadioError``, so nothing is listed here by hand.
     """
@@ -34,7 +35,7 @@ def user_errors(fn: F) -> F:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except RadioError as e:
-            raise fail(str(e), EXIT_USAGE) from None
+        except RadioError as e:  # exit 2, or the error's own exit_code (1 where the run's data is at fault)
+            raise fail(str(e), getattr(e, "exit_code", EXIT_USAGE)) from None
 
     return wrapper  # type: ignore[return-value]

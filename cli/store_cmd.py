@@ -56,16 +56,40 @@ def info(path: PathArg, as_json: Annotated[bool, typer.Option("--json", help="pr
 @app.command()
 @user_errors
 def verify(path: PathArg) -> None:
-    """Check every complete target key: finite targets, and markers, manifest and arrays agree; exit 1 on problems."""
-    from radio.store.inspect import verify_store
+    """Re-check every checksum and every complete target key (finite targets; markers, manifest and arrays
+    agree); exit 1 on problems, printing the commands that redo just the damaged (tar, key) pairs."""
+    from radio.store.inspect import repair_commands, verify_report
 
-    problems = verify_store(path)
-    if problems:
-        for p in problems:
+    report = verify_report(path)
+    for n in report.notes:
+        print(f"note: {n}")
+    if report.problems:
+        for p in report.problems:
             print(f"problem: {p}")
-        print(f"{path}: {len(problems)} problems")
+        for c in repair_commands(path, report):
+            print(f"repair: {c}")
+        print(f"{path}: {len(report.problems)} problems")
         raise typer.Exit(EXIT_FAILED)
     print(f"{path}: ok")
+
+
+@app.command()
+@user_errors
+def invalidate(
+    path: PathArg,
+    key: Annotated[str, typer.Option("--key", "-k", help="the target key")],
+    tars: Annotated[str, typer.Option("--tars", help="tar indices, comma-separated (as `radio store verify` lists them)")],
+) -> None:
+    """Mark (tar, key) pairs incomplete so that a plain `radio featurize` redoes exactly them."""
+    from radio.store.invalidate import invalidate as run
+    from radio.store.layout import FeatureStore
+
+    try:
+        chosen = [int(t) for t in tars.split(",") if t.strip()]
+    except ValueError:
+        raise fail(f"--tars {tars!r}: expected tar indices like 3,7") from None
+    run(FeatureStore(path), key, chosen)
+    print(f"{key}: {len(set(chosen))} tars marked incomplete; run `radio featurize` to redo them")
 
 
 @app.command()

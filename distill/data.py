@@ -22,11 +22,11 @@ from typing import Literal
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 
+from radio.errors import RadioError
+from radio.store.checksums import read_parquet
 from radio.store.crops import CropBox, crop_resize
 from radio.store.images import ImageLimits, decode_image
 from radio.store.layout import FeatureStore
@@ -60,7 +60,8 @@ def split_rows(store: FeatureStore, keys: list[str], held_out: int, manifest: Ma
         parts = []
         for t, data in store.read_manifests(complete).items():  # a complete tar must have its manifest
             if complete[t]:
-                table = pq.read_table(pa.BufferReader(data), columns=["row", "valid"])
+                name = store.manifest_name(t)
+                table = read_parquet(data, f"{store.path}/{name}", ["row", "valid"])  # page checksums verified
                 parts.append(table.column("row").to_numpy()[table.column("valid").to_numpy(zero_copy_only=False)])
         usable = np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
     cut = max(0, len(usable) - held_out)
@@ -221,6 +222,21 @@ def collate(samples: list[dict] | dict) -> dict:
         "targets": {k: {n: torch.stack([s["targets"][k][n] for s in samples]) for n in samples[0]["targets"][k]}
                     for k in keys},  # fmt: skip
     }
+
+
+def next_batch(loader: Iterator[dict]) -> dict:
+    """``next(loader)``. A :class:`~radio.errors.RadioError` raised in a DataLoader worker (a damaged
+    or missing target) comes back from torch with the worker's traceback as its message; it is
+    raised again as its own one line, so the CLI prints one ``error:`` line."""
+    try:
+        return next(loader)
+    except RadioError as e:
+        text = str(e).rstrip()
+        if "\nOriginal Traceback" not in text:
+            raise
+        last = text.splitlines()[-1]  # "radio.store.checksums.CorruptError: the message"
+        head, _, message = last.partition(": ")
+        raise type(e)(message if head.endswith(type(e).__name__) else last) from None
 
 
 class StepBatches:

@@ -19,9 +19,7 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-
+from radio.store.checksums import read_parquet
 from radio.store.layout import FeatureStore, Plan
 from radio.store.shards import ShardError, is_url, open_binary
 
@@ -57,8 +55,8 @@ class Manifest:
         cols = {name: np.zeros(n, dtype) for name, dtype in COLUMNS.items()}
         names = ["row", *COLUMNS]
         found = store.read_manifests()  # a tar marked complete without its manifest: StoreError
-        for data in found.values():
-            table = pq.read_table(pa.BufferReader(data), columns=names)
+        for t, data in found.items():
+            table = read_parquet(data, f"{store.path}/{store.manifest_name(t)}", names)  # page checksums verified
             rows = table.column("row").to_numpy()
             for name in COLUMNS:
                 cols[name][rows] = table.column(name).fill_null(COLUMNS[name].type(0)).to_numpy(zero_copy_only=False)  # invalid rows: no crop

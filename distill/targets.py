@@ -12,6 +12,11 @@ Why tensorstore and not zarr: zarr 3.1's ``oindex`` on sharded arrays walks ever
 (9–14x slower than a per-row loop), and its async per-row ``getitem`` measured well below
 tensorstore in ``bench/loader_bench.py`` (``zarr_async_rows_per_s``).
 
+Only rows the store marks complete are read, so an absent chunk or shard is an error
+(``fill_missing_data_reads: false``; a writer removed it: ``featurize --overwrite``, ``store
+compact --drop-raw``), never the fill value; a chunk whose crc32c does not match is one too. Both
+reach the caller as one :class:`~radio.store.layout.StoreError` line naming key, tar and shard.
+
 Arrays come back in the store's own dtype (fp16 today, int8 for compact arrays later): the
 trainer converts after moving them to the device (:func:`radio.distill.data.on_device`).
 """
@@ -19,6 +24,8 @@ trainer converts after moving them to the device (:func:`radio.distill.data.on_d
 from __future__ import annotations
 
 import os
+import posixpath
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,7 +34,9 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
+from radio.store.checksums import CorruptError, MissingDataError
 from radio.store.compact import GROUP as COMPACT
+from radio.store.layout import FeatureStore, StoreError
 from radio.store.objects import Location, is_url
 
 from .shardread import ShardRuns
@@ -65,8 +74,38 @@ def kvstore_spec(path: str) -> dict:
 def open_target_array(store_path: str | Path, key: str, name: str, compact: bool = False) -> ts.TensorStore:
     """Open ``targets/KEY/NAME`` (or its compact array) of a store read-only. The one place a
     store location becomes a kvstore spec."""
-    spec = {"driver": "zarr3", "kvstore": kvstore_spec(target_array_path(store_path, key, name, compact))}
+    # Absent chunks are errors, not zeros: readers ask only for rows the store marks complete.
+    spec = {"driver": "zarr3", "kvstore": kvstore_spec(target_array_path(store_path, key, name, compact)),
+            "fill_missing_data_reads": False}  # fmt: skip
     return ts.open(spec, read=True, open=True).result()
+
+
+def _chunk_file(text: str) -> str | None:
+    """The chunk file a tensorstore error names (``... in local file "PATH"``, or an object key)."""
+    m = re.search(r'(?:file|key|object) "([^"]+)"', text) or re.search(r"\"([^\"]*/c/[^\"]+)\"", text)
+    return m.group(1) if m else None
+
+
+def read_error(store_path: str, key: str, name: str, row: int, error: BaseException) -> StoreError:
+    """One line for a failed read of ``row`` of ``targets/KEY/NAME``: which tar and shard, and
+    whether it is missing (a writer removed it) or damaged (its crc32c does not match)."""
+    text = " ".join(str(error).split())
+    shard = _chunk_file(text) if not isinstance(error, StoreError) else text.split(": ")[0]
+    try:
+        plan = FeatureStore(store_path).plan
+        tp = next(t for t in plan.tars if t.row_start <= row < t.row_start + t.rows)
+        tar = f"tar {tp.index} ({posixpath.basename(tp.path)})"
+    except (StopIteration, StoreError):
+        tar = "a tar"
+    where = f"{key}: {name} of {tar}, row {row}, shard {shard or '?'}"
+    if isinstance(error, MissingDataError) or "NOT_FOUND" in text:
+        return MissingDataError(f"{where} is missing though the store marks the tar complete (removed by a writer: "
+                                "featurize --overwrite or store compact --drop-raw?); not training on fill values")  # fmt: skip
+    if isinstance(error, StoreError):
+        detail = text.split(": ", 1)[-1]
+    else:  # tensorstore's "CODE: ... in local file "PATH": what went wrong": the path is named above
+        detail = f"{text.split(':', 1)[0]}: {text.rsplit(': ', 1)[-1]}"
+    return CorruptError(f"{where} is damaged ({detail[:160]}); run `radio store verify {store_path}`")
 
 
 def runs(rows: np.ndarray, shard_rows: int = 2**62) -> list[tuple[int, int]]:
@@ -116,7 +155,8 @@ class TargetReader:
         rows = np.asarray(rows, dtype=np.int64)
         order = np.argsort(rows, kind="stable")
         ordered = rows[order]
-        pending: list[tuple[np.ndarray | None, Any, Any]] = []  # (out, first position, future); (None, key, future)
+        # (out, first position, future, key, name, first row); a summary's is (None, key, future, ...)
+        pending: list[tuple[np.ndarray | None, Any, Any, str, str, int]] = []
         direct_jobs: list[tuple] = []
         out: dict[str, dict[str, np.ndarray]] = {}
         with ts.Batch() as batch:
@@ -131,17 +171,29 @@ class TargetReader:
                     # otherwise one tensorstore request per row, all concurrent
                     if direct is not None:
                         job = self._pool.submit(direct.read, start, stop, feats[pos : pos + stop - start])
-                        direct_jobs.append((job, a, feats, pos, start, stop))
+                        direct_jobs.append((job, a, feats, pos, start, stop, key))
                     else:
-                        pending += [(feats, pos + r - start, a[r : r + 1].read(batch=batch)) for r in range(start, stop)]
+                        pending += [(feats, pos + r - start, a[r : r + 1].read(batch=batch), key, "features", r)
+                                    for r in range(start, stop)]  # fmt: skip
                     pos += stop - start
                 if summary:
-                    pending.append((None, key, arrays[(key, "summary")][ordered].read(batch=batch)))
-        for job, a, feats, pos, start, stop in direct_jobs:
-            if not job.result():  # not a plain run of stored chunks: ask tensorstore
-                feats[pos : pos + stop - start] = a[start:stop].read().result()
-        for target, pos, future in pending:
-            data = future.result()
+                    pending.append((None, key, arrays[(key, "summary")][ordered].read(batch=batch), key, "summary",
+                                    int(ordered[0]) if len(ordered) else 0))  # fmt: skip
+        for job, a, feats, pos, start, stop, key in direct_jobs:
+            try:
+                if not job.result():  # not a plain run of stored chunks: ask tensorstore
+                    feats[pos : pos + stop - start] = a[start:stop].read().result()
+            except (StoreError, ValueError) as e:
+                raise read_error(self.store_path, key, "features", start, e) from None
+        for target, pos, future, key, name, row in pending:
+            try:
+                data = future.result()
+            except ValueError as e:
+                file = _chunk_file(str(e))
+                if name == "summary" and file is not None and "/c/" in file:  # the damaged chunk's first row
+                    chunk_rows = int((arrays[(key, name)].chunk_layout.read_chunk.shape or (1,))[0] or 1)
+                    row = int(file.rsplit("/c/", 1)[1].split("/")[0]) * chunk_rows
+                raise read_error(self.store_path, key, name, row, e) from None
             if target is None:
                 out[pos]["summary"] = data
             else:

@@ -35,7 +35,7 @@ from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_wei
 from .checks import adaptor_specs, mosaic_notes, stage_targets
 from .compact_targets import build_decoders, decode_targets, raw_dropped
 from .cpe import draw_crops
-from .data import PartitionRows, StepBatches, collate, on_device, split_rows
+from .data import PartitionRows, StepBatches, collate, next_batch, on_device, split_rows
 from .export import export_payload, final_metadata, student_state
 from .loss import DistillLoss, KeyTarget
 from .manifest import Manifest
@@ -271,7 +271,7 @@ def _train(config: PipelineConfig, stage: int, d: distributed.Dist, steps: int |
     with _StopFlag() as stop, open(metrics_path, "a") if d.main else contextlib.nullcontext() as log:
         while step < total:
             t0 = time.perf_counter()
-            batches = [decode_targets(on_device(next(it), d.device), decoders) for it in loaders]
+            batches = [decode_targets(on_device(next_batch(it), d.device), decoders) for it in loaders]
             t_data = time.perf_counter() - t0
             lr = lr_at(step, total, cfg.optimizer.lr, cfg.schedule.warmup_steps, cfg.schedule.min_lr)
             for group in optimizer.param_groups:

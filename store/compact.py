@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
+from . import checksums
 from .codec import Codec, CodecError, decode, encode, fit_codec
 from .layout import FeatureStore, StoreError
 from .normalizers import (_phis_group, current_fingerprint, load_phis, load_teacher_phis, normalizer_info,
@@ -115,8 +114,8 @@ class CompactKey:
 
 
 def _codec_from(g, stream: str, attrs: dict[str, Any]) -> Codec:
-    basis = g[f"{stream}_basis"][...] if f"{stream}_basis" in g else None
-    return Codec(attrs["codec"], g[f"{stream}_scale"][...], basis, float(attrs["clip"]))
+    basis = checksums.read(g[f"{stream}_basis"], ...) if f"{stream}_basis" in g else None
+    return Codec(attrs["codec"], checksums.read(g[f"{stream}_scale"], ...), basis, float(attrs["clip"]))
 
 
 def compact_key(store: FeatureStore, key: str) -> CompactKey | None:
@@ -135,7 +134,7 @@ def compact_complete(store: FeatureStore, key: str) -> np.ndarray:
     g = store.root["targets"][key]
     if GROUP not in g or "complete" not in g[GROUP]:
         return np.zeros(len(store.plan.tars), bool)
-    return g[GROUP]["complete"][:].astype(bool)
+    return checksums.read(g[GROUP]["complete"]).astype(bool)
 
 
 def reads_compact(store: FeatureStore, key: str) -> bool:
@@ -226,24 +225,25 @@ def prepare_compact(store: FeatureStore, key: str, codec: str = "int8", rank: in
     h, w = info.grid
     k = cf.stored_channels
     # The raw arrays' compressor (the shipped pipelines store none): the trainer's direct reader
-    # serves uncompressed shards with one positioned read per run of rows.
-    compressors = tuple(store.array(key, "features").compressors) or None
-    c.create_array("features", shape=(n, h, w, k), dtype=cf.dtype, chunks=(1, h, w, k), shards=(r, h, w, k),
-                   compressors=compressors, fill_value=0, dimension_names=("row", "y", "x", "channel"))  # fmt: skip
+    # serves uncompressed shards with one positioned read per run of rows. crc32c ends every chain.
+    compressor = checksums.plain_compressors(store.array(key, "features"))
+    make = checksums.create_array
+    make(c, "features", shape=(n, h, w, k), dtype=cf.dtype, chunks=(1, h, w, k), shards=(r, h, w, k),
+         compressor=compressor, fill_value=0, dimension_names=("row", "y", "x", "channel"))  # fmt: skip
     if cs is not None:
-        c.create_array("summary", shape=(n, cs.stored_channels), dtype=cs.dtype, chunks=(r, cs.stored_channels),
-                       compressors=compressors, fill_value=0, dimension_names=("row", "channel"))  # fmt: skip
+        make(c, "summary", shape=(n, cs.stored_channels), dtype=cs.dtype, chunks=(r, cs.stored_channels),
+             compressor=compressor, fill_value=0, dimension_names=("row", "channel"))  # fmt: skip
     for stream, cd in (("features", cf), ("summary", cs)):
         if cd is None:
             continue
-        c.create_array(f"{stream}_scale", shape=cd.scale.shape, dtype="float32", chunks=cd.scale.shape, fill_value=0)[...] = cd.scale
+        make(c, f"{stream}_scale", shape=cd.scale.shape, dtype="float32", chunks=cd.scale.shape, fill_value=0)[...] = cd.scale
         if cd.basis is not None:
-            c.create_array(f"{stream}_basis", shape=cd.basis.shape, dtype="float32", chunks=cd.basis.shape,
-                           fill_value=0)[...] = cd.basis  # fmt: skip
+            make(c, f"{stream}_basis", shape=cd.basis.shape, dtype="float32", chunks=cd.basis.shape,
+                 fill_value=0)[...] = cd.basis  # fmt: skip
     for name in ("sse", "ssy"):
-        c.create_array(name, shape=(t,), dtype="float64", chunks=(1,), fill_value=0)
-    c.create_array("direct", shape=(t,), dtype="uint8", chunks=(1,), fill_value=0)  # written compact by featurize
-    c.create_array("complete", shape=(t,), dtype="uint8", chunks=(1,), fill_value=0)
+        make(c, name, shape=(t,), dtype="float64", chunks=(1,), fill_value=0)
+    make(c, "direct", shape=(t,), dtype="uint8", chunks=(1,), fill_value=0)  # written compact by featurize
+    make(c, "complete", shape=(t,), dtype="uint8", chunks=(1,), fill_value=0)
     # Attributes last, in one write of zarr.json (zarr's ``attrs.update`` writes once per key: a
     # kill in between left ``codec`` without ``clip``): a codec named in them has its parameters fully written.
     c.update_attributes(attrs)
@@ -292,7 +292,7 @@ def _valid_local_rows(store: FeatureStore, tar_index: int) -> np.ndarray:
     except FileNotFoundError:
         raise StoreError(f"{store.location.url_of(name)}: missing, but tar {tar_index} ({tp.path}) is marked complete; "
                          "run `radio store verify`") from None  # fmt: skip
-    m = pq.read_table(pa.BufferReader(data), columns=["row", "valid"]).to_pydict()
+    m = checksums.read_parquet(data, f"{store.path}/{name}", ["row", "valid"]).to_pydict()
     rows = np.asarray(m["row"], np.int64)
     return rows[np.asarray(m["valid"], bool)] - tp.row_start
 
@@ -321,11 +321,13 @@ def compact_tar(store: FeatureStore, ck: CompactKey, tar_index: int) -> None:
     for start in range(0, tp.rows, r):
         rows = slice(tp.row_start + start, tp.row_start + start + r)
         local = valid[(valid >= start) & (valid < start + r)] - start
-        q, e, s = encode_rows(phis_f, ck.features, store.array(key, "features")[rows], local)
+        raw = checksums.read(store.array(key, "features"), rows, f"{store.path}: {key} tar {tar_index}: targets/{key}/features")
+        q, e, s = encode_rows(phis_f, ck.features, raw, local)
         g["features"][rows] = q
         sse, ssy = sse + e, ssy + s
         if phis_s is not None:
-            qs, _, _ = encode_rows(phis_s, ck.summary, store.array(key, "summary")[rows], local)
+            raw_s = checksums.read(store.array(key, "summary"), rows, f"{store.path}: {key} tar {tar_index}: targets/{key}/summary")
+            qs, _, _ = encode_rows(phis_s, ck.summary, raw_s, local)
             g["summary"][rows] = qs
     g["sse"][tar_index] = sse
     g["ssy"][tar_index] = ssy

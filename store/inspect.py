@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-
+from . import checksums
 from . import compact as compact_mod
 from .layout import FeatureStore
 
@@ -83,76 +81,178 @@ def store_info(path: str | Path) -> dict[str, Any]:
     }
 
 
-def verify_store(path: str | Path, keys: list[str] | None = None) -> list[str]:
-    """Every problem found (in ``keys``, default all); empty when the store is consistent.
+@dataclass
+class VerifyReport:
+    """What `radio store verify` found: ``problems`` (one line each), the (tar, key) pairs to redo
+    (``damaged``: key → tar indices; :func:`repair_commands` says how), and ``notes`` (not errors:
+    e.g. a key written before data checksums)."""
 
-    Checks, per target key and complete tar: a manifest exists with the planned samples; rows lie
-    in the tar's range; every valid row's features and summary are finite and not all zero;
-    invalid rows are zero; the stored moments count exactly the valid rows' tokens. For compact
-    keys: codec parameters finite and positive, decoded values of valid rows finite, invalid rows
-    zero, and every raw-dropped tar compacted.
+    problems: list[str] = field(default_factory=list)
+    damaged: dict[str, set[int]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def tar(self, key: str, tar_index: int, problem: str) -> None:
+        """A problem of one (tar, key): refeaturizing that tar mends it."""
+        self.problems.append(problem)
+        self.damaged.setdefault(key, set()).add(tar_index)
+
+
+def verify_store(path: str | Path, keys: list[str] | None = None) -> list[str]:
+    """Every problem :func:`verify_report` finds (in ``keys``, default all); empty when the store is consistent."""
+    return verify_report(path, keys).problems
+
+
+def repair_commands(path: str | Path, report: VerifyReport) -> list[str]:
+    """The commands that redo exactly the damaged (tar, key) pairs: mark them incomplete, then featurize."""
+    lines = [f"radio store invalidate {path} --key {key} --tars {','.join(map(str, sorted(tars)))}"
+             for key, tars in sorted(report.damaged.items())]  # fmt: skip
+    return lines + ["radio featurize (the same config and --store) to redo them"] if lines else []
+
+
+def verify_report(path: str | Path, keys: list[str] | None = None) -> VerifyReport:
+    """Check the store; see :class:`VerifyReport`.
+
+    Every checksum is re-checked: each chunk of every complete (tar, key)'s features, summary,
+    moments and marker, the compact arrays and codec parameters, the normalizers, and the page
+    checksums of every manifest. Checks, per target key and complete tar: a manifest exists with
+    the planned samples; rows lie in the tar's range; every valid row's features and summary are
+    finite and not all zero (an absent chunk reads as zeros); invalid rows are zero; the stored
+    moments count exactly the valid rows' tokens. For compact keys: codec parameters finite and
+    positive, decoded values of valid rows finite and not all zero, ``sse`` and ``ssy`` not both
+    zero for a tar with valid rows, invalid rows zero, and every raw-dropped tar compacted.
     """
     store = FeatureStore(path)
-    problems: list[str] = []
+    report = VerifyReport()
     manifests: dict[int, Any] = {}
+    bad_manifests: dict[int, str] = {}
     found = store.location.read_many([store.manifest_name(tp.index) for tp in store.plan.tars])
     for tp in store.plan.tars:
-        data = found.get(store.manifest_name(tp.index))
-        if data is not None:
-            manifests[tp.index] = pq.read_table(pa.BufferReader(data)).to_pydict()
+        name = store.manifest_name(tp.index)
+        if name in found:
+            try:
+                manifests[tp.index] = checksums.read_parquet(found[name], name).to_pydict()
+            except checksums.CorruptError as e:
+                bad_manifests[tp.index] = str(e)
     for key in keys or store.target_keys:
-        problems += _verify_compact(store, key, manifests)
+        if not checksums.has_checksums(store.array(key, "features")):
+            report.notes.append(f"{key}: written before data checksums (no crc32c on its chunks); "
+                                "only consistency was checked")  # fmt: skip
+        done_all = _markers(store, key, report)
+        for t in np.flatnonzero(done_all):
+            if int(t) in bad_manifests:
+                report.tar(key, int(t), f"{key} tar {t} ({_tar_name(store, int(t))}): {bad_manifests[int(t)]}")
+        _verify_compact(store, key, manifests, report, done_all)
         info = store.target(key)
         # Tars whose raw arrays are absent on purpose (dropped, or written compact) were checked above.
-        done = store.completed(key) & ~compact_mod.raw_missing(store, key)
+        try:
+            done = done_all & ~compact_mod.raw_missing(store, key)
+        except checksums.CorruptError:
+            done = np.zeros_like(done_all)  # damaged compact markers (reported above): no raw check to trust
         feats = store.array(key, "features")
         summ = store.array(key, "summary") if info.summary_dim else None
-        count = store.array(key, "moments/features_count")
+        streams = ("features", "summary") if info.summary_dim else ("features",)
+        moments = {f"moments/{s}_{n}": store.array(key, f"moments/{s}_{n}") for s in streams for n in ("count", "mean", "m2")}
         for tp in store.plan.tars:
-            if not done[tp.index]:
+            if not done_all[tp.index] or tp.index in bad_manifests:
                 continue
             where = f"{key} tar {tp.index} ({posixpath.basename(tp.path)})"
+            try:
+                for name, array in moments.items():
+                    checksums.read(array, tp.index, name)
+            except checksums.CorruptError as e:
+                report.tar(key, tp.index, f"{where}: {e}")
+            if not done[tp.index]:
+                continue
             m = manifests.get(tp.index)
             if m is None:
-                problems.append(f"{where}: marked complete but has no manifest")
+                report.tar(key, tp.index, f"{where}: marked complete but has no manifest")
                 continue
             rows = np.asarray(m["row"], dtype=np.int64)
             valid = np.asarray(m["valid"], dtype=bool)
             if len(rows) > tp.samples or (len(rows) < tp.samples and not tp.error):
-                problems.append(f"{where}: manifest has {len(rows)} rows, plan has {tp.samples}")
+                report.tar(key, tp.index, f"{where}: manifest has {len(rows)} rows, plan has {tp.samples}")
             if len(rows) and (rows.min() < tp.row_start or rows.max() >= tp.row_start + tp.rows):
-                problems.append(f"{where}: manifest rows outside the tar's range")
+                report.tar(key, tp.index, f"{where}: manifest rows outside the tar's range")
                 continue
             if not tp.rows:
                 continue
-            f = feats[tp.row_start : tp.row_start + tp.rows]
             local = rows - tp.row_start
-            flat = f.reshape(f.shape[0], -1)
-            for name, arr in (("features", flat), ("summary", summ[tp.row_start : tp.row_start + tp.rows] if summ is not None else None)):
-                if arr is None:
+            span = slice(tp.row_start, tp.row_start + tp.rows)
+            for name, array in (("features", feats), ("summary", summ)):
+                if array is None:
                     continue
+                try:
+                    arr = checksums.read(array, span, name)
+                except checksums.CorruptError as e:
+                    report.tar(key, tp.index, f"{where}: {e}")
+                    continue
+                arr = arr.reshape(arr.shape[0], -1)
                 good = arr[local[valid]]
                 if not np.isfinite(good).all():
-                    problems.append(f"{where}: non-finite {name} in {int((~np.isfinite(good).all(axis=1)).sum())} valid rows")
+                    report.tar(key, tp.index, f"{where}: non-finite {name} in {int((~np.isfinite(good).all(axis=1)).sum())} valid rows")
                 if len(good) and (np.abs(good).max(axis=1) == 0).any():
-                    problems.append(f"{where}: {int((np.abs(good).max(axis=1) == 0).sum())} valid rows have all-zero {name}")
+                    report.tar(key, tp.index, f"{where}: {int((np.abs(good).max(axis=1) == 0).sum())} valid rows have all-zero {name}")
                 if (arr[local[~valid]] != 0).any():
-                    problems.append(f"{where}: invalid rows hold {name}")
+                    report.tar(key, tp.index, f"{where}: invalid rows hold {name}")
             tokens = int(valid.sum()) * info.grid[0] * info.grid[1]
-            if int(count[tp.index]) != tokens:
-                problems.append(f"{where}: moments count {int(count[tp.index])} != {tokens} valid tokens")
-    return problems
+            try:
+                count = int(checksums.read(moments["moments/features_count"], tp.index))
+            except checksums.CorruptError:
+                continue  # reported above
+            if count != tokens:
+                report.tar(key, tp.index, f"{where}: moments count {count} != {tokens} valid tokens")
+    _verify_normalizers(store, report)
+    return report
 
 
-def _verify_compact(store: FeatureStore, key: str, manifests: dict[int, Any]) -> list[str]:
-    ck = compact_mod.compact_key(store, key)
+def _tar_name(store: FeatureStore, t: int) -> str:
+    return posixpath.basename(store.plan.tars[t].path)
+
+
+def _markers(store: FeatureStore, key: str, report: VerifyReport) -> np.ndarray:
+    """``[T] bool`` completion markers of ``key``; a damaged marker chunk is a problem of its tar (read as not complete)."""
+    try:
+        return store.completed(key)
+    except checksums.CorruptError:
+        pass
+    marker = store.array(key, "complete")
+    done = np.zeros(len(store.plan.tars), bool)
+    for t in range(len(done)):
+        try:
+            done[t] = bool(checksums.read(marker, t))
+        except checksums.CorruptError as e:
+            report.tar(key, t, f"{key} tar {t} ({_tar_name(store, t)}): completion marker: {e}")
+    return done
+
+
+def _verify_normalizers(store: FeatureStore, report: VerifyReport) -> None:
+    """Every array of every stored normalizer reads back (crc32c); a damaged one is refitted by `radio fit-phis`."""
+    if "normalizers" not in store.root:
+        return
+    for teacher, tg in sorted(store.root["normalizers"].groups()):
+        for stream, g in sorted(tg.groups()):
+            for name, array in sorted(g.arrays()):
+                try:
+                    checksums.read(array, ..., f"normalizers/{teacher}/{stream}/{name}")
+                except checksums.CorruptError as e:
+                    report.problems.append(f"{e}; run `radio fit-phis` to refit it")
+
+
+def _verify_compact(store: FeatureStore, key: str, manifests: dict[int, Any], report: VerifyReport,
+                    raw_done: np.ndarray) -> None:  # fmt: skip
+    try:
+        ck = compact_mod.compact_key(store, key)
+        done = compact_mod.compact_complete(store, key)
+    except checksums.CorruptError as e:
+        report.problems.append(f"{key} compact: {e}; run `radio store compact --overwrite` (needs the raw targets)")
+        return
     if ck is None:
-        return []
+        return
     import torch
 
     from .codec import decode
 
-    problems: list[str] = []
+    problems = report.problems
     g = store.root["targets"][key][compact_mod.GROUP]
     for stream, codec in (("features", ck.features), ("summary", ck.summary)):
         if codec is None:
@@ -163,27 +263,42 @@ def _verify_compact(store: FeatureStore, key: str, manifests: dict[int, Any]) ->
             problems.append(f"{key} compact: {stream} basis has non-finite values")
         if g[stream].shape[-1] != codec.stored_channels:
             problems.append(f"{key} compact: {stream} stores {g[stream].shape[-1]} values, codec says {codec.stored_channels}")
-    done = compact_mod.compact_complete(store, key)
-    if ck.raw_dropped and (store.completed(key) & ~done).any():
-        problems.append(f"{key} compact: raw targets dropped but {int((store.completed(key) & ~done).sum())} tars not compacted")
+    if ck.raw_dropped and (raw_done & ~done).any():
+        problems.append(f"{key} compact: raw targets dropped but {int((raw_done & ~done).sum())} tars not compacted")
     for tp in store.plan.tars:
         if not done[tp.index] or not tp.rows:
             continue
         where = f"{key} compact tar {tp.index} ({posixpath.basename(tp.path)})"
         m = manifests.get(tp.index)
         if m is None:
-            problems.append(f"{where}: marked complete but has no manifest")
+            report.tar(key, tp.index, f"{where}: marked complete but has no manifest")
             continue
         local = np.asarray(m["row"], dtype=np.int64) - tp.row_start
         valid = np.asarray(m["valid"], dtype=bool)
+        try:
+            sse, ssy = (float(checksums.read(g[n], tp.index, f"compact/{n}")) for n in ("sse", "ssy"))
+            checksums.read(g["direct"], tp.index, "compact/direct")
+        except checksums.CorruptError as e:
+            report.tar(key, tp.index, f"{where}: {e}")
+            continue
+        if valid.any() and sse == 0 and ssy == 0:
+            # compacting valid rows always leaves some signal (Σy² > 0): zeros mean no data was written
+            report.tar(key, tp.index, f"{where}: sse and ssy are 0 for {int(valid.sum())} valid rows (compact data are zeros)")
         for stream, codec in (("features", ck.features), ("summary", ck.summary)):
             if codec is None:
                 continue
-            q = g[stream][tp.row_start : tp.row_start + tp.rows]
-            decoded = decode(codec, torch.from_numpy(q[local[valid]])).reshape(int(valid.sum()), -1)
+            try:
+                q = checksums.read(g[stream], slice(tp.row_start, tp.row_start + tp.rows), f"compact/{stream}")
+            except checksums.CorruptError as e:
+                report.tar(key, tp.index, f"{where}: {e}")
+                continue
+            qv = q[local[valid]]
+            decoded = decode(codec, torch.from_numpy(qv)).reshape(int(valid.sum()), -1)
             bad = int((~torch.isfinite(decoded).all(dim=1)).sum())
             if bad:
-                problems.append(f"{where}: non-finite decoded {stream} in {bad} valid rows")
+                report.tar(key, tp.index, f"{where}: non-finite decoded {stream} in {bad} valid rows")
+            zero = int((qv.reshape(len(qv), -1) == 0).all(axis=1).sum())
+            if zero:
+                report.tar(key, tp.index, f"{where}: {zero} valid rows have all-zero compact {stream}")
             if (q[local[~valid]] != 0).any():
-                problems.append(f"{where}: invalid rows hold compact {stream}")
-    return problems
+                report.tar(key, tp.index, f"{where}: invalid rows hold compact {stream}")

@@ -20,7 +20,8 @@ padded to whole Zarr shards; the driver pre-allocates every array; exactly one t
 (tar, target key), in whole shards; its completion marker is written after features, summary,
 moments and manifest are durable. Each of those writes is one object (a Zarr shard or chunk, a
 parquet file), atomic on object stores as on disk; nothing relies on rename. Plain Zarr v3 and
-parquet: no pickles anywhere.
+parquet: no pickles anywhere. Every chunk of every array ends in a crc32c and every manifest page
+has a checksum (:mod:`.checksums` makes the codec chains and reads them back).
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import zarr
 
+from . import checksums
 from .moments import Moments
 from .objects import TEMP_NAME, Location, StoreError, retried
 
@@ -222,21 +223,22 @@ class FeatureStore:
         g = targets.create_group(key, attributes=provenance)
         n, t, r = self.plan.total_rows, len(self.plan.tars), self.plan.shard_rows
         h, w = grid
-        compressors = [zarr.codecs.ZstdCodec(level=0)] if compressor == "zstd" else None
-        g.create_array("features", shape=(n, h, w, feature_dim), dtype="float16", chunks=(1, h, w, feature_dim),
-                       shards=(r, h, w, feature_dim), compressors=compressors, fill_value=0,
-                       dimension_names=("row", "y", "x", "channel"))  # fmt: skip
+        # Every chunk carries crc32c (store/checksums.py): a flipped bit is an error, never a target.
+        make = checksums.create_array
+        make(g, "features", shape=(n, h, w, feature_dim), dtype="float16", chunks=(1, h, w, feature_dim),
+             shards=(r, h, w, feature_dim), compressor=compressor, fill_value=0,
+             dimension_names=("row", "y", "x", "channel"))  # fmt: skip
         streams = {"features": feature_dim}
         if summary_dim is not None:
-            g.create_array("summary", shape=(n, summary_dim), dtype="float16", chunks=(r, summary_dim),
-                           compressors=compressors, fill_value=0, dimension_names=("row", "channel"))  # fmt: skip
+            make(g, "summary", shape=(n, summary_dim), dtype="float16", chunks=(r, summary_dim),
+                 compressor=compressor, fill_value=0, dimension_names=("row", "channel"))  # fmt: skip
             streams["summary"] = summary_dim
         m = g.create_group("moments")
         for stream, c in streams.items():
-            m.create_array(f"{stream}_count", shape=(t,), dtype="int64", chunks=(1,), fill_value=0)
-            m.create_array(f"{stream}_mean", shape=(t, c), dtype="float64", chunks=(1, c), fill_value=0)
-            m.create_array(f"{stream}_m2", shape=(t, c, c), dtype="float64", chunks=(1, c, c), fill_value=0)
-        g.create_array("complete", shape=(t,), dtype="uint8", chunks=(1,), fill_value=0)
+            make(m, f"{stream}_count", shape=(t,), dtype="int64", chunks=(1,), fill_value=0)
+            make(m, f"{stream}_mean", shape=(t, c), dtype="float64", chunks=(1, c), fill_value=0)
+            make(m, f"{stream}_m2", shape=(t, c, c), dtype="float64", chunks=(1, c, c), fill_value=0)
+        make(g, "complete", shape=(t,), dtype="uint8", chunks=(1,), fill_value=0)
 
     # ---- reading ----------------------------------------------------------------------------
 
@@ -257,17 +259,20 @@ class FeatureStore:
 
     def completed(self, key: str) -> np.ndarray:
         """``[T] bool``: which tars are complete for ``key``."""
-        return self.array(key, "complete")[:].astype(bool)
+        return checksums.read(self.array(key, "complete"), slice(None), f"{self.path}: targets/{key}/complete").astype(bool)
 
     def moments(self, key: str, stream: str = "features", max_tars: int | None = None) -> list[Moments]:
         """Per-tar moments of a stream (``features`` or ``summary``), complete tars only; with
         ``max_tars``, an evenly spaced subset of them (each tar's M2 is C² float64: reading all
         of a billion-image store's would mean terabytes)."""
         tars = self.tar_indices(key, max_tars)
-        count = self.array(key, f"moments/{stream}_count")[:]
-        mean = self.array(key, f"moments/{stream}_mean")
-        m2 = self.array(key, f"moments/{stream}_m2")
-        return [Moments(int(count[t]), mean[t], m2[t]) for t in tars]
+        arrays = [self.array(key, f"moments/{stream}_{n}") for n in ("count", "mean", "m2")]
+
+        def read(t: int) -> Moments:
+            count, mean, m2 = (checksums.read(a, t, f"{self.path}: {key} tar {t}: {a.path}") for a in arrays)
+            return Moments(int(count), mean, m2)
+
+        return [read(t) for t in tars]
 
     def tar_indices(self, key: str, max_tars: int | None = None) -> list[int]:
         """The complete tars of ``key`` that :meth:`moments` reads (an evenly spaced subset with ``max_tars``)."""
@@ -306,7 +311,7 @@ class FeatureStore:
     def manifest(self) -> pa.Table:
         """Manifest rows of every tar that has one, in row order (a complete tar must have one)."""
         found = self.read_manifests()
-        tables = [pq.read_table(pa.BufferReader(data)) for data in found.values()]
+        tables = [checksums.read_parquet(data, f"{self.path}/{self.manifest_name(t)}") for t, data in found.items()]
         if not tables:
             return MANIFEST_SCHEMA.empty_table()
         return pa.concat_tables(tables).sort_by("row")
@@ -316,9 +321,8 @@ class FeatureStore:
     def write_manifest(self, tar_index: int, rows: list[dict[str, Any]]) -> None:
         """Write a tar's manifest as one object (atomic). Every task of a tar writes identical
         rows, so a second writer replaces the object with the same bytes."""
-        sink = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), sink)
-        self.location.write_bytes(self.manifest_name(tar_index), sink.getvalue().to_pybytes())
+        data = checksums.parquet_bytes(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA))
+        self.location.write_bytes(self.manifest_name(tar_index), data)
 
     def _written(self, key: str, name: str) -> zarr.Array:
         """:meth:`array`, opened once per store object for the write paths below."""

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checksums import CorruptError, create_array, read
 from .hadamard import describe
 from .layout import FeatureStore, StoreError
 from .moments import Moments, merge_all
@@ -145,9 +146,14 @@ def fit_store(
             fp = moments_fingerprint(merged)
             unchanged = current_fingerprint(store, teacher, stream) == fp
             known = _phis_group(store, teacher, stream, fp) is not None  # fitted before: made current again
-            phis = load_teacher_phis(store, teacher, stream, fp) if known else fit_phis(merged)
+            damaged = False
+            try:
+                phis = load_teacher_phis(store, teacher, stream, fp) if known else fit_phis(merged)
+            except CorruptError:  # a damaged stored normalizer is refitted (same moments: same fingerprint)
+                unchanged, known, phis = False, False, fit_phis(merged)
+                damaged = True
             if not unchanged:
-                _write_phis(store, teacher, stream, phis, merged.count, tars, fp, provenance)
+                _write_phis(store, teacher, stream, phis, merged.count, tars, fp, provenance, damaged)
             reports.append(FitReport(teacher, tuple(tkeys), stream, len(every), merged.count, phis,
                                      describe(len(phis.mean)), unchanged, tuple(spectra), fp))  # fmt: skip
     return reports
@@ -194,19 +200,20 @@ def normalizer_versions(store: FeatureStore, teacher: str, stream: str = "featur
 
 
 def _write_phis(store: FeatureStore, teacher: str, stream: str, p: PhiS, count: int,
-                tars: dict[str, list[int]], fp: str, provenance: dict[str, str]) -> None:  # fmt: skip
+                tars: dict[str, list[int]], fp: str, provenance: dict[str, str], damaged: bool = False) -> None:  # fmt: skip
     """Add normalizer ``fp`` (unless the store has it) and make it current. Never rewrites an
-    existing normalizer: compact targets may be expressed in it."""
+    existing normalizer (compact targets may be expressed in it), except one whose checksums
+    failed (``damaged``): it is rewritten from the same moments, hence the same values."""
     s = store.root.require_group("normalizers").require_group(teacher).require_group(stream)
-    if _phis_group(store, teacher, stream, fp) is None:
-        if fp in s:  # a write killed before its attributes: its arrays are not trusted
+    if damaged or _phis_group(store, teacher, stream, fp) is None:
+        if fp in s:  # a write killed before its attributes, or damaged: its arrays are not trusted
             store.location.remove_prefix(f"normalizers/{teacher}/{stream}/{fp}")
             store.root = store._open_root()
             s = store.root["normalizers"][teacher][stream]
         g = s.create_group(fp)
         for name in ("mean", "transform", "inverse", "eigenvalues", "std"):
             value = getattr(p, name)
-            g.create_array(name, shape=value.shape, dtype="float64", chunks=value.shape, fill_value=0)[...] = value
+            create_array(g, name, shape=value.shape, dtype="float64", chunks=value.shape, fill_value=0)[...] = value
         # Attributes after the arrays and in one write of zarr.json: a fingerprint names arrays that are fully written.
         g.update_attributes({"phi": p.phi, "count": count, "keys": sorted(tars), "tars": tars, "provenance": provenance,
                              "hadamard": describe(len(p.mean)), "fingerprint": fp})  # fmt: skip
@@ -231,7 +238,8 @@ def load_teacher_phis(store: FeatureStore, teacher: str, stream: str = "features
         if fingerprint is not None and current_fingerprint(store, teacher, stream) is not None:
             raise StoreError(f"{teacher}: the store has no PHI-S {fingerprint} for {stream}")
         raise StoreError(f"{teacher}: no PHI-S for {stream}; run `radio fit-phis`")
-    arrays = {n: g[n][...] for n in ("mean", "transform", "inverse", "eigenvalues", "std")}
+    arrays = {n: read(g[n], ..., f"{store.path}: normalizers/{teacher}/{stream}/{n}")
+              for n in ("mean", "transform", "inverse", "eigenvalues", "std")}  # fmt: skip
     return PhiS(phi=float(g.attrs["phi"]), **arrays)
 
 

@@ -32,7 +32,7 @@ import zarr
 import zarr.abc.store
 import zarr.storage
 
-from radio.errors import RadioError
+from .errors import StoreError
 
 T = TypeVar("T")
 
@@ -42,10 +42,6 @@ RETRY_DELAYS: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0)
 # Temporary names a writer leaves when it is killed mid-write: zarr's LocalStore writes
 # ``NAME.<32 hex>.partial`` and renames it, :meth:`Location.write_bytes` ``.NAME.tmpPID``.
 TEMP_NAME = re.compile(r"(\.[0-9a-f]{32}\.partial|^\..+\.tmp\d+)$")
-
-
-class StoreError(RadioError):
-    """A store that is missing, of another plan, unreachable, or does not hold what was asked for."""
 
 
 class StoreReadOnly(StoreError):
