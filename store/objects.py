@@ -30,6 +30,24 @@ def is_url(path: str | Path) -> bool:
     return "://" in s and not s.startswith("file://")
 
 
+def named(e: OSError, path: str | Path) -> OSError:
+    """``e`` naming ``path`` when it names no file (a failed ``write`` does not): a full disk then
+    reads "no space left on device: PATH"."""
+    if e.filename is not None:
+        return e
+    return OSError(e.errno, e.strerror or os.strerror(e.errno or 0), str(path))
+
+
+class NamingLocalStore(zarr.storage.LocalStore):
+    """Zarr's LocalStore whose failed writes name the file (zarr removes its own partial file)."""
+
+    async def _set(self, key: str, value, exclusive: bool = False) -> None:  # set and set_if_not_exists
+        try:
+            await super()._set(key, value, exclusive)
+        except OSError as e:
+            raise named(e, self.root / key) from None
+
+
 class Location:
     """The root of a store: ``Location("s3://bucket/run/store.zarr")`` or a local path.
 
@@ -63,7 +81,7 @@ class Location:
     def zarr_store(self, read_only: bool = False) -> zarr.abc.store.Store:
         """A Zarr store at the root: LocalStore, or FsspecStore on the URL's filesystem."""
         if self.local is not None:
-            return zarr.storage.LocalStore(self.local, read_only=read_only)
+            return NamingLocalStore(self.local, read_only=read_only)
         return zarr.storage.FsspecStore.from_url(self.url, read_only=read_only)
 
     def writable(self) -> bool:
@@ -98,8 +116,12 @@ class Location:
             path = self.local_path(name)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            try:
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
+            except OSError as e:  # a full disk: no half-written temporary file, and the error names the file
+                tmp.unlink(missing_ok=True)
+                raise named(e, path) from None
         else:
             self.fs.pipe_file(self._key(name), data)
 
