@@ -23,7 +23,8 @@ from torch import nn
 
 from .adaptors import AdaptorOutput, AdaptorSpec
 from .checkpoint import atomic_write, load_weights, save_weights
-from .export_integrity import CONFIG, META_KEY, WEIGHTS, ExportError, check_tensors, non_finite, read_export
+from .export_integrity import (CONFIG, META_KEY, WEIGHTS, ExportError, NonFiniteWeights, check_tensors, non_finite,
+                               read_export)
 from .student import Student
 
 if TYPE_CHECKING:
@@ -178,7 +179,7 @@ def export(run: Path, out: Path, store=None, config=None, stage: int | None = No
     weights = load_weights(path)
     bad = non_finite(weights)
     if bad is not None:
-        raise ExportError(f"{path}: tensor {bad} is not finite (NaN or inf); the run diverged: nothing exported")
+        raise NonFiniteWeights(f"{path}: tensor {bad} is not finite (NaN or inf); the run diverged: nothing exported")
     with safe_open(str(path), "pt") as f:
         embedded = (f.metadata() or {}).get(EXPORT_META)
     if fmt not in ("radio", "timm"):
@@ -226,7 +227,7 @@ def write_export(out: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Pat
     """
     bad = non_finite(tensors)
     if bad is not None:
-        raise ExportError(f"tensor {bad} is not finite (NaN or inf); the run diverged: nothing exported")
+        raise NonFiniteWeights(f"tensor {bad} is not finite (NaN or inf); the run diverged: nothing exported")
     out.mkdir(parents=True, exist_ok=True)
     described = json.loads(json.dumps(meta, default=str))  # exactly what config.json will read back as
     digest = save_weights(tensors, out / WEIGHTS, {"format": EXPORT_FORMAT, META_KEY: json.dumps(described)})

@@ -30,6 +30,12 @@ class ExportError(RadioError):
     """A run that cannot be exported, or a folder that is not an export."""
 
 
+class NonFiniteWeights(ExportError):
+    """Weights holding a NaN or inf (a diverged run): never exported. Exit 1: the run is at fault."""
+
+    exit_code = 1
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 

@@ -313,10 +313,11 @@ def _train(config: PipelineConfig, stage: int, d: distributed.Dist, steps: int |
         (sdir / "config.yaml").write_text(to_yaml(config))
         _truncate_metrics(metrics_path, start)  # steps after the last checkpoint are redone
 
-    saved = [start]  # the step of the checkpoint on disk (0: none)
+    saved = start  # the step of the checkpoint on disk (0: none)
 
     def checkpoint(step: int) -> None:
-        saved[0] = step
+        nonlocal saved
+        saved = step
         if d.main:
             save_checkpoint(ckpt_path, {"model": student.state_dict(), "optimizer": optimizer.state_dict(),
                                         "step": step, "stage": stage, "total_steps": total})  # fmt: skip
@@ -357,7 +358,7 @@ def _train(config: PipelineConfig, stage: int, d: distributed.Dist, steps: int |
                                                            finite]))  # fmt: skip
             values = values.cpu()  # the step's one host sync (it was there for the log already)
             if float(values[-1]) < 1.0:  # some rank saw a NaN / inf: the parameters are spoiled now
-                raise _non_finite(stage, step, batches, out, grad_norm, ckpt_path, saved[0])
+                raise _non_finite(stage, step, batches, out, grad_norm, ckpt_path, saved)
             values = values[:-1]
             dt = time.perf_counter() - t0
             images = sum(p.batch_size for p in cfg.partitions)
