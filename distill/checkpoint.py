@@ -39,7 +39,7 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Call ``write(f)`` on a temporary file beside ``path``, fsync it, rename it to ``path``.
 
     On any failure the temporary file is removed; an ``OSError`` without a file name (a failed

@@ -273,8 +273,8 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> RadioModel:
         normalizers[t["name"]] = norm
     check_tensors(path / WEIGHTS, tensors, expected)
     student.load_state_dict({k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")})
-    for name, norm in normalizers.items():
+    for name, module in normalizers.items():
         prefix = f"normalizers.{name}."
-        norm.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     model = RadioModel(student, normalizers, meta)
     return model.to(device).eval()

@@ -183,4 +183,5 @@ def check_tensors(w_path: Path, tensors: dict[str, torch.Tensor], expected: dict
                               f"the config says {list(shape)}")  # fmt: skip
     extra = sorted(set(tensors) - set(expected))
     if extra:
-        raise ExportError(f"{w_path}: unexpected tensor {extra[0]}" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise ExportError(f"{w_path}: unexpected tensor {extra[0]}{more}")

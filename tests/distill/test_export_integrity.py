@@ -115,6 +115,10 @@ def _drop(path: str) -> Callable[[dict], None]:
     return change
 
 
+def _flip_last_byte(b: bytes) -> bytes:
+    return b[:-1] + bytes([b[-1] ^ 1])
+
+
 C, W = "{p}/config.json", "{p}/model.safetensors"
 OTHER_SHA = "0" * 64
 CASES: dict[str, tuple[Callable[[Path], None], str]] = {
@@ -126,7 +130,8 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
                              f"{C}: not JSON (line 1 column 1: Expecting value)"),
     "config.json truncated": (lambda f: (f / "config.json").write_text((f / "config.json").read_text()[:1]),
                               f"{C}: not JSON (line 1 column 2: Expecting property name enclosed in double quotes)"),
-    "config.json not UTF-8": (lambda f: (f / "config.json").write_bytes(b'{"format": "\xff"}'), f"{C}: not JSON (not UTF-8)"),
+    "config.json not UTF-8": (lambda f: (f / "config.json").write_bytes(b'{"format": "\xff"}'),
+                              f"{C}: not JSON (not UTF-8)"),
     "config.json a list": (lambda f: (f / "config.json").write_text("[1, 2]"), f"{C}: not a JSON object"),
     "no format": (_edit(_drop("format")), f"{C}: export format None, this version reads '{EXPORT_FORMAT}' "
                                           "(re-run `radio export` with this version)"),
@@ -163,7 +168,7 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
         lambda f: (f / "model.safetensors").write_bytes(np.random.default_rng(0).bytes(5000)),
         f"{W}: not a safetensors file (header too large)"),
     "model.safetensors one byte flipped": (
-        lambda f: (f / "model.safetensors").write_bytes((lambda b: b[:-1] + bytes([b[-1] ^ 1]))((f / "model.safetensors").read_bytes())),
+        lambda f: (f / "model.safetensors").write_bytes(_flip_last_byte((f / "model.safetensors").read_bytes())),
         f"{W}: sha256 {{sha}} != {{recorded}} recorded in config.json (the file is damaged or was replaced)"),
     "normalization edited": (_edit(_set("teachers.0.normalization", "standardize")),
                              f'{C}: field teachers[0].normalization is "standardize", but the export was written with '
@@ -210,7 +215,8 @@ def test_a_damaged_export_is_one_export_error_naming_the_field(good, tmp_path, c
     recorded = json.loads((folder / "config.json").read_text())["weights"]["sha256"]
     damage, expected = CASES[case]
     damage(folder)
-    sha = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() if (folder / "model.safetensors").is_file() else ""
+    weights = folder / "model.safetensors"
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else ""
     with pytest.raises(ExportError) as e:
         radio.load(folder)
     assert str(e.value) == expected.format(p=folder, sha=sha, recorded=recorded)

@@ -184,6 +184,9 @@ def test_resume_removes_a_dead_processs_temporary_files_and_outputs_have_the_usu
 # ---- 3. --init with what is not a student's weights ----------------------------------------------
 
 
+NOT_ZIP = "not a radio checkpoint (not a torch zip archive: truncated, or another format)"
+
+
 class Foreign:
     """An object a weights-only load refuses to unpickle."""
 
@@ -197,14 +200,14 @@ def _init_cases(tmp: Path, config, store: FeatureStore) -> dict[str, tuple[Path,
     cases = {}
     p = tmp / "pickle.pt"
     p.write_bytes(pickle.dumps({"model": {"w": np.zeros(3)}}))
-    cases["pickle"] = (p, f"error: {p}: not a radio checkpoint (not a torch zip archive: truncated, or another format)")
+    cases["pickle"] = (p, f"error: {p}: {NOT_ZIP}")
     p = tmp / "objects.pt"
     torch.save({"model": {}, "extra": Foreign()}, p)
     cases["torch pickle of objects"] = (p, f"error: {p}: not a radio checkpoint (it holds objects other than tensors, "
                                            "which radio never unpickles)")  # fmt: skip
     p = tmp / "random.pt"
     p.write_bytes(np.random.default_rng(0).bytes(4096))
-    cases["random bytes .pt"] = (p, f"error: {p}: not a radio checkpoint (not a torch zip archive: truncated, or another format)")
+    cases["random bytes .pt"] = (p, f"error: {p}: {NOT_ZIP}")
     p = tmp / "random.safetensors"
     p.write_bytes(np.random.default_rng(1).bytes(4096))
     cases["random bytes .safetensors"] = (p, f"error: {p}: not a safetensors file (header too large)")
@@ -224,7 +227,7 @@ def _init_cases(tmp: Path, config, store: FeatureStore) -> dict[str, tuple[Path,
     p = tmp / "truncated.pt"
     torch.save({"model": state, "step": 1}, tmp / "whole.pt")
     p.write_bytes((tmp / "whole.pt").read_bytes()[:-200])
-    cases["truncated checkpoint"] = (p, f"error: {p}: not a radio checkpoint (not a torch zip archive: truncated, or another format)")
+    cases["truncated checkpoint"] = (p, f"error: {p}: {NOT_ZIP}")
     return cases
 
 
@@ -246,7 +249,7 @@ def test_a_damaged_checkpoint_to_resume_from_is_one_line(phis_store, tmp_path):
     ckpt.write_bytes(b"PK\x03\x04 not really a zip")
     result = _distill(cfg)
     assert result.exit_code == 2
-    assert _one_line(result) == f"error: {ckpt}: not a radio checkpoint (not a torch zip archive: truncated, or another format)"
+    assert _one_line(result) == f"error: {ckpt}: {NOT_ZIP}"
 
 
 # ---- 4. a full disk ------------------------------------------------------------------------------
