@@ -41,9 +41,15 @@ def named(e: OSError, path: str | Path) -> OSError:
 class NamingLocalStore(zarr.storage.LocalStore):
     """Zarr's LocalStore whose failed writes name the file (zarr removes its own partial file)."""
 
-    async def _set(self, key: str, value, exclusive: bool = False) -> None:  # set and set_if_not_exists
+    async def set(self, key: str, value) -> None:
         try:
-            await super()._set(key, value, exclusive)
+            await super().set(key, value)
+        except OSError as e:
+            raise named(e, self.root / key) from None
+
+    async def set_if_not_exists(self, key: str, value) -> None:
+        try:
+            await super().set_if_not_exists(key, value)
         except OSError as e:
             raise named(e, self.root / key) from None
 
