@@ -51,13 +51,15 @@ def distill(
         print(f"stage {stage}: stopped by {result.stopped_by} at step {result.end_step}/{result.total_steps}; "
               f"checkpoint written to {where}; re-run the same command to resume")  # fmt: skip
         return
-    if not result.losses:
-        print(f"stage {stage} is already complete ({result.total_steps} steps); weights {where / 'final.safetensors'}")
+    final = where / "final.safetensors"
+    if not result.losses:  # the trainer (re)writes the final weights of a complete checkpoint
+        print(f"stage {stage} is already complete ({result.total_steps} steps); "
+              + (f"weights {final}" if final.is_file() else "no final weights were written"))  # fmt: skip
         return
     first = f"{result.losses[0]:.4f}" if result.losses else "-"
     last = f"{result.losses[-1]:.4f}" if result.losses else "-"
     print(f"stage {stage}: steps {result.start_step}→{result.end_step}, loss {first} → {last}; "
-          f"weights {where / 'final.safetensors'}")  # fmt: skip
+          f"weights {final}")  # fmt: skip
     if result.end_step < result.total_steps:
         raise typer.Exit(EXIT_FAILED)
 

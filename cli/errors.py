@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from collections.abc import Callable
@@ -24,9 +25,16 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     return typer.Exit(code)
 
 
+def no_space_message(e: OSError) -> str:
+    """``no space left on device: PATH`` (the path when the error names one)."""
+    where = e.filename or e.filename2
+    return f"no space left on device: {where}" if where else "no space left on device"
+
+
 def user_errors(fn: F) -> F:
-    """Decorate a command: any :class:`~radio.errors.RadioError` prints ``error: ...`` and exits 2
-    (or its ``exit_code``: a damaged store's :class:`~radio.store.checksums.CorruptError` exits 1).
+    """Decorate a command: any :class:`~radio.errors.RadioError` prints ``error: ...`` and exits
+    2 (or the error class's ``exit_code``: 1 where the run's data is at fault); a full disk
+    (``OSError(ENOSPC)``) prints ``error: no space left on device: PATH`` and exits 1.
 
     Every part's error class derives from ``RadioError``, so nothing is listed here by hand.
     """
@@ -35,7 +43,11 @@ def user_errors(fn: F) -> F:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except RadioError as e:  # exit 2, or the error's own exit_code (1 where the run's data is at fault)
+        except RadioError as e:
             raise fail(str(e), getattr(e, "exit_code", EXIT_USAGE)) from None
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            raise fail(no_space_message(e), EXIT_FAILED) from None
 
     return wrapper  # type: ignore[return-value]

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from radio.errors import RadioError
-
 from .adaptors import AdaptorOutput, AdaptorSpec
-from .checkpoint import load_weights, save_weights
+from .checkpoint import atomic_write, load_weights, save_weights
+from .export_integrity import (CONFIG, META_KEY, WEIGHTS, ExportError, NonFiniteWeights, check_tensors, non_finite,
+                               read_export)
 from .student import Student
 
 if TYPE_CHECKING:
@@ -32,11 +32,8 @@ if TYPE_CHECKING:
     from radio.store.layout import FeatureStore
     from radio.store.normalizers import Normalizer
 
-EXPORT_FORMAT = "radio-export/1"
-
-
-class ExportError(RadioError):
-    """A run that cannot be exported, or a folder that is not an export."""
+# /2: config.json records the sha256 of model.safetensors, which carries a copy of config.json.
+EXPORT_FORMAT = "radio-export/2"
 
 
 @dataclass
@@ -180,6 +177,9 @@ def export(run: Path, out: Path, store=None, config=None, stage: int | None = No
     stage = stages[0]
     path = stage_dir(run, stage) / FINAL
     weights = load_weights(path)
+    bad = non_finite(weights)
+    if bad is not None:
+        raise NonFiniteWeights(f"{path}: tensor {bad} is not finite (NaN or inf); the run diverged: nothing exported")
     with safe_open(str(path), "pt") as f:
         embedded = (f.metadata() or {}).get(EXPORT_META)
     if fmt not in ("radio", "timm"):
@@ -220,37 +220,61 @@ def final_student_size(run: Path, stage: int | None = None) -> str:
 def write_export(out: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
     """Write an export folder: ``tensors`` (``student.*``, ``normalizers.*``) and ``meta`` (the
     ``format``, the student's architecture, one entry per teacher: ``name``, ``summary_dim``,
-    ``feature_dim``, ...)."""
+    ``feature_dim``, ...). ``config.json`` is ``meta`` plus ``weights: {file, sha256}``; the
+    weights file carries ``meta`` too, so an edited ``config.json`` is detected by :func:`load`.
+
+    Refuses non-finite tensors (a diverged run must not ship).
+    """
+    bad = non_finite(tensors)
+    if bad is not None:
+        raise NonFiniteWeights(f"tensor {bad} is not finite (NaN or inf); the run diverged: nothing exported")
     out.mkdir(parents=True, exist_ok=True)
-    save_weights(tensors, out / "model.safetensors", {"format": EXPORT_FORMAT})
-    (out / "config.json").write_text(json.dumps(meta, indent=2, default=str))
+    described = json.loads(json.dumps(meta, default=str))  # exactly what config.json will read back as
+    digest = save_weights(tensors, out / WEIGHTS, {"format": EXPORT_FORMAT, META_KEY: json.dumps(described)})
+    text = json.dumps(described | {"weights": {"file": WEIGHTS, "sha256": digest}}, indent=2)
+    atomic_write(out / CONFIG, lambda f: f.write(text.encode()))
     return out
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> RadioModel:
-    """Load an export folder as a :class:`RadioModel` in eval mode."""
-    path = Path(path)
-    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
-        raise ExportError(f"{path}: not a radio export (needs config.json and model.safetensors)")
-    meta = json.loads((path / "config.json").read_text())
-    if meta.get("format") != EXPORT_FORMAT:
-        raise ExportError(f"{path}: export format {meta.get('format')!r}, this version reads {EXPORT_FORMAT!r}")
-    s = meta["student"]
-    specs = [AdaptorSpec(t["name"], t["summary_dim"], t["feature_dim"]) for t in meta["teachers"]]
-    student = Student(s["size"], specs, cpe_max_size=s["cpe_max_size"], register_multiple=s["register_multiple"],
-                      adaptor_hidden=s["adaptor_hidden"], adaptor_inner=s.get("adaptor_inner", 0))  # fmt: skip
-    tensors = load_weights(path / "model.safetensors")
-    student.load_state_dict({k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")})
-    from radio.store.normalizers import Normalizer
+    """Load an export folder as a :class:`RadioModel` in eval mode.
 
+    A damaged folder (config.json not JSON, a field missing or of the wrong type, model.safetensors
+    truncated or replaced, config.json edited, a tensor missing, extra, misshaped or not finite)
+    is one :class:`ExportError` line naming the field or tensor.
+    """
+    from radio.store.normalizers import MODES, Normalizer
+
+    from .student import STUDENT_SIZES
+
+    path = Path(path)
+    meta, tensors = read_export(path, EXPORT_FORMAT)
+    s = meta["student"]
+    if s["size"] not in STUDENT_SIZES:
+        raise ExportError(f"{path / CONFIG}: field student.size {s['size']!r} is not a student size "
+                          f"({', '.join(STUDENT_SIZES)})")  # fmt: skip
+    specs = [AdaptorSpec(t["name"], t["summary_dim"], t["feature_dim"]) for t in meta["teachers"]]
+    try:
+        student = Student(s["size"], specs, cpe_max_size=s["cpe_max_size"], register_multiple=s["register_multiple"],
+                          adaptor_hidden=s["adaptor_hidden"], adaptor_inner=s.get("adaptor_inner", 0))  # fmt: skip
+    except (ValueError, RuntimeError) as e:
+        raise ExportError(f"{path / CONFIG}: the student it describes cannot be built ({e})") from None
+    expected = {f"student.{k}": tuple(v.shape) for k, v in student.state_dict().items()}
     normalizers = nn.ModuleDict()
-    for t in meta["teachers"]:
-        prefix = f"normalizers.{t['name']}."
-        own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        if own:
-            c = own["mean"].shape[0]
-            norm = Normalizer(t["normalization"], np.zeros(c), np.eye(c), np.eye(c), np.ones(c))
-            norm.load_state_dict(own)
-            normalizers[t["name"]] = norm
+    for i, t in enumerate(meta["teachers"]):
+        if "normalizer" not in t or t["normalization"] == "none":
+            continue  # a teacher this stage did not train, or a pipeline that normalizes nothing
+        if t["normalization"] not in MODES:
+            raise ExportError(f"{path / CONFIG}: field teachers[{i}].normalization {t['normalization']!r} is not "
+                              f"one of {', '.join(MODES)}")  # fmt: skip
+        c = t["feature_dim"]
+        norm = Normalizer(t["normalization"], np.zeros(c), np.eye(c), np.eye(c), np.ones(c))
+        expected |= {f"normalizers.{t['name']}.{k}": tuple(v.shape) for k, v in norm.state_dict().items()}
+        normalizers[t["name"]] = norm
+    check_tensors(path / WEIGHTS, tensors, expected)
+    student.load_state_dict({k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")})
+    for name, module in normalizers.items():
+        prefix = f"normalizers.{name}."
+        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     model = RadioModel(student, normalizers, meta)
     return model.to(device).eval()

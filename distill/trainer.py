@@ -31,7 +31,7 @@ from radio.store.layout import FeatureStore, StoreError
 from radio.store.normalizers import Normalizer, normalizer_for, teacher_of
 
 from . import distributed
-from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
+from .checkpoint import load_checkpoint, load_weights, remove_stale_temps, save_checkpoint, save_weights
 from .checks import adaptor_specs, mosaic_notes, stage_targets
 from .compact_targets import build_decoders, decode_targets, raw_dropped
 from .cpe import draw_crops
@@ -49,6 +49,14 @@ METRICS = "metrics.jsonl"
 
 class DistillError(StoreError):
     """A distill request that cannot start (missing previous stage, bad stage number, ...)."""
+
+
+class NonFiniteError(DistillError):
+    """A batch's targets, loss or gradients are NaN or inf: the run stops before any weights are
+    written from the parameters they touched (the last good checkpoint is kept). Exit 1: the
+    data (or the run) is at fault, not the command."""
+
+    exit_code = 1
 
 
 def stage_dir(run: Path, stage: int) -> Path:
@@ -149,10 +157,45 @@ def _initial_weights(run: Path, stage: int, init: Path | None) -> Path | None:
 
 def _load_student_weights(student: Student, path: Path) -> None:
     state = student_state(load_weights(path)) if path.suffix == ".safetensors" else load_checkpoint(path)["model"]
+    fit_state(student, state, path)
+
+
+def fit_state(student: nn.Module, state: dict, path: Path) -> None:
+    """Load ``state`` into ``student`` or say in one line why it does not fit (names or shapes)."""
+    own = student.state_dict()
+    bad = [f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}" for k, v in state.items()
+           if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape]  # fmt: skip
+    if bad:
+        raise DistillError(f"{path}: weights do not fit this student ({len(bad)} tensors of another shape: "
+                           f"{', '.join(bad[:3])})")  # fmt: skip
     missing, unexpected = student.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise DistillError(f"{path}: weights do not fit this student (missing {list(missing)[:5]}, "
                            f"unexpected {list(unexpected)[:5]})")  # fmt: skip
+
+
+def _non_finite(stage: int, step: int, batches: list[dict], out: dict, grad_norm, ckpt: Path, kept: int) -> NonFiniteError:
+    """The one line for a step whose values are not finite: which key (and store rows) or which
+    loss; called only on that path, so its per-row reductions cost nothing in a healthy run."""
+    where = (f"stopped without writing weights; the last good checkpoint {ckpt} (step {kept}) is kept"
+             if kept else "stopped without writing weights (no checkpoint yet)")  # fmt: skip
+    for b in batches:
+        rows = b["row"].cpu()
+        for key, streams in b["targets"].items():
+            for stream, t in streams.items():
+                ok = torch.isfinite(t.float()).reshape(t.shape[0], -1).all(1).cpu()
+                if not bool(ok.all()):
+                    bad = rows[~ok].tolist()
+                    shown = ", ".join(map(str, bad[:8])) + (f", ... ({len(bad)} rows)" if len(bad) > 8 else "")
+                    return NonFiniteError(f"stage {stage} step {step}: target {key}/{stream} is not finite (NaN or inf) "
+                                          f"in store rows {shown}; {where}")  # fmt: skip
+    for name, v in out.items():
+        if not bool(torch.isfinite(v.detach()).all()):
+            return NonFiniteError(f"stage {stage} step {step}: loss {name} is not finite with finite targets "
+                                  f"(training diverged: lower the learning rate or clip gradients); {where}")  # fmt: skip
+    if grad_norm is not None and not bool(torch.isfinite(grad_norm)):
+        return NonFiniteError(f"stage {stage} step {step}: the gradient norm is not finite; {where}")
+    return NonFiniteError(f"stage {stage} step {step}: a value on another rank is not finite (NaN or inf); {where}")
 
 
 def train_stage(
@@ -211,7 +254,12 @@ def _train(config: PipelineConfig, stage: int, d: distributed.Dist, steps: int |
     state = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
     start = int(state["step"]) if state else 0
     if state:
-        student.load_state_dict(state["model"])
+        # The cosine schedule is a function of the total: another --steps would continue on another curve.
+        if int(state.get("total_steps", total)) != total:
+            raise DistillError(f"stage {stage}: the checkpoint {ckpt_path} is of a run of {state['total_steps']} steps "
+                               f"(at step {start}), not {total}; resume with --steps {state['total_steps']}, "
+                               "or remove the checkpoint to start over with another step count")  # fmt: skip
+        fit_state(student, state["model"], ckpt_path)
     elif init_from is not None:
         _load_student_weights(student, init_from)
     student.to(d.device)
@@ -255,10 +303,15 @@ def _train(config: PipelineConfig, stage: int, d: distributed.Dist, steps: int |
     metrics_path = sdir / METRICS
     if d.main:
         sdir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(sdir)  # a killed run's half-written checkpoint (only rank 0 writes here)
         (sdir / "config.yaml").write_text(to_yaml(config))
         _truncate_metrics(metrics_path, start)  # steps after the last checkpoint are redone
 
+    saved = start  # the step of the checkpoint on disk (0: none)
+
     def checkpoint(step: int) -> None:
+        nonlocal saved
+        saved = step
         if d.main:
             save_checkpoint(ckpt_path, {"model": student.state_dict(), "optimizer": optimizer.state_dict(),
                                         "step": step, "stage": stage, "total_steps": total})  # fmt: skip
@@ -287,16 +340,25 @@ def _train(config: PipelineConfig, stage: int, d: distributed.Dist, steps: int |
                 out = loss_fn(outputs, batches)
             optimizer.zero_grad(set_to_none=True)
             out["total"].backward()
+            grad_norm = None
             if cfg.optimizer.grad_clip:
-                torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.optimizer.grad_clip)
+                grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.optimizer.grad_clip)
             optimizer.step()
             step += 1
 
             names = list(out)
-            values = distributed.mean_across(d, torch.stack([out[n].detach().float() for n in names]))
+            # A NaN or inf in a target reaches its key's loss (MSE, cosine and the PHI-S matmul all
+            # propagate it), so the per-key losses, which go to the host for the log anyway, are the
+            # check: no extra device pass over the targets (isfinite().all() on them costs 7x the
+            # MSE on a CPU) and no extra sync. The gradient norm rides along.
+            scalars = [out[n].detach().float() for n in names]
+            scalars += [grad_norm.detach().float()] if grad_norm is not None else []
+            values = distributed.mean_across(d, torch.stack(scalars)).cpu()  # (a NaN on any rank reaches every rank)
+            if not bool(torch.isfinite(values).all()):  # the parameters are spoiled now: no checkpoint, no weights
+                raise _non_finite(stage, step, batches, out, grad_norm, ckpt_path, saved)
             dt = time.perf_counter() - t0
             images = sum(p.batch_size for p in cfg.partitions)
-            record = {"step": step, "lr": lr, **{n: float(v) for n, v in zip(names, values.cpu())},
+            record = {"step": step, "lr": lr, **{n: float(v) for n, v in zip(names, values)},
                       "images_per_s": images / dt, "data_wait": t_data / dt}  # fmt: skip
             losses.append(record["total"])
             if log is not None:  # rank 0 only

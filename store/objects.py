@@ -93,6 +93,30 @@ def is_url(path: str | Path) -> bool:
     return "://" in s and not s.startswith("file://")
 
 
+def named(e: OSError, path: str | Path) -> OSError:
+    """``e`` naming ``path`` when it names no file (a failed ``write`` does not): a full disk then
+    reads "no space left on device: PATH"."""
+    if e.filename is not None:
+        return e
+    return OSError(e.errno, e.strerror or os.strerror(e.errno or 0), str(path))
+
+
+class NamingLocalStore(zarr.storage.LocalStore):
+    """Zarr's LocalStore whose failed writes name the file (zarr removes its own partial file)."""
+
+    async def set(self, key: str, value) -> None:
+        try:
+            await super().set(key, value)
+        except OSError as e:
+            raise named(e, self.root / key) from None
+
+    async def set_if_not_exists(self, key: str, value) -> None:
+        try:
+            await super().set_if_not_exists(key, value)
+        except OSError as e:
+            raise named(e, self.root / key) from None
+
+
 class Location:
     """The root of a store: ``Location("s3://bucket/run/store.zarr")`` or a local path.
 
@@ -126,7 +150,7 @@ class Location:
     def zarr_store(self, read_only: bool = False) -> zarr.abc.store.Store:
         """A Zarr store at the root: LocalStore, or FsspecStore on the URL's filesystem."""
         if self.local is not None:
-            return zarr.storage.LocalStore(self.local, read_only=read_only)
+            return NamingLocalStore(self.local, read_only=read_only)
         return zarr.storage.FsspecStore.from_url(self.url, read_only=read_only)
 
     def require_writable(self, command: str) -> None:
@@ -200,11 +224,13 @@ class Location:
                 tmp.write_bytes(data)
                 os.replace(tmp, path)
             except (PermissionError, IsADirectoryError, NotADirectoryError) as e:
+                tmp.unlink(missing_ok=True)
                 raise StoreReadOnly(f"{path}: cannot write ({e.strerror}); is the store read-only?") from None
             except OSError as e:
-                if e.errno != errno.EROFS:
-                    raise  # ENOSPC and the like: not this line's business
-                raise StoreReadOnly(f"{path}: cannot write ({e.strerror}); is the store read-only?") from None
+                tmp.unlink(missing_ok=True)  # no half-written temporary file
+                if e.errno == errno.EROFS:
+                    raise StoreReadOnly(f"{path}: cannot write ({e.strerror}); is the store read-only?") from None
+                raise named(e, path) from None  # a full disk and the like: the error names the file
         else:
             try:
                 self.fs.pipe_file(self._key(name), data)

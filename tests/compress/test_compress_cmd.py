@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from typer.testing import CliRunner
 from radio.cli.compress_cmd import compress
 
 EXPORT_CONFIG = {
-    "format": "radio-export/1",
+    "format": "radio-export/2",
     "student": {"size": "tiny", "patch": 16, "cpe_max_size": 512, "register_multiple": 8, "adaptor_hidden": 64},
     "teachers": [{"name": "dinov2", "summary_dim": 48, "feature_dim": 48, "target_key": None, "normalization": "none"}],
     "stage": 1,
@@ -33,16 +32,14 @@ def app():
 def export(tmp_path_factory):
     """An export folder as `radio export` writes it, from an untrained tiny student."""
     import torch
-    from safetensors.torch import save_file
-
     from radio.distill.adaptors import AdaptorSpec
+    from radio.distill.export import write_export
     from radio.distill.student import Student
 
     out = tmp_path_factory.mktemp("export")
     torch.manual_seed(0)
     student = Student("tiny", [AdaptorSpec("dinov2", 48, 48)], cpe_max_size=512, register_multiple=8, adaptor_hidden=64)
-    save_file({f"student.{k}": v.contiguous() for k, v in student.state_dict().items()}, str(out / "model.safetensors"))
-    (out / "config.json").write_text(json.dumps(EXPORT_CONFIG))
+    write_export(out, {f"student.{k}": v for k, v in student.state_dict().items()}, EXPORT_CONFIG)
     return out
 
 
