@@ -231,11 +231,15 @@ def _verify_normalizers(store: FeatureStore, report: VerifyReport) -> None:
         return
     for teacher, tg in sorted(store.root["normalizers"].groups()):
         for stream, g in sorted(tg.groups()):
-            for name, array in sorted(g.arrays()):
-                try:
-                    checksums.read(array, ..., f"normalizers/{teacher}/{stream}/{name}")
-                except checksums.CorruptError as e:
-                    report.problems.append(f"{e}; run `radio fit-phis` to refit it")
+            # the unversioned layout keeps its arrays on the stream group; versions are sub-groups
+            versions = [(f"normalizers/{teacher}/{stream}", g)]
+            versions += [(f"normalizers/{teacher}/{stream}/{fp}", v) for fp, v in sorted(g.groups())]
+            for where, v in versions:
+                for name, array in sorted(v.arrays()):
+                    try:
+                        checksums.read(array, ..., f"{where}/{name}")
+                    except checksums.CorruptError as e:
+                        report.problems.append(f"{e}; run `radio fit-phis` to refit it")
 
 
 def _verify_compact(store: FeatureStore, key: str, manifests: dict[int, Any], report: VerifyReport,

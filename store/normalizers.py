@@ -238,7 +238,7 @@ def load_teacher_phis(store: FeatureStore, teacher: str, stream: str = "features
         if fingerprint is not None and current_fingerprint(store, teacher, stream) is not None:
             raise StoreError(f"{teacher}: the store has no PHI-S {fingerprint} for {stream}")
         raise StoreError(f"{teacher}: no PHI-S for {stream}; run `radio fit-phis`")
-    arrays = {n: read(g[n], ..., f"{store.path}: normalizers/{teacher}/{stream}/{n}")
+    arrays = {n: read(g[n], ..., f"{store.path}: {g.path}/{n}")
               for n in ("mean", "transform", "inverse", "eigenvalues", "std")}  # fmt: skip
     return PhiS(phi=float(g.attrs["phi"]), **arrays)
 

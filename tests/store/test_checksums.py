@@ -24,7 +24,7 @@ from radio.store import compact as c
 from radio.store.checksums import CorruptError, MissingDataError, has_checksums
 from radio.store.inspect import repair_commands, verify_report
 from radio.store.layout import FeatureStore
-from radio.store.normalizers import fit_store, load_phis
+from radio.store.normalizers import current_fingerprint, fit_store, load_phis
 
 pytestmark = pytest.mark.slow
 KEY = "dinov2@112"  # compacted below (features and summary), raw kept
@@ -94,7 +94,8 @@ def _damage(store: FeatureStore, kind: str) -> int:
     elif kind == "moments":
         _flip(_chunk_file(root / "targets" / RAW / "moments" / "features_mean", TAR), 11)
     elif kind == "normalizer":
-        _flip(_chunk_file(root / "normalizers" / "dinov2" / "features" / "transform", 0), 101)
+        fp = current_fingerprint(store, "dinov2")  # normalizers are versioned by fingerprint
+        _flip(_chunk_file(root / "normalizers" / "dinov2" / "features" / fp / "transform", 0), 101)
     elif kind == "manifest":
         name = root / store.manifest_name(TAR)
         meta = pq.ParquetFile(name).metadata.row_group(0)
@@ -128,7 +129,7 @@ READ_ERRORS = {
     rf"{s.path}/targets/{KEY}/compact/features/c/{row // 8}/0/0/0 is damaged \(row {row} does not match its crc32c",
     "moments": lambda s, row: rf"^{s.path}: {RAW} tar {TAR}: targets/{RAW}/moments/features_mean: stored bytes are "
     r"damaged \(Stored and computed checksum do not match\..*\)$",
-    "normalizer": lambda s, row: rf"^{s.path}: normalizers/dinov2/features/transform: stored bytes are damaged "
+    "normalizer": lambda s, row: rf"^{s.path}: normalizers/dinov2/features/[0-9a-f]{{16}}/transform: stored bytes are damaged "
     r"\(Stored and computed checksum do not match\..*\)$",
     "manifest": lambda s, row: rf"^{s.path}/manifest/0000000{TAR}.parquet: damaged parquet \(could not verify page "
     r"integrity, CRC checksum verification failed .*\)$",
@@ -138,7 +139,7 @@ VERIFY_PROBLEMS = {  # (key, the problem line's regex)
     "summary": (RAW, rf"^{RAW} tar {TAR} \(00000001.tar\): summary: stored bytes are damaged \(Stored and computed"),
     "compact": (KEY, rf"^{KEY} compact tar {TAR} \(00000001.tar\): compact/features: stored bytes are damaged"),
     "moments": (RAW, rf"^{RAW} tar {TAR} \(00000001.tar\): moments/features_mean: stored bytes are damaged"),
-    "normalizer": (None, r"^normalizers/dinov2/features/transform: stored bytes are damaged \(.*\); run `radio fit-phis`"),
+    "normalizer": (None, r"^normalizers/dinov2/features/[0-9a-f]{16}/transform: stored bytes are damaged \(.*\); run `radio fit-phis`"),
     "manifest": (RAW, rf"^{RAW} tar {TAR} \(00000001.tar\): .*manifest/00000001.parquet: damaged parquet \(could not"),
 }
 
