@@ -250,8 +250,11 @@ def test_a_damaged_parquet_footer_is_one_line_and_exit_1(store):
 
 
 def test_verify_cli_lists_damage_and_invalidate_then_featurize_repairs_it(tiny_store, featurize_here, repo, tmp_path):
-    config, path = tiny_store  # no normalizers: featurize rewrites the raw targets
+    config, path = tiny_store
     shutil.copytree(path, tmp_path / "store.zarr")
+    # No normalizers, so featurize rewrites the raw targets (with one it writes the tar compact
+    # directly); other tests may have fitted PHI-S on the session's tiny store.
+    shutil.rmtree(tmp_path / "store.zarr" / "normalizers", ignore_errors=True)
     store = FeatureStore(tmp_path / "store.zarr")
     _damage(store, "features")
     runner = CliRunner()

@@ -6,6 +6,8 @@ lease object, written by a Lease in this process or by hand for holders on other
 
 from __future__ import annotations
 
+import uuid
+
 import json
 import os
 import shutil
@@ -155,7 +157,7 @@ def test_of_two_writers_starting_together_exactly_one_holds_the_store(tmp_path):
 
 
 def test_writers_exclude_each_other_on_s3(s3_bucket):
-    url = f"{s3_bucket}/store.zarr"
+    url = f"{s3_bucket}/{uuid.uuid4().hex[:8]}/store.zarr"  # the bucket is shared by the session
     with Lease(url, "writer", "fit-phis", destructive=True) as held:
         with pytest.raises(LeaseHeld, match=rf"^{url}: held by fit-phis \(writer, destructive\) on host "):
             Lease(url, "writer", "featurize").acquire()

@@ -94,7 +94,7 @@ def _arrays(store: FeatureStore) -> dict[str, np.ndarray]:
 def test_featurize_on_s3_killed_and_resumed_equals_local_then_trains(s3_data, s3_bucket, local_run, repo, tmp_path):
     import s3fs
 
-    url = f"{s3_bucket}/store.zarr"
+    url = f"{s3_bucket}/resume/store.zarr"  # the bucket is shared by the session
     fs = s3fs.S3FileSystem(use_listings_cache=False)
     env = os.environ | {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     # Own session: SIGKILL reaches the driver and the Ray processes it started.

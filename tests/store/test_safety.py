@@ -8,6 +8,8 @@ monkeypatching the one call that fails.
 
 from __future__ import annotations
 
+import uuid
+
 import errno
 import json
 import os
@@ -134,7 +136,7 @@ def _objects(url: str) -> list[str]:
 
 
 def test_one_503_on_the_head_of_zarr_json_does_not_replan_the_store_over_its_data(s3_bucket, monkeypatch):
-    url = f"{s3_bucket}/store.zarr"
+    url = f"{s3_bucket}/{uuid.uuid4().hex[:8]}/store.zarr"  # the bucket is shared by the session
     _small_store(url)
     before = _objects(url)
     failed = _fail_once(monkeypatch, "_info", "store.zarr/zarr.json")
@@ -144,7 +146,7 @@ def test_one_503_on_the_head_of_zarr_json_does_not_replan_the_store_over_its_dat
 
 
 def test_a_store_that_cannot_be_asked_is_one_line_naming_the_url(s3_bucket, monkeypatch):
-    url = f"{s3_bucket}/store.zarr"
+    url = f"{s3_bucket}/{uuid.uuid4().hex[:8]}/store.zarr"  # the bucket is shared by the session
     _small_store(url)
 
     async def down(self, path, *args, **kwargs):
@@ -162,7 +164,7 @@ def test_a_store_that_cannot_be_asked_is_one_line_naming_the_url(s3_bucket, monk
 def test_one_503_on_a_manifest_is_retried_and_a_missing_one_is_an_error(s3_bucket, monkeypatch):
     from radio.distill.manifest import Manifest
 
-    url = f"{s3_bucket}/store.zarr"
+    url = f"{s3_bucket}/{uuid.uuid4().hex[:8]}/store.zarr"  # the bucket is shared by the session
     store = _small_store(url)
     failed = _fail_once(monkeypatch, "_cat_file", "manifest/00000001.parquet")
     assert store.manifest().column("row").to_pylist() == [0, 1, 2, 4, 5, 6, 7, 8]
@@ -309,7 +311,7 @@ def _eros_unlink(real, root: Path):
 def test_a_resumed_featurize_removes_only_the_temporary_files_of_killed_writers(tiny_store, repo, tmp_path):
     config, path = tiny_store
     store = tmp_path / "s.zarr"
-    shutil.copytree(path, store)
+    shutil.copytree(path, store, ignore=shutil.ignore_patterns("leases"))  # the copy is held by nobody
     chunk = store / "targets" / "clip@112" / "features" / "c"
     litter = [chunk / f"0.{'ab12' * 8}.partial", store / "manifest" / ".00000001.parquet.tmp4242",
               store / "zarr.0123456789abcdef0123456789abcdef.partial"]  # fmt: skip
