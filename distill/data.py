@@ -15,6 +15,7 @@ the store's dtype; :func:`on_device` converts them once they are on the device.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,6 +223,19 @@ def collate(samples: list[dict] | dict) -> dict:
         "targets": {k: {n: torch.stack([s["targets"][k][n] for s in samples]) for n in samples[0]["targets"][k]}
                     for k in keys},  # fmt: skip
     }
+
+
+class WorkerEnvironment:
+    """A DataLoader ``worker_init_fn`` that gives each worker the trainer's environment as it was
+    when the loader was made. Workers come from a forkserver, which keeps the environment of the
+    moment it started (the process's first loader): variables set later, such as the ``AWS_*``
+    credentials a store or the shards on S3 need, would otherwise be missing in the workers."""
+
+    def __init__(self) -> None:
+        self.env = dict(os.environ)
+
+    def __call__(self, worker_id: int) -> None:
+        os.environ.update(self.env)
 
 
 def next_batch(loader: Iterator[dict]) -> dict:

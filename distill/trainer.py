@@ -35,7 +35,7 @@ from .checkpoint import load_checkpoint, load_weights, remove_stale_temps, save_
 from .checks import adaptor_specs, mosaic_notes, stage_targets
 from .compact_targets import build_decoders, decode_targets, raw_dropped
 from .cpe import draw_crops
-from .data import PartitionRows, StepBatches, collate, next_batch, on_device, split_rows
+from .data import PartitionRows, StepBatches, WorkerEnvironment, collate, next_batch, on_device, split_rows
 from .export import export_payload, final_metadata, student_state
 from .loss import DistillLoss, KeyTarget
 from .manifest import Manifest
@@ -297,7 +297,8 @@ def _train(config: PipelineConfig, stage: int, d: distributed.Dist, steps: int |
         # it (it aborts), and the workers get the manifest as a path to memory-map, not a copy.
         loaders.append(iter(DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
                                        pin_memory=d.device.type == "cuda", persistent_workers=workers > 0,
-                                       multiprocessing_context="forkserver" if workers > 0 else None)))  # fmt: skip
+                                       multiprocessing_context="forkserver" if workers > 0 else None,
+                                       worker_init_fn=WorkerEnvironment() if workers > 0 else None)))  # fmt: skip
 
     # ---- bookkeeping: run folder, metrics (rank 0) ----------------------------------------------
     metrics_path = sdir / METRICS

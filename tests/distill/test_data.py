@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -163,3 +165,33 @@ def test_a_store_planned_for_a_million_rows_opens_splits_and_serves_a_batch(tmp_
 
     with pytest.raises(MissingDataError, match=r"^k: features of tar 1 \(00000000.tar\), row 500000, shard .*c/488/0/0/0 is missing"):
         ds.__getitems__([(500_000, False)])
+
+
+class _EnvProbe(torch.utils.data.Dataset):
+    """Each item is the worker's value of one environment variable."""
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> str:
+        return os.environ.get("RADIO_TEST_LATE_VARIABLE", "missing")
+
+
+def _first(batch: list[str]) -> str:
+    return batch[0]
+
+
+def test_forkserver_workers_see_variables_set_after_the_forkserver_started(monkeypatch):
+    from torch.utils.data import DataLoader
+
+    from radio.distill.data import WorkerEnvironment
+
+    monkeypatch.delenv("RADIO_TEST_LATE_VARIABLE", raising=False)
+    first = DataLoader(_EnvProbe(), num_workers=1, multiprocessing_context="forkserver", collate_fn=_first)
+    assert list(first) == ["missing"]  # the forkserver now runs, with this environment
+    monkeypatch.setenv("RADIO_TEST_LATE_VARIABLE", "set later")  # e.g. AWS_* credentials for an S3 store
+    plain = DataLoader(_EnvProbe(), num_workers=1, multiprocessing_context="forkserver", collate_fn=_first)
+    assert list(plain) == ["missing"]  # what the trainer's workers saw: S3 reads failed with NoCredentialsError
+    fixed = DataLoader(_EnvProbe(), num_workers=1, multiprocessing_context="forkserver", collate_fn=_first,
+                       worker_init_fn=WorkerEnvironment())  # fmt: skip
+    assert list(fixed) == ["set later"]
