@@ -12,7 +12,6 @@ full disk raises ``OSError(ENOSPC)`` naming the file (torch's own C++ writer say
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import pickle
@@ -28,6 +27,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from radio.errors import RadioError
+from radio.store.lease import pid_alive
+from radio.store.objects import named
 
 
 class WeightsError(RadioError):
@@ -56,10 +57,9 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         cause = _os_error(e)
-        if cause is not None and cause.filename is None:  # a failed write names no file: name it
-            raise OSError(cause.errno, cause.strerror or os.strerror(cause.errno or errno.EIO), str(path)) from None
-        if cause is not None and cause is not e:  # torch.save's RuntimeError about the write that failed
-            raise cause from None
+        if cause is not None and (cause is not e or cause.filename is None):
+            # a failed write names no file (name it), and torch.save wraps it in a RuntimeError
+            raise named(cause, path) from None
         raise
 
 
@@ -80,20 +80,10 @@ def remove_stale_temps(folder: Path) -> list[Path]:
     removed = []
     for tmp in folder.glob(".*.tmp*") if folder.is_dir() else []:
         pid = tmp.name.rpartition(".tmp")[2]
-        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+        if pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

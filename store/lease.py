@@ -68,7 +68,7 @@ class LeaseInfo:
         """Not expired, and (on this host) its process still runs."""
         if (now or time.time()) >= self.expires:
             return False
-        return self.host != socket.gethostname() or _pid_alive(self.pid)
+        return self.host != socket.gethostname() or pid_alive(self.pid)
 
     def describe(self) -> str:
         what = f"{self.holder} ({self.kind}{', destructive' if self.destructive else ''})"
@@ -79,7 +79,8 @@ def _utc(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (a killed holder's lease, or temporary file, is stale)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -260,4 +261,4 @@ class _NoLease(Lease):
         pass
 
 
-__all__ = ["TTL", "Lease", "LeaseHeld", "LeaseInfo", "leases", "take"]
+__all__ = ["TTL", "Lease", "LeaseHeld", "LeaseInfo", "leases", "pid_alive", "take"]

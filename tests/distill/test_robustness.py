@@ -342,6 +342,14 @@ def test_export_on_a_full_disk(phis_store, tmp_path, monkeypatch):
     assert _litter(tmp_path) == [] and not list(out.iterdir())
 
 
+def _assert_no_space_in(result, store: Path) -> None:
+    """Exit 1, one line naming the file of ``store`` that was being written, no temporary file left."""
+    assert result.exit_code == 1, result.output
+    line = _one_line(result)
+    assert line.startswith(f"error: no space left on device: {store}/"), line
+    assert _litter(store) == []
+
+
 def test_fit_phis_on_a_full_disk(phis_store, tmp_path, monkeypatch):
     config, path = phis_store
     copy = tmp_path / "store.zarr"
@@ -349,11 +357,7 @@ def test_fit_phis_on_a_full_disk(phis_store, tmp_path, monkeypatch):
     shutil.rmtree(copy / "normalizers")
     cfg = _pipelines(tmp_path, config, copy)
     _no_space_in_zarr_and_objects(monkeypatch)
-    result = CliRunner().invoke(app, ["fit-phis", "--config", str(cfg)])
-    assert result.exit_code == 1, result.output
-    line = _one_line(result)
-    assert line.startswith(f"error: no space left on device: {copy}/"), line  # the file of the store it was writing
-    assert _litter(copy) == []
+    _assert_no_space_in(CliRunner().invoke(app, ["fit-phis", "--config", str(cfg)]), copy)
 
 
 def test_compact_on_a_full_disk(phis_store, tmp_path, monkeypatch):
@@ -361,11 +365,7 @@ def test_compact_on_a_full_disk(phis_store, tmp_path, monkeypatch):
     copy = tmp_path / "store.zarr"
     shutil.copytree(path, copy)
     _no_space_in_zarr_and_objects(monkeypatch)
-    result = CliRunner().invoke(app, ["store", "compact", str(copy), "--keys", "clip@112"])
-    assert result.exit_code == 1, result.output
-    line = _one_line(result)
-    assert line.startswith(f"error: no space left on device: {copy}/"), line  # the file of the store it was writing
-    assert _litter(copy) == []
+    _assert_no_space_in(CliRunner().invoke(app, ["store", "compact", str(copy), "--keys", "clip@112"]), copy)
 
 
 def test_featurize_on_a_full_disk(tiny_store, tmp_path, monkeypatch):
