@@ -3,13 +3,14 @@
 #   make test   same set-up, then the full test suite
 #   make experiments  the paper's findings at small scale (`radio experiment all`, regenerates README)
 #   make typecheck  mypy over the package (settings in pyproject.toml); CI runs it and make test
+#   make lint       ruff check + ruff format --check over the repo (settings in pyproject.toml); CI runs it
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIPELINE ?= tiny
 
-.PHONY: demo test typecheck bench experiments install clean
+.PHONY: demo test typecheck lint bench experiments install clean
 
 install: $(STAMP)
 
@@ -29,6 +30,10 @@ test: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/python -m mypy
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: $(STAMP)
 	bash scripts/bench.sh

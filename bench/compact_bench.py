@@ -38,8 +38,8 @@ from radio.store.layout import FeatureStore
 from radio.store.moments import Moments
 from radio.store.normalizers import fit_store
 from radio.store.phis import fit_phis
-from radio.store.sampledata import write_sample_data
-from radio.store.shards import expand_shards
+from radio.shards.sampledata import write_sample_data
+from radio.shards.tar import expand_shards
 
 
 def _featurize(tmp: Path, model: str, job: KeyJob, images: int, batch: int) -> FeatureStore:
@@ -108,7 +108,8 @@ def _held_out_fidelity(config, store_path: Path, weights: Path) -> dict[str, flo
     """F[X] per stage-1 key on the held-out rows, against the raw targets, in PHI-S space."""
     from radio.distill.checkpoint import load_weights
     from radio.distill.checks import stage_targets
-    from radio.distill.data import PartitionRows, collate, split_rows
+    from radio.distill.data import PartitionRows, collate
+    from radio.store.split import split_rows
     from radio.distill.loss import align_features
     from radio.distill.trainer import build_student
     from radio.evaluate.fidelity import fidelity

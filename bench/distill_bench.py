@@ -22,13 +22,14 @@ import numpy as np
 
 from radio.config import load_pipeline
 from radio.distill.checks import stage_targets
-from radio.distill.data import PartitionRows, split_rows
+from radio.distill.data import PartitionRows
+from radio.store.split import split_rows
 from radio.distill.trainer import read_metrics, train_stage
-from radio.store.crops import CropBox, crop_resize
+from radio.shards.crops import CropBox, crop_resize
 from radio.store.layout import FeatureStore
 from radio.store.normalizers import fit_store
-from radio.store.sampledata import write_sample_data
-from radio.store.shards import read_image
+from radio.shards.sampledata import write_sample_data
+from radio.shards.tar import read_image
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -30,18 +30,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import radio.store.shards as shards_module
+import radio.shards.tar as shards_module
 from radio.featurize import mosaic as mosaic_module
 from radio.featurize.graph import build_stages, run_local
 from radio.featurize.hostmem import keep_heap_for_cpu_teachers
 from radio.featurize.job import plan_rows
 from radio.featurize.teachers import create_teacher, get_spec
 from radio.featurize.worker import FeaturizeSettings, KeyJob, WorkItem
-from radio.store.crops import choose_crop, crop_resize
+from radio.shards.crops import choose_crop, crop_resize
 from radio.store.inspect import store_info
 from radio.store.layout import FeatureStore
-from radio.store.sampledata import write_sample_data
-from radio.store.shards import ShardReader, expand_shards
+from radio.shards.sampledata import write_sample_data
+from radio.shards.tar import ShardReader, expand_shards
 
 
 def _store(tmp: Path, name: str, shards: Path, jobs: dict[str, KeyJob], shard_rows: int) -> FeatureStore:

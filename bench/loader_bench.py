@@ -33,8 +33,8 @@ import numpy as np
 import zarr
 
 from radio.distill.data import EpochOrder
-from radio.distill.manifest import Manifest
-from radio.distill.targets import TargetReader
+from radio.store.manifest import Manifest
+from radio.store.targets import TargetReader
 from radio.store import checksums
 from radio.store.layout import FeatureStore, Plan
 
@@ -128,7 +128,7 @@ def rss_mb(field="RssAnon:"):
     for line in open("/proc/self/status"):
         if line.startswith(field):
             return int(line.split()[1]) / 1024
-from radio.distill.manifest import Manifest  # the libraries a worker imports anyway
+from radio.store.manifest import Manifest  # the libraries a worker imports anyway
 before, before_file = rss_mb(), rss_mb("RssFile:")
 m = Manifest.load(sys.argv[1])
 rows = np.random.default_rng(0).integers(0, len(m), 1024)
@@ -145,7 +145,8 @@ def s3_read(local: Path, rows: np.ndarray, batch: int, local_rows_per_s: float) 
     the network hop, as a ratio to the same reads from local disk."""
     import s3fs
 
-    from radio.store.s3local import local_s3_server
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' S3 server helper
+    from s3local import local_s3_server
 
     with local_s3_server():
         fs = s3fs.S3FileSystem()

@@ -49,7 +49,7 @@ class Progress:
 
 def print_summary(report) -> None:
     from radio.featurize.job import summarize
-    from radio.store.images import REASONS
+    from radio.shards.images import REASONS
 
     s = summarize(report)
     console = make_console()

@@ -31,7 +31,7 @@ def sample_data(
     ] = False,
 ) -> None:
     """Write sample data in DataComp/img2dataset layout (tars, parquet, stats) from real photos."""
-    from radio.store.sampledata import write_labeled_data, write_sample_data
+    from radio.shards.sampledata import write_labeled_data, write_sample_data
 
     if labeled:
         try:

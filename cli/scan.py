@@ -15,8 +15,8 @@ def scan(config: ConfigOpt = DEFAULT_CONFIG, pipeline: PipelineOpt = None, data:
     import typer
     from rich.table import Table
 
-    from radio.store.images import REASONS, ImageLimits
-    from radio.store.shards import ShardReader, expand_shards
+    from radio.shards.images import REASONS, ImageLimits
+    from radio.shards.tar import ShardReader, expand_shards
 
     cfg = load(config, pipeline, data)
     limits = ImageLimits(cfg.data.min_image_size, cfg.data.max_image_pixels)

@@ -40,10 +40,10 @@ def find_images(paths: Iterable[Path]) -> list[Path]:
 def read_image(path: Path, resolution: int) -> np.ndarray:
     """RGB ``[R, R, 3]`` uint8: the whole image resized to R×R (bicubic). The aspect ratio is not
     kept, as for a VLM's fixed-size input: nothing is cropped away. Decoded by the one image
-    reader of every command (:func:`radio.store.images.read_image_file`: EXIF orientation)."""
+    reader of every command (:func:`radio.shards.images.read_image_file`: EXIF orientation)."""
     from PIL import Image
 
-    from radio.store.images import ImageLimits, ImageReadError, read_image_file
+    from radio.shards.images import ImageLimits, ImageReadError, read_image_file
 
     try:
         pixels = read_image_file(path, ImageLimits(min_size=1))

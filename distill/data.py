@@ -8,8 +8,8 @@ the same order, and each DDP rank takes its contiguous slice of the global batch
 
 The read path: the sampler yields a rank's whole batch slice, the dataset's ``__getitems__``
 reads it at once — the images through cached tar handles and the columnar
-:class:`~radio.distill.manifest.Manifest`, the targets with one concurrent tensorstore batch
-(:class:`~radio.distill.targets.TargetReader`) — and returns the collated batch with targets in
+:class:`~radio.store.manifest.Manifest`, the targets with one concurrent tensorstore batch
+(:class:`~radio.store.targets.TargetReader`) — and returns the collated batch with targets in
 the store's dtype; :func:`on_device` converts them once they are on the device.
 """
 
@@ -27,46 +27,16 @@ import torch
 from torch.utils.data import Dataset
 
 from radio.errors import RadioError
-from radio.store.checksums import read_parquet
-from radio.store.crops import CropBox, crop_resize
-from radio.store.images import ImageLimits, decode_image
+from radio.shards.crops import CropBox, crop_resize
+from radio.shards.images import ImageLimits, decode_image
 from radio.store.layout import FeatureStore
-from radio.store.shards import ShardError
+from radio.shards.tar import ShardError, TarFiles
+from radio.store.manifest import Manifest
+from radio.store.targets import TargetReader
 
 from .loss import KeyTarget
-from .manifest import Manifest, TarFiles
-from .targets import TargetReader
 
 Sampling = Literal["rows", "blocks"]
-
-
-@dataclass(frozen=True)
-class RowSplit:
-    """Valid rows usable for a set of target keys: ``train`` and ``held_out`` (sorted row ids)."""
-
-    train: np.ndarray
-    held_out: np.ndarray
-
-
-def split_rows(store: FeatureStore, keys: list[str], held_out: int, manifest: Manifest | None = None) -> RowSplit:
-    """Valid rows of tars complete for every key; the last ``held_out`` of them are reserved
-    for evaluation and never trained on. Columnar: no Python object per row."""
-    complete = np.ones(len(store.plan.tars), dtype=bool)
-    for key in keys:
-        complete &= store.completed(key)
-    if manifest is not None:
-        valid = np.asarray(manifest.columns["valid"])
-        usable = np.flatnonzero(valid & complete[manifest.tar_of(np.arange(len(valid)))]).astype(np.int64)
-    else:
-        parts = []
-        for t, data in store.read_manifests(complete).items():  # a complete tar must have its manifest
-            if complete[t]:
-                name = store.manifest_name(t)
-                table = read_parquet(data, f"{store.path}/{name}", ["row", "valid"])  # page checksums verified
-                parts.append(table.column("row").to_numpy()[table.column("valid").to_numpy(zero_copy_only=False)])
-        usable = np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
-    cut = max(0, len(usable) - held_out)
-    return RowSplit(usable[:cut], usable[cut:])
 
 
 class EpochOrder:
@@ -126,7 +96,7 @@ def flips_for(rows: np.ndarray, seed: int, partition: int, step: int) -> np.ndar
 def on_device(batch: dict, device: torch.device | str) -> dict:
     """Move a batch to ``device``, then turn fp16 targets into float32 there: the one place
     targets leave the store's dtype. Compact keys' one-byte values stay as they are; the trainer
-    decodes them next, on the device (:func:`radio.distill.compact_targets.decode_targets`)."""
+    decodes them next, on the device (:func:`radio.store.compact_decode.decode_targets`)."""
 
     def convert(v: torch.Tensor) -> torch.Tensor:
         v = v.to(device, non_blocking=True)

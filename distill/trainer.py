@@ -26,19 +26,20 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from radio.config import PipelineConfig, to_yaml
-from radio.store.images import ImageLimits
+from radio.shards.images import ImageLimits
 from radio.store.layout import FeatureStore, StoreError
 from radio.store.normalizers import Normalizer, normalizer_for, teacher_of
 
 from . import distributed
 from .checkpoint import load_checkpoint, load_weights, remove_stale_temps, save_checkpoint, save_weights
 from .checks import adaptor_specs, mosaic_notes, stage_targets
-from .compact_targets import build_decoders, decode_targets, raw_dropped
+from radio.store.compact_decode import build_decoders, decode_targets, raw_dropped
 from .cpe import draw_crops
-from .data import PartitionRows, StepBatches, WorkerEnvironment, collate, next_batch, on_device, split_rows
+from .data import PartitionRows, StepBatches, WorkerEnvironment, collate, next_batch, on_device
+from radio.store.split import split_rows
 from .export import export_payload, final_metadata, student_state
 from .loss import DistillLoss, KeyTarget
-from .manifest import Manifest
+from radio.store.manifest import Manifest
 from .schedule import lr_at
 from .student import Student
 

@@ -1,8 +1,8 @@
 """Evaluation images from folders: a plain folder of pictures, or a labeled ImageFolder set.
 
-Every image is read by the one image-file reader (:func:`radio.store.images.read_image_file`,
+Every image is read by the one image-file reader (:func:`radio.shards.images.read_image_file`,
 which decodes as featurize does: EXIF orientation, any mode to RGB), cut to its largest centred square and resized to the requested
-side with the trainer's resize (:func:`radio.store.crops.crop_resize`, bicubic, antialiased).
+side with the trainer's resize (:func:`radio.shards.crops.crop_resize`, bicubic, antialiased).
 A square centre crop resized to ``s`` is the usual "shortest side to ``s``, centre crop ``s``"
 evaluation transform (notes/radio-code.md §2.10), and it keeps exactly the same content at every
 resolution, which the scale-equivariance measure needs.
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from radio.store.crops import choose_crop, crop_resize
-from radio.store.images import IMAGE_SUFFIXES, ImageLimits, read_image_file
+from radio.shards.crops import choose_crop, crop_resize
+from radio.shards.images import IMAGE_SUFFIXES, ImageLimits, read_image_file
 
 from .errors import EvalError
 

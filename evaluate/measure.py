@@ -120,9 +120,10 @@ def measure_fidelity(model: RadioModel, store: FeatureStore, config: PipelineCon
     (``config.normalization``) to both.
     """
     from radio.distill.checks import stage_targets
-    from radio.distill.data import PartitionRows, collate, split_rows
+    from radio.distill.data import PartitionRows, collate
+    from radio.store.split import split_rows
     from radio.distill.loss import align_features
-    from radio.store.images import ImageLimits
+    from radio.shards.images import ImageLimits
     from radio.store.normalizers import normalizer_for
 
     if rows not in ("held-out", "train"):
@@ -148,7 +149,7 @@ def measure_fidelity(model: RadioModel, store: FeatureStore, config: PipelineCon
     results: list[dict[str, Any]] = []
     # Raw fp16 targets when present; keys whose raw targets were dropped are decoded from their
     # compact codec and mapped back to the teacher's space.
-    from radio.distill.compact_targets import build_decoders, decode_targets, raw_dropped, to_teacher_space
+    from radio.store.compact_decode import build_decoders, decode_targets, raw_dropped, to_teacher_space
 
     decoders = build_decoders(store, [k for k in keys if raw_dropped(store, k)])
     for resolution, targets in partitions:

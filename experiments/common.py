@@ -82,7 +82,7 @@ def with_changes(config: PipelineConfig, **changes: Any) -> PipelineConfig:
 
 def sample_shards(root: Path, images: int, shard_size: int, seed: int = 0) -> Path:
     """DataComp-layout shards of the bundled photos (`radio sample-data`), made once per folder."""
-    from radio.store.sampledata import write_sample_data
+    from radio.shards.sampledata import write_sample_data
 
     out = root / "shards"
     if not any(out.glob("*.tar")):
@@ -91,10 +91,10 @@ def sample_shards(root: Path, images: int, shard_size: int, seed: int = 0) -> Pa
 
 
 def photo_files(root: Path, names: Sequence[str], size: int = 512) -> list[Path]:
-    """The named bundled photos (``radio.store.sampledata.PHOTOS``) as PNG files under ``root/images``."""
+    """The named bundled photos (``radio.shards.sampledata.PHOTOS``) as PNG files under ``root/images``."""
     from PIL import Image
 
-    from radio.store.sampledata import load_photo
+    from radio.shards.sampledata import load_photo
 
     out = root / "images"
     out.mkdir(parents=True, exist_ok=True)

@@ -123,9 +123,9 @@ def _crops(config, n: int):
     """Keys and ``[n, 3, s, s]`` pixels in [0, 1] of the first ``n`` valid rows' stored crops."""
     import torch
 
-    from radio.store.crops import CropBox, crop_resize
+    from radio.shards.crops import CropBox, crop_resize
     from radio.store.layout import FeatureStore
-    from radio.store.shards import ShardReader
+    from radio.shards.tar import ShardReader
 
     rows = [r for r in FeatureStore(config.store.path).manifest().to_pylist() if r["valid"]][:n]
     pixels: dict[str, np.ndarray] = {}
@@ -155,9 +155,9 @@ def tile_check(config, key: str, k: int, n: int) -> dict:
 
     from radio.featurize import mosaic
     from radio.featurize.teachers import create_teacher
-    from radio.store.crops import CropBox, crop_resize
+    from radio.shards.crops import CropBox, crop_resize
     from radio.store.layout import FeatureStore
-    from radio.store.shards import ShardReader
+    from radio.shards.tar import ShardReader
 
     fs = FeatureStore(config.store.path)
     manifest = fs.manifest().to_pylist()

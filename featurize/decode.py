@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from radio.store.crops import CropBox, choose_crop, crop_resize
-from radio.store.images import ImageLimits
+from radio.shards.crops import CropBox, choose_crop, crop_resize
+from radio.shards.images import ImageLimits
 from radio.store.layout import FeatureStore, TarPlan
-from radio.store.shards import Sample, ShardReader
+from radio.shards.tar import Sample, ShardReader
 
 from .worker import FeaturizeSettings, WorkItem
 

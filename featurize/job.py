@@ -18,14 +18,13 @@ from dataclasses import asdict, dataclass, field, replace
 from radio.config import PipelineConfig, fingerprint
 from radio.errors import RadioError
 from radio.store import compact, lease
-from radio.store.layout import FeatureStore, Plan, check_empty, settings_json
-from radio.store.objects import Location
-from radio.store.shards import expand_shards, open_binary
+from radio.store.layout import FeatureStore, Plan, check_store_or_empty, settings_json
+from radio.shards.tar import expand_shards, open_binary
 
 from .mosaic import mosaic_misfit
 from .preflight import check_weights
 from .ray_logs import log_path, ray_output_to
-from .counts import planned_samples
+from radio.shards.counts import planned_samples
 from .teachers import TeacherError, get_spec
 from .worker import FeaturizeSettings, KeyJob, TarResult, WorkItem
 
@@ -289,9 +288,8 @@ def run_featurize(
     for note in selection.notes:
         (on_note or print)(note)
     check_weights({t: (model, weights) for t, (model, weights, _) in selection.teachers.items()})
-    location = Location(config.store.path)
-    if not location.exists("zarr.json"):
-        check_empty(location)  # before the lease is written: a folder that is not a store stays untouched
+    # before the lease is written: a folder that is not a store stays untouched
+    location = check_store_or_empty(config.store.path)
     # One writer at a time; --overwrite deletes keys, so it also waits for no training run to read them.
     with lease.take(config.store.path, "writer", "featurize", destructive=overwrite, wait=wait):
         location.remove_temporaries()  # a killed run's half-written files (we hold the store alone)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from radio.store.crops import key_seed
+from radio.shards.crops import key_seed
 
 
 def mosaic_misfit(canvas: int, k: int, resolution: int, patch: int) -> str | None:

@@ -129,7 +129,7 @@ def main() -> None:
     from radio.featurize.teachers import get_spec
     from radio.store.layout import FeatureStore
     from radio.store.normalizers import fit_store
-    from radio.store.sampledata import write_sample_data
+    from radio.shards.sampledata import write_sample_data
 
     root = args.out or Path(tempfile.mkdtemp(prefix="gpu_check_"))
     root.mkdir(parents=True, exist_ok=True)

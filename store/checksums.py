@@ -5,7 +5,7 @@ moments, completion markers, compact arrays and codec parameters, normalizers) i
 :func:`create_array`, which ends the chunk codecs with ``crc32c`` (Zarr v3 ``Crc32cCodec``: 4
 bytes after each encoded chunk; in a sharded array it ends the inner chunks' codecs, and the
 shard index carries its own). zarr-python and tensorstore verify it on every read; the trainer's
-direct ``preadv`` reader verifies it itself (:mod:`radio.distill.shardread`). Manifests are
+direct ``preadv`` reader verifies it itself (:mod:`radio.store.shardread`). Manifests are
 parquet written with page checksums (:func:`parquet_bytes`) and read with their verification
 (:func:`read_parquet`).
 

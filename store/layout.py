@@ -350,6 +350,15 @@ class FeatureStore:
         self._written(key, "complete")[tar_index] = 1
 
 
+def check_store_or_empty(path: str | Path) -> Location:
+    """The store's location, when ``path`` holds a radio store or nothing a new store would
+    overwrite; refuses with one line (:func:`check_empty`) otherwise, touching nothing."""
+    location = Location(path)
+    if not location.exists("zarr.json"):
+        check_empty(location)
+    return location
+
+
 def check_empty(location: Location) -> None:
     """Refuse, with one line and touching nothing, to create a store where something that is not
     a store exists: a file, a non-empty folder or prefix (``--store .``, ``~``, swapped --data)."""

@@ -17,7 +17,7 @@ def repo() -> Path:
 @pytest.fixture(scope="session")
 def sample_shards(tmp_path_factory) -> Path:
     """A small DataComp-layout folder: 24 photos, every exotic and corrupt kind, 4 shards."""
-    from radio.store.sampledata import CORRUPT_KINDS, EXOTIC_KINDS, write_sample_data
+    from radio.shards.sampledata import CORRUPT_KINDS, EXOTIC_KINDS, write_sample_data
 
     out = tmp_path_factory.mktemp("sample")
     write_sample_data(out, images=24, shard_size=12, seed=3, corrupt=len(CORRUPT_KINDS), exotic=len(EXOTIC_KINDS))
@@ -59,7 +59,7 @@ def featurize_here():
 def tiny_store(tmp_path_factory, repo):
     """The `tiny` pipeline featurized on 40 sample photos (+ a few bad samples): (config, store path)."""
     from radio.config import load_pipeline
-    from radio.store.sampledata import write_sample_data
+    from radio.shards.sampledata import write_sample_data
 
     root = tmp_path_factory.mktemp("tiny")
     write_sample_data(root / "shards", images=40, shard_size=16, seed=11, corrupt=2)
@@ -73,7 +73,7 @@ def tiny_store(tmp_path_factory, repo):
 def s3_server():
     """A real S3 API on localhost for the whole session (moto's server on 127.0.0.1, a free
     port, ended by PID); the AWS_* variables point at it. Yields the endpoint URL."""
-    from radio.store.s3local import local_s3_server
+    from s3local import local_s3_server
 
     with local_s3_server() as endpoint:
         yield endpoint

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from radio.cli.main import app
 from radio.store.layout import FeatureStore
-from radio.store.sampledata import write_sample_data
+from radio.shards.sampledata import write_sample_data
 
 
 @pytest.mark.slow

@@ -88,7 +88,7 @@ def two_node_cluster():
 
 
 def test_featurize_attaches_to_a_two_node_cluster_and_the_store_verifies(two_node_cluster, repo, tmp_path):
-    from radio.store.sampledata import write_sample_data
+    from radio.shards.sampledata import write_sample_data
 
     address, procs = two_node_cluster
     write_sample_data(tmp_path / "shards", images=16, shard_size=8, seed=5, corrupt=0)

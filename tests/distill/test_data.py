@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from radio.distill.data import EpochOrder, PartitionRows, StepBatches, global_batch, on_device, split_rows
+from radio.distill.data import EpochOrder, PartitionRows, StepBatches, global_batch, on_device
+from radio.store.split import split_rows
 from radio.distill.loss import KeyTarget
 from radio.store.layout import FeatureStore
 
@@ -101,7 +102,7 @@ def test_a_store_planned_for_a_million_rows_opens_splits_and_serves_a_batch(tmp_
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from radio.distill.manifest import Manifest
+    from radio.store.manifest import Manifest
     from radio.store.layout import MANIFEST_SCHEMA, Plan
 
     jpg = io.BytesIO()

@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 
 from radio.cli.main import app
 from radio.distill.checks import stage_targets
-from radio.distill.data import global_batch, split_rows
+from radio.distill.data import global_batch
+from radio.store.split import split_rows
 from radio.distill.trainer import read_metrics
 from radio.store.layout import FeatureStore
 from radio.store.normalizers import fit_store

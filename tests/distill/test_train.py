@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 import radio
 from radio.cli.main import app
 from radio.distill.checks import stage_targets
-from radio.distill.data import split_rows
+from radio.store.split import split_rows
 from radio.distill.loss import GridMismatch, align_features
 from radio.distill.trainer import build_student, read_metrics, train_stage
 from radio.evaluate.fidelity import fidelity

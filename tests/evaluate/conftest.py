@@ -34,7 +34,7 @@ def tiny_export(tiny_store, tmp_path_factory):
 @pytest.fixture(scope="session")
 def labeled_set(tmp_path_factory) -> Path:
     """14 classes (one per bundled photo), 6 train and 3 val views each."""
-    from radio.store.sampledata import write_labeled_data
+    from radio.shards.sampledata import write_labeled_data
 
     out = tmp_path_factory.mktemp("labeled")
     write_labeled_data(out, train_per_class=6, val_per_class=3, seed=5)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from radio.cli.main import app as radio_app
 from radio.evaluate.knn import knn_scores, topk_accuracy
-from radio.store.sampledata import PHOTOS
+from radio.shards.sampledata import PHOTOS
 
 
 def test_temperature_weighted_vote_by_hand():

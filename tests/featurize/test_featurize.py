@@ -26,8 +26,8 @@ from radio.config import load_pipeline
 from radio.featurize.job import run_featurize
 from radio.store.inspect import verify_store
 from radio.store.layout import FeatureStore
-from radio.store.sampledata import CORRUPT_KINDS, EXOTIC_KINDS, write_sample_data
-from radio.store.shards import ShardReader
+from radio.shards.sampledata import CORRUPT_KINDS, EXOTIC_KINDS, write_sample_data
+from radio.shards.tar import ShardReader
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -16,8 +16,8 @@ from radio.config import load_pipeline
 from radio.featurize.job import FeaturizeError, prepare, select
 from radio.featurize.preflight import check_weights, weights_problem
 from radio.store.layout import StoreError
-from radio.store.sampledata import write_sample_data
-from radio.store.shards import expand_shards
+from radio.shards.sampledata import write_sample_data
+from radio.shards.tar import expand_shards
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-import radio.store.shards as shards_module
+import radio.shards.tar as shards_module
 from radio.config import load_pipeline
 from radio.featurize import counts
 from radio.featurize.graph import (GiB, ClusterMemory, ClusterTooSmall, StageSpec, plan_passes, run_local, stage_specs,
@@ -17,7 +17,7 @@ from radio.featurize.job import _settings, prepare, select
 from radio.featurize.worker import KeyJob
 from radio.store.inspect import verify_store
 from radio.store.layout import FeatureStore
-from radio.store.sampledata import write_sample_data
+from radio.shards.sampledata import write_sample_data
 
 
 @pytest.fixture(scope="module")

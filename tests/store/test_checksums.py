@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 from radio.cli.main import app
 from radio.config import load_pipeline
-from radio.distill.manifest import Manifest
-from radio.distill.shardread import ShardRuns
-from radio.distill.targets import TargetReader
+from radio.store.manifest import Manifest
+from radio.store.shardread import ShardRuns
+from radio.store.targets import TargetReader
 from radio.store import compact as c
 from radio.store.checksums import CorruptError, MissingDataError, has_checksums
 from radio.store.inspect import repair_commands, verify_report

@@ -58,7 +58,7 @@ def _copy(path, dest: Path) -> FeatureStore:
 
 def _tiny_config(repo, root: Path):
     from radio.config import load_pipeline
-    from radio.store.sampledata import write_sample_data
+    from radio.shards.sampledata import write_sample_data
 
     write_sample_data(root / "shards", images=40, shard_size=16, seed=11, corrupt=2)  # the tiny store's shards
     return load_pipeline(repo / "pipelines.yaml", "tiny", data=str(root / "shards" / "*.tar"),
@@ -101,7 +101,7 @@ def _valid_rows(ref: FeatureStore, key: str) -> np.ndarray:
 
 def test_refit_adds_a_normalizer_and_compact_only_data_still_decodes_in_the_new_space_and_trains(
         readme_flow, tiny_store, tmp_path):  # fmt: skip
-    from radio.distill.compact_targets import CompactDecoder
+    from radio.store.compact_decode import CompactDecoder
     from radio.distill.trainer import train_stage
 
     config, path, first = readme_flow
@@ -192,7 +192,7 @@ def _write_unversioned(store: FeatureStore, teacher: str, stream: str, p, attrs:
 
 
 def test_a_store_in_the_unversioned_layout_opens_compacts_and_refits_beside_it(tiny_store, tmp_path):
-    from radio.distill.compact_targets import CompactDecoder
+    from radio.store.compact_decode import CompactDecoder
 
     store = _copy(tiny_store[1], tmp_path)
     fit_store(store, [KEY], max_tars=2)
@@ -328,7 +328,7 @@ def test_compact_summary_checks_every_key_before_any_work(fitted, tmp_path):
 
 
 def test_featurize_after_a_refit_writes_new_tars_in_the_normalizer_their_key_is_compacted_in(repo, tiny_store, tmp_path):
-    from radio.distill.compact_targets import CompactDecoder, compact_keys
+    from radio.store.compact_decode import CompactDecoder, compact_keys
     from radio.featurize.job import prepare, select
 
     config = _tiny_config(repo, tmp_path)

@@ -21,8 +21,8 @@ from radio.cli.main import app
 from radio.config import load_pipeline
 from radio.store.inspect import store_info, verify_store
 from radio.store.layout import MANIFEST_SCHEMA, FeatureStore, Plan, StoreError
-from radio.store.sampledata import CORRUPT_KINDS, write_sample_data
-from radio.store.shards import RangeReader, ShardReader
+from radio.shards.sampledata import CORRUPT_KINDS, write_sample_data
+from radio.shards.tar import ShardReader, TarFiles
 
 # -- file:// URLs: the local case through the same code ----------------------------------------
 
@@ -149,7 +149,7 @@ def test_featurize_on_s3_killed_and_resumed_equals_local_then_trains(s3_data, s3
 
 
 def test_range_reader_reads_members_of_s3_tars_by_offset(s3_data, local_run):
-    reader = RangeReader(max_open=2)
+    reader = TarFiles(max_open=2)
     tars = sorted((local_run / "shards").glob("*.tar"))
     for tar in tars[:3]:
         for s in ShardReader(str(tar)).raw_samples():

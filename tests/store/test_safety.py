@@ -162,7 +162,7 @@ def test_a_store_that_cannot_be_asked_is_one_line_naming_the_url(s3_bucket, monk
 
 
 def test_one_503_on_a_manifest_is_retried_and_a_missing_one_is_an_error(s3_bucket, monkeypatch):
-    from radio.distill.manifest import Manifest
+    from radio.store.manifest import Manifest
 
     url = f"{s3_bucket}/{uuid.uuid4().hex[:8]}/store.zarr"  # the bucket is shared by the session
     store = _small_store(url)

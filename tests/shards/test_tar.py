@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from radio.store.images import REASONS, ImageLimits, decode_image
-from radio.store.sampledata import CORRUPT_KINDS, EXOTIC_KINDS
-from radio.store.shards import ShardError, ShardReader, expand_shards, read_image, split_member_name
+from radio.shards.images import REASONS, ImageLimits, decode_image
+from radio.shards.sampledata import CORRUPT_KINDS, EXOTIC_KINDS
+from radio.shards.tar import ShardError, ShardReader, expand_shards, read_image, split_member_name
 
 
 def _read_all(folder):

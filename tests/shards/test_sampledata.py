@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
 from radio.cli.main import app
-from radio.store.sampledata import write_sample_data
-from radio.store.shards import ShardReader, split_member_name
+from radio.shards.sampledata import write_sample_data
+from radio.shards.tar import ShardReader, split_member_name
 
 
 def test_layout_and_counts(sample_shards):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from radio.store.shards import count_samples, open_binary
+from radio.shards.tar import count_samples, open_binary
 
 BLOCK = 512
 

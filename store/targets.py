@@ -3,7 +3,7 @@
 A worker's batch slice is read at once. ``features`` of an uncompressed local array: each run of
 consecutive rows within a shard (a single row in ``sampling: rows``, whole shards in
 ``blocks``) is one positioned read of the shard file straight into the batch buffer
-(:mod:`radio.distill.shardread`), runs spread over a small thread pool. Anything else
+(:mod:`radio.store.shardread`), runs spread over a small thread pool. Anything else
 (compressed arrays, URL stores, a shard with chunks out of order) goes through tensorstore: one
 request per row, all in one concurrent ``Batch``. Each key's ``summary`` is one index-array read
 (each 64-row summary chunk decoded once per batch, not once per row).

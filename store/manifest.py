@@ -13,15 +13,13 @@ A row's tar is found from the plan's row ranges (``searchsorted``), not stored p
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import numpy as np
-from radio.store.checksums import read_parquet
-from radio.store.layout import FeatureStore, Plan
-from radio.store.shards import ShardError, is_url, open_binary
+
+from .checksums import read_parquet
+from .layout import FeatureStore, Plan
 
 # column → dtype of the saved arrays (crops fit int32 after the store's image-size limits)
 COLUMNS: dict[str, np.dtype] = {
@@ -104,47 +102,3 @@ class Manifest:
 
 def _tars(plan: Plan) -> tuple[list[str], np.ndarray]:
     return [t.path for t in plan.tars], np.array([t.row_start for t in plan.tars], dtype=np.int64)
-
-
-class TarFiles:
-    """Open tar files of one worker, cached (at most ``max_open``, least recently used closed
-    first), so a row's image is one positioned read instead of an open + seek + read + close.
-
-    Local files are read with ``os.pread`` (no shared file position, safe across threads);
-    fsspec URLs through a cached file object.
-    """
-
-    def __init__(self, max_open: int = 64):
-        self.max_open = max_open
-        self._open: OrderedDict[str, int | IO[bytes]] = OrderedDict()
-
-    def read(self, path: str, offset: int, size: int) -> bytes:
-        handle = self._handle(path)
-        if isinstance(handle, int):
-            data = os.pread(handle, size, offset)
-        else:
-            handle.seek(offset)
-            data = handle.read(size)
-        if len(data) != size:
-            raise ShardError(f"{path}: member at offset {offset} is cut short ({len(data)} of {size} bytes)")
-        return data
-
-    def _handle(self, path: str) -> int | IO[bytes]:
-        handle = self._open.get(path)
-        if handle is not None:
-            self._open.move_to_end(path)
-            return handle
-        handle = open_binary(path) if is_url(path) else os.open(path.removeprefix("file://"), os.O_RDONLY)
-        self._open[path] = handle
-        if len(self._open) > self.max_open:
-            _, old = self._open.popitem(last=False)
-            os.close(old) if isinstance(old, int) else old.close()
-        return handle
-
-    def close(self) -> None:
-        while self._open:
-            _, old = self._open.popitem()
-            os.close(old) if isinstance(old, int) else old.close()
-
-    def __getstate__(self) -> dict:  # handles never cross a fork/spawn boundary
-        return {"max_open": self.max_open, "_open": OrderedDict()}

@@ -3,7 +3,8 @@
 A tar holds samples as contiguous members ``KEY.jpg``, ``KEY.txt``, ``KEY.json``. This module
 streams them in member order and records, for every sample, where its image bytes live
 (``offset``, ``size`` inside the tar), so the trainer can fetch any row's image again by
-random access (:func:`read_member`) and decode exactly the bytes featurize decoded.
+random access (:class:`TarFiles`, :func:`read_member`) and decode exactly the bytes featurize
+decoded.
 
 Nothing stops a shard: a bad image is a sample with a ``reason``; a tar that ends early yields
 the samples before the break and sets :attr:`ShardReader.truncated`. Member names are only ever
@@ -17,6 +18,7 @@ import json
 import os
 import re
 import tarfile
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -278,59 +280,77 @@ def decode_sample(raw: RawSample, limits: ImageLimits = ImageLimits()) -> Sample
     )
 
 
-class RangeReader:
-    """Random access to members of many tars, keeping one open handle per tar (per process).
+class TarFiles:
+    """Random access to members of many tars: the one tar reader for a row's image bytes.
 
-    For a URL the handle does no read-ahead caching, so ``read(offset, size)`` is exactly one
-    ranged GET of the member's bytes; opening a remote file costs a HEAD request, which the
-    cache pays once per tar and process. Handles are forgotten in a forked child (a DataLoader
-    worker): sockets and event loops must not be shared across processes, so each worker opens
-    its own.
+    Open handles are cached (at most ``max_open``, least recently used closed first), so a
+    member is one positioned read instead of an open + seek + read + close. Local files are read
+    with ``os.pread`` (no shared file position, safe across threads). A URL's file object does no
+    read-ahead caching, so ``read(offset, size)`` is exactly one ranged GET of the member's bytes;
+    opening a remote file costs a HEAD request, which the cache pays once per tar and process.
+    Handles never cross a process boundary: pickling drops them (spawned DataLoader workers), and
+    a forked child forgets the ones it inherited (sockets and event loops must not be shared).
     """
 
     def __init__(self, max_open: int = 64):
         self.max_open = max_open
         self._pid = os.getpid()
-        self._handles: dict[str, IO[bytes]] = {}
-
-    def _handle(self, path: str) -> IO[bytes]:
-        if self._pid != os.getpid():
-            self._handles, self._pid = {}, os.getpid()  # inherited from the parent: not ours to use
-        f = self._handles.pop(path, None)
-        if f is None:
-            if len(self._handles) >= self.max_open:  # least recently used first
-                self._handles.pop(next(iter(self._handles))).close()
-            if is_url(path):
-                import fsspec
-
-                fs, p = fsspec.core.url_to_fs(path)
-                f = fs.open(p, "rb", cache_type="none")  # no read-ahead: one ranged GET per read
-            else:
-                f = open(path.removeprefix("file://"), "rb")
-        self._handles[path] = f  # most recently used last
-        return f
+        self._handles: OrderedDict[str, int | IO[bytes]] = OrderedDict()
 
     def read(self, path: str, offset: int, size: int) -> bytes:
-        f = self._handle(path)
-        f.seek(offset)
-        return f.read(size)
+        """The ``size`` bytes at ``offset`` of ``path``; :class:`ShardError` when the tar is cut short there."""
+        handle = self._handle(path)
+        if isinstance(handle, int):
+            data = os.pread(handle, size, offset)
+        else:
+            handle.seek(offset)
+            data = handle.read(size)
+        if len(data) != size:
+            raise ShardError(f"{path}: member at offset {offset} is cut short ({len(data)} of {size} bytes)")
+        return data
+
+    def _handle(self, path: str) -> int | IO[bytes]:
+        if self._pid != os.getpid():  # inherited from the parent: not ours to use (or close)
+            self._handles, self._pid = OrderedDict(), os.getpid()
+        handle = self._handles.get(path)
+        if handle is not None:
+            self._handles.move_to_end(path)
+            return handle
+        if is_url(path):
+            import fsspec
+
+            fs, p = fsspec.core.url_to_fs(path)
+            handle = fs.open(p, "rb", cache_type="none")  # no read-ahead: one ranged GET per read
+        else:
+            handle = os.open(path.removeprefix("file://"), os.O_RDONLY)
+        self._handles[path] = handle
+        if len(self._handles) > self.max_open:
+            _, old = self._handles.popitem(last=False)
+            _close(old)
+        return handle
 
     def close(self) -> None:
-        for f in self._handles.values():
-            f.close()
-        self._handles.clear()
+        while self._handles:
+            _close(self._handles.popitem()[1])
+
+    def __getstate__(self) -> dict:  # handles never cross a fork/spawn boundary
+        return {"max_open": self.max_open, "_pid": 0, "_handles": OrderedDict()}
 
 
-_READER = RangeReader()
+def _close(handle: int | IO[bytes]) -> None:
+    if isinstance(handle, int):
+        os.close(handle)
+    else:
+        handle.close()
+
+
+_TARS = TarFiles()
 
 
 def read_member(path: str, offset: int, size: int) -> bytes:
-    """The bytes of one member, by its recorded location: one ranged read through this
-    process's :class:`RangeReader` (local file or object-store URL)."""
-    data = _READER.read(path, offset, size)
-    if len(data) != size:
-        raise ShardError(f"{path}: member at offset {offset} is cut short ({len(data)} of {size} bytes)")
-    return data
+    """The bytes of one member, by its recorded location: one positioned read through this
+    process's :class:`TarFiles` (local file or object-store URL)."""
+    return _TARS.read(path, offset, size)
 
 
 def read_image(path: str, offset: int, size: int, limits: ImageLimits = ImageLimits()) -> np.ndarray:
