@@ -29,8 +29,8 @@ import torch
 
 from radio.featurize.graph import run_local
 from radio.featurize.job import plan_rows
+from radio.featurize.records import FeaturizeSettings, KeyJob, WorkItem
 from radio.featurize.teachers import get_spec
-from radio.featurize.worker import FeaturizeSettings, KeyJob, WorkItem
 from radio.store.codec import decode, encode, fit_codec, variance_retained
 from radio.store.compact import compact_store_key
 from radio.store.inspect import store_info

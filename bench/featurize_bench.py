@@ -35,8 +35,8 @@ from radio.featurize import mosaic as mosaic_module
 from radio.featurize.graph import build_stages, run_local
 from radio.featurize.hostmem import keep_heap_for_cpu_teachers
 from radio.featurize.job import plan_rows
+from radio.featurize.records import FeaturizeSettings, KeyJob, WorkItem
 from radio.featurize.teachers import create_teacher, get_spec
-from radio.featurize.worker import FeaturizeSettings, KeyJob, WorkItem
 from radio.shards.crops import choose_crop, crop_resize
 from radio.store.inspect import store_info
 from radio.store.layout import FeatureStore

@@ -4,10 +4,12 @@ every geometry the selected target keys need, and write the tar's manifest once.
 Its output is a stream of **groups**: ``W`` consecutive Zarr shards (windows of ``shard_rows``
 rows) of one tar, with ``W * shard_rows ≈`` the teachers' batch size, so a group is the unit
 that reaches a teacher (one forward per ``batch_size`` valid images). A group is one Ray Data
-row of fixed-shape columns (a tar's last group is padded with invalid rows):
+row of fixed-shape columns (a tar's last group is padded with invalid rows; the columns and
+their records are :mod:`radio.featurize.records`'s):
 
-    meta     JSON: tar item, group index, first row, real windows, sample keys; the last group
-             of a tar also carries the tar's totals (groups, samples, reasons, truncation, error)
+    header   :class:`GroupHeader`: tar item, group index, first row, real windows, sample keys
+    end      :class:`TarEnd` on the last group of a tar: the tar's totals (groups, samples,
+             reasons, truncation, error)
     valid    [W * R] bool
     px{s}    [W * R, s, s, 3] uint8 for every resolution ``s`` a selected key needs
 
@@ -18,10 +20,8 @@ last group leaves, so it is durable before the driver writes any completion mark
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -31,44 +31,12 @@ from radio.shards.images import ImageLimits
 from radio.store.layout import FeatureStore, TarPlan
 from radio.shards.tar import Sample, ShardReader
 
-from .worker import FeaturizeSettings, WorkItem
-
-
-@dataclass(frozen=True)
-class TarItem:
-    """One tar's incomplete work: the (tar, teacher) items with their keys."""
-
-    tar_index: int
-    work: tuple[WorkItem, ...]
-
-    @property
-    def resolutions(self) -> list[int]:
-        return sorted({k.resolution for w in self.work for k in w.keys})
-
-    def to_json(self) -> str:
-        return json.dumps({"tar_index": self.tar_index, "work": [asdict(w) for w in self.work]})
-
-    @classmethod
-    def from_json(cls, s: str) -> TarItem:
-        d = json.loads(s)
-        return cls(d["tar_index"], tuple(WorkItem.from_json(json.dumps(w)) for w in d["work"]))
-
-
-def by_tar(items: list[WorkItem]) -> list[TarItem]:
-    """Group (tar, teacher) work items into one item per tar, in tar order."""
-    tars: dict[int, list[WorkItem]] = {}
-    for it in items:
-        tars.setdefault(it.tar_index, []).append(it)
-    return [TarItem(t, tuple(w)) for t, w in sorted(tars.items())]
+from .records import FeaturizeSettings, GroupHeader, TarEnd, TarItem, pixel_column, to_batch
 
 
 def windows_per_group(batch_size: int, shard_rows: int) -> int:
     """Shards per group: enough whole shards to fill about one teacher batch."""
     return max(1, batch_size // shard_rows)
-
-
-def pixel_column(resolution: int) -> str:
-    return f"px{resolution}"
 
 
 class TarDecoder:
@@ -81,10 +49,11 @@ class TarDecoder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         for s in batch["item"]:
-            yield from self.groups(TarItem.from_json(str(s)))
+            yield from self.groups(TarItem.decode(str(s)))
 
     def groups(self, item: TarItem) -> Iterator[dict[str, np.ndarray]]:
-        """The tar's groups as single-row column batches; never raises (errors ride in ``meta``)."""
+        """The tar's groups as single-row column batches; never raises (errors ride in the
+        :class:`TarEnd` columns)."""
         tp = self.store.plan.tars[item.tar_index]
         r, w = self.store.plan.shard_rows, self.group
         res = item.resolutions
@@ -114,12 +83,9 @@ class TarDecoder:
             if pending is None:
                 pending = self._group(item, tp, index, [], res, [], Counter())
                 index += 1
-        meta = json.loads(pending["meta"][0])
-        meta["end"] = {"groups": index, "samples": len(manifest), "valid": reasons["valid"],
-                       "reasons": {k: v for k, v in reasons.items() if k != "valid"},
-                       "truncated": reader.error if reader.truncated else None, "error": error}  # fmt: skip
-        pending["meta"] = np.array([json.dumps(meta)], dtype=object)
-        yield pending
+        end = TarEnd(index, len(manifest), reasons["valid"], {k: v for k, v in reasons.items() if k != "valid"},
+                     reader.error if reader.truncated else None, error)
+        yield pending | to_batch([end.columns()])
 
     def _group(self, item: TarItem, tp: TarPlan, index: int, samples: list[Sample], res: list[int],
                manifest: list[dict[str, Any]], reasons: Counter[str]) -> dict[str, np.ndarray]:  # fmt: skip
@@ -138,9 +104,8 @@ class TarDecoder:
                 valid[i] = True
                 for s in res:  # every geometry from the one decode
                     px[s][i] = crop_resize(x.pixels, box, s)
-        meta = {"item": item.to_json(), "group": index, "row_start": row_start, "windows": -(-len(samples) // r),
-                "keys": keys}  # fmt: skip
-        out = {"meta": np.array([json.dumps(meta)], dtype=object), "valid": valid[None]}
+        header = GroupHeader(item, index, row_start, -(-len(samples) // r), tuple(keys))
+        out = to_batch([header.columns() | TarEnd.absent()]) | {"valid": valid[None]}
         out |= {pixel_column(s): a[None] for s, a in px.items()}
         return out
 
@@ -163,4 +128,4 @@ def _manifest_row(tp: TarPlan, row: int, x: Sample, box: CropBox | None) -> dict
     }  # fmt: skip
 
 
-__all__ = ["TarDecoder", "TarItem", "by_tar", "pixel_column", "windows_per_group"]
+__all__ = ["TarDecoder", "windows_per_group"]

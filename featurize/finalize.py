@@ -10,7 +10,6 @@ completion marker: the marker stays the last write of a (tar, key) (DESIGN.md §
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,8 +20,8 @@ from radio.store import compact
 from radio.store.layout import FeatureStore
 from radio.store.moments import Moments
 
+from .records import GroupHeader, GroupResult, KeyJob, TarEnd, TarItem, TarResult, moments_column, unpack_moments
 from .teachers import get_spec
-from .worker import KeyJob, TarResult, WorkItem, moments_column, result_column, unpack_moments
 
 
 @dataclass
@@ -42,9 +41,9 @@ class _KeyState:
 
 @dataclass
 class _TarState:
-    item: dict[str, Any]
+    item: TarItem
     seen: int = 0
-    end: dict[str, Any] | None = None
+    end: TarEnd | None = None
     results: dict[str, TarResult] = field(default_factory=dict)  # teacher → result so far
     keys: dict[str, _KeyState] = field(default_factory=dict)
     compact_errors: dict[str, list[float]] = field(default_factory=dict)  # key → Σ(y-ŷ)², Σy² (written compact)
@@ -59,31 +58,31 @@ class Finalizer:
         self.tars: dict[int, _TarState] = {}
 
     def add(self, row: dict[str, Any]) -> Iterator[TarResult]:
-        meta = json.loads(str(row["meta"]))
-        item = json.loads(meta["item"])
-        t = item["tar_index"]
-        st = self.tars.setdefault(t, _TarState(item))
+        header = GroupHeader.from_row(row)
+        t = header.item.tar_index
+        st = self.tars.setdefault(t, _TarState(header.item))
         st.seen += 1
-        if meta.get("end"):
-            st.end = meta["end"]
-        for w in item["work"]:
-            work = WorkItem.from_json(json.dumps(w))
-            res = json.loads(str(row[result_column(work.teacher)]))
-            tr = st.results.setdefault(work.teacher, TarResult(t, work.teacher, [k.key for k in work.keys]))
-            tr.seconds += res["seconds"]
-            tr.error = tr.error or res["error"]
+        if (end := TarEnd.from_row(row)) is not None:
+            st.end = end
+        for work in header.item.work:
+            keys = [k.key for k in work.keys]
+            res = GroupResult.from_row(row, work.teacher, keys)
+            tr = st.results.setdefault(work.teacher, TarResult(t, work.teacher, keys))
+            tr.seconds += res.seconds
+            tr.error = tr.error or res.error
             for k in work.keys:
-                tr.compute_seconds[k.key] = tr.compute_seconds.get(k.key, 0.0) + res["compute_seconds"].get(k.key, 0.0)
-                tr.bytes_written[k.key] = tr.bytes_written.get(k.key, 0) + res["bytes"].get(k.key, 0)
-                tr.teacher_inputs[k.key] = tr.teacher_inputs.get(k.key, 0) + res.get("teacher_inputs", {}).get(k.key, 0)
-                if k.key in res.get("compact_errors", {}):
+                o = res.keys[k.key]
+                tr.compute_seconds[k.key] = tr.compute_seconds.get(k.key, 0.0) + o.compute_seconds
+                tr.bytes_written[k.key] = tr.bytes_written.get(k.key, 0) + o.bytes
+                tr.teacher_inputs[k.key] = tr.teacher_inputs.get(k.key, 0) + o.teacher_inputs
+                if o.compact_errors is not None:
                     e = st.compact_errors.setdefault(k.key, [0.0, 0.0])
-                    e[0] += res["compact_errors"][k.key][0]
-                    e[1] += res["compact_errors"][k.key][1]
+                    e[0] += o.compact_errors[0]
+                    e[1] += o.compact_errors[1]
                 streams = self._streams(work.model)
                 moments = {s: unpack_moments(np.asarray(row[moments_column(k.key, s)]), d) for s, d in streams.items()}
-                st.keys.setdefault(k.key, _KeyState()).add(meta["group"], {s: m for s, m in moments.items() if m.count})
-        if st.end is not None and st.seen == st.end["groups"]:
+                st.keys.setdefault(k.key, _KeyState()).add(header.group, {s: m for s, m in moments.items() if m.count})
+        if st.end is not None and st.seen == st.end.groups:
             yield from self._finish(st)
             del self.tars[t]
 
@@ -95,12 +94,11 @@ class Finalizer:
     def _finish(self, st: _TarState) -> Iterator[TarResult]:
         end = st.end
         assert end is not None  # finished only once the end is known
-        t = st.item["tar_index"]
-        for w in st.item["work"]:
-            work = WorkItem.from_json(json.dumps(w))
+        t = st.item.tar_index
+        for work in st.item.work:
             tr = st.results[work.teacher]
-            tr.samples, tr.valid, tr.reasons, tr.truncated = end["samples"], end["valid"], end["reasons"], end["truncated"]
-            tr.error = end["error"] or tr.error
+            tr.samples, tr.valid, tr.reasons, tr.truncated = end.samples, end.valid, dict(end.reasons), end.truncated
+            tr.error = end.error or tr.error
             if tr.error is None:
                 for k in work.keys:
                     self._complete(t, k, work.model, st.keys[k.key], st.compact_errors.get(k.key))

@@ -29,10 +29,11 @@ import numpy as np
 from radio.errors import RadioError
 from radio.store.layout import FeatureStore
 
-from .decode import TarDecoder, by_tar, pixel_column
+from .decode import TarDecoder
 from .finalize import Finalizer
+from .records import FeaturizeSettings, KeyJob, TarResult, WorkItem, by_tar, pixel_column
 from .teachers import create_teacher, get_spec
-from .worker import FeaturizeSettings, KeyJob, TarResult, TeacherStage, WorkItem
+from .worker import TeacherStage
 
 GiB = 1 << 30
 
@@ -271,7 +272,7 @@ def _run_pass(store: FeatureStore, items: list[WorkItem], settings: FeaturizeSet
     decoders = max(1, min(len(tars), int(free // decode_cpus)))
     threads = None if gpus else max(1, (os.cpu_count() or 1) // n)
 
-    ds: ray.data.Dataset = ray.data.from_items([{"item": t.to_json()} for t in tars], override_num_blocks=len(tars))
+    ds: ray.data.Dataset = ray.data.from_items([{"item": t.encode()} for t in tars], override_num_blocks=len(tars))
     # ray's stubs type map_batches' fn as taking the batch alone; fn_kwargs supplies the rest
     ds = ds.map_batches(_decode, batch_size=1, num_cpus=decode_cpus,  # type: ignore[arg-type]
                         compute=ray.data.TaskPoolStrategy(size=decoders),

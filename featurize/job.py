@@ -24,9 +24,9 @@ from radio.shards.tar import expand_shards, open_binary
 from .mosaic import mosaic_misfit
 from .preflight import check_weights
 from .ray_logs import log_path, ray_output_to
+from .records import FeaturizeSettings, KeyJob, TarResult, WorkItem
 from radio.shards.counts import planned_samples
 from .teachers import TeacherError, get_spec
-from .worker import FeaturizeSettings, KeyJob, TarResult, WorkItem
 
 CODE_VERSION = "radio-featurize/1"
 

@@ -9,11 +9,8 @@ to the driver, which writes moments and the completion marker last (DESIGN.md §
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,70 +22,9 @@ from radio.store.phis import PhiS
 
 from . import mosaic
 from .hostmem import keep_heap_for_cpu_teachers
+from .records import (FeaturizeSettings, GroupHeader, GroupResult, KeyJob, KeyOutcome, moments_column, pack_moments,
+                      pixel_column, to_batch)
 from .teachers import Teacher, create_teacher
-
-
-@dataclass(frozen=True)
-class KeyJob:
-    """One target key: images resized to ``resolution``; ``mosaic`` k tiles them on a ``canvas``."""
-
-    key: str
-    resolution: int
-    mosaic: int | None = None
-    canvas: int = 1024
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    tar_index: int
-    teacher: str  # the config's teacher name
-    model: str  # registry name
-    weights: str | None
-    keys: tuple[KeyJob, ...]
-    output_scale: float = 1.0  # the teacher config's output_scale, applied to every output
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, s: str) -> WorkItem:
-        d = json.loads(s)
-        return cls(d["tar_index"], d["teacher"], d["model"], d["weights"], tuple(KeyJob(**k) for k in d["keys"]),
-                   d.get("output_scale", 1.0))  # fmt: skip
-
-
-@dataclass
-class TarResult:
-    tar_index: int
-    teacher: str
-    keys: list[str]
-    samples: int = 0
-    valid: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-    compute_seconds: dict[str, float] = field(default_factory=dict)  # per key: teacher time only
-    bytes_written: dict[str, int] = field(default_factory=dict)  # per key: raw fp16 bytes of valid rows
-    teacher_inputs: dict[str, int] = field(default_factory=dict)  # per key: images or canvases the teacher ran on
-    truncated: str | None = None
-    error: str | None = None
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, s: str) -> TarResult:
-        return cls(**json.loads(s))
-
-
-@dataclass(frozen=True)
-class FeaturizeSettings:
-    """What every worker must agree on; also recorded in the store."""
-
-    seed: int = 0
-    crop_kind: str = "random_square"
-    crop_scale: tuple[float, float] = (0.5, 1.0)
-    min_image_size: int = 32
-    max_image_pixels: int = 64_000_000
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -98,33 +34,15 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def moments_column(key: str, stream: str) -> str:
-    return f"mom:{key}:{stream}"
-
-
-def result_column(teacher: str) -> str:
-    return f"res:{teacher}"
-
-
-def pack_moments(m: Moments | None, dim: int) -> np.ndarray:
-    """``[1 + C + C²]`` float64: count, mean, M2 (a fixed-shape Ray Data column)."""
-    m = m or Moments.empty(dim)
-    return np.concatenate([[float(m.count)], np.asarray(m.mean, np.float64), np.asarray(m.m2, np.float64).ravel()])
-
-
-def unpack_moments(v: np.ndarray, dim: int) -> Moments:
-    return Moments(int(v[0]), v[1 : 1 + dim].copy(), v[1 + dim :].reshape(dim, dim).copy())
-
-
 class TeacherStage:
     """One teacher's GPU stage: callable for Ray Data's ``map_batches`` over decoded groups
     (see :mod:`radio.featurize.decode`); usable directly too.
 
     For every group of a tar where this teacher has incomplete keys, it runs the teacher on the
     group's pixels (``batch_size`` images per forward), writes each of the group's shards whole
-    for every key, and adds per key the group's moments and a JSON result to the row. Moments
-    and completion markers are the driver's (:mod:`radio.featurize.finalize`), once every group
-    of the tar has passed. A teacher that cannot load (missing weights) fails only its own keys.
+    for every key, and adds to the row its :class:`GroupResult` and per key the group's moments.
+    Moments and completion markers are the driver's (:mod:`radio.featurize.finalize`), once every
+    group of the tar has passed. A teacher that cannot load (missing weights) fails only its own keys.
     """
 
     def __init__(
@@ -164,62 +82,50 @@ class TeacherStage:
             self.error = f"{type(e).__name__}: {e}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = len(batch["meta"])
+        n = len(batch["item"])
         out = {k: v for k, v in batch.items() if k not in self.drop}
         dims = {"features": self.spec.feature_dim, "summary": self.spec.summary_dim}
-        cols = {moments_column(k.key, st): [] for k in self.keys for st, d in dims.items() if d}
-        results = []
+        names = [k.key for k in self.keys]
+        rows = []
         for i in range(n):
-            meta = json.loads(str(batch["meta"][i]))
-            todo, output_scale = self._todo(meta)
-            res: dict[str, Any] = {"keys": [k.key for k in todo], "error": None, "compute_seconds": {},
-                                   "bytes": {}, "seconds": 0.0}  # fmt: skip
+            header = GroupHeader.from_row({c: v[i] for c, v in batch.items()})
+            mine = header.item.of(self.name)
+            todo = list(mine.keys) if mine else []
+            res = GroupResult()
             moments: dict[tuple[str, str], Moments] = {}
             if todo:
+                assert mine is not None  # todo comes from it
                 start = time.perf_counter()
                 try:
                     if self.error:
                         raise RuntimeError(self.error)
-                    moments = self.group(meta, batch["valid"][i], {c: batch[c][i] for c in batch if c.startswith("px")},
-                                         todo, res, output_scale)  # fmt: skip
+                    pixels = {c: batch[c][i] for c in batch if c.startswith("px")}
+                    moments = self.group(header, batch["valid"][i], pixels, todo, res, mine.output_scale)
                 except Exception as e:  # noqa: BLE001 - this (tar, teacher) fails; the job goes on
-                    res["error"] = self.error or f"{type(e).__name__}: {e}"
-                res["seconds"] = time.perf_counter() - start
-            results.append(json.dumps(res))
+                    res.error = self.error or f"{type(e).__name__}: {e}"
+                res.seconds = time.perf_counter() - start
+            row = res.columns(self.name, names)
             for k in self.keys:
                 for st, d in dims.items():
                     if d:
-                        cols[moments_column(k.key, st)].append(pack_moments(moments.get((k.key, st)), d))
-        out[result_column(self.name)] = np.array(results, dtype=object)
-        out |= {c: np.stack(v) for c, v in cols.items()}
-        return out
+                        row[moments_column(k.key, st)] = pack_moments(moments.get((k.key, st)), d)
+            rows.append(row)
+        return out | to_batch(rows)
 
-    def _todo(self, meta: dict[str, Any]) -> tuple[list[KeyJob], float]:
-        """This teacher's incomplete keys of the group's tar, and its ``output_scale``."""
-        item = json.loads(meta["item"])
-        mine = next((w for w in item["work"] if w["teacher"] == self.name), None)
-        if mine is None:
-            return [], 1.0
-        return [KeyJob(**k) for k in mine["keys"]], float(mine.get("output_scale", 1.0))
-
-    def group(self, meta: dict[str, Any], valid: np.ndarray, pixels: dict[str, np.ndarray], todo: list[KeyJob],
-              res: dict[str, Any], output_scale: float = 1.0) -> dict[tuple[str, str], Moments]:  # fmt: skip
+    def group(self, header: GroupHeader, valid: np.ndarray, pixels: dict[str, np.ndarray], todo: list[KeyJob],
+              res: GroupResult, output_scale: float = 1.0) -> dict[tuple[str, str], Moments]:  # fmt: skip
         """Targets of one group for each key in ``todo``: whole-shard writes; returns the moments
         of the valid rows' fp16 targets per (key, stream). ``output_scale`` multiplies both outputs.
 
         A key with a fitted normalizer is written compact (PHI-S-space int8, never raw fp16); its
-        error sums go to the driver in ``res["compact_errors"]``, which records them before the
+        error sums go to the driver in the key's ``compact_errors``, which records them before the
         completion marker."""
-        from .decode import pixel_column
-
         r = self.store.plan.shard_rows
-        windows, row_start = meta["windows"], meta["row_start"]
+        windows, row_start = header.windows, header.row_start
         idx = np.flatnonzero(valid)
-        keys = [meta["keys"][i] for i in idx]
+        keys = [header.keys[i] for i in idx]
         spec = self.spec
         out: dict[tuple[str, str], Moments] = {}
-        res.setdefault("teacher_inputs", {})
-        res.setdefault("compact_errors", {})
         with ThreadPoolExecutor(max_workers=2) as writer:
             writes: list[Future] = []
             direct_writes: dict[str, list[Future]] = {}
@@ -243,9 +149,9 @@ class TeacherStage:
                         sm16 = sm.to(torch.float16)
                         out[(job.key, "summary")] = _moments(sm16)
                         summ[idx] = sm16.cpu().numpy()
-                res["compute_seconds"][job.key] = time.perf_counter() - t0
-                res["bytes"][job.key] = feats[idx].nbytes + (summ[idx].nbytes if summ is not None else 0)
-                res["teacher_inputs"][job.key] = self.last_inputs
+                seconds = time.perf_counter() - t0
+                nbytes = feats[idx].nbytes + (summ[idx].nbytes if summ is not None else 0)
+                res.keys[job.key] = KeyOutcome(seconds, nbytes, self.last_inputs)
                 direct = self._direct(job.key)
                 for w in range(windows):  # whole shards only
                     sl = slice(w * r, (w + 1) * r)
@@ -261,7 +167,7 @@ class TeacherStage:
                 w.result()  # durable before the row moves on (the driver marks completion after)
             for key, futures in direct_writes.items():
                 sums = [f.result() for f in futures]
-                res["compact_errors"][key] = [float(sum(e[0] for e in sums)), float(sum(e[1] for e in sums))]
+                res.keys[key].compact_errors = (float(sum(e[0] for e in sums)), float(sum(e[1] for e in sums)))
         return out
 
     def _direct(self, key: str) -> tuple[compact.CompactKey, PhiS] | None:

@@ -58,7 +58,7 @@ def test_impossible_mosaic_exits_2_before_the_store_exists(repo, shards, tmp_pat
 
 def test_geometry_is_validated_before_any_array_is_allocated(repo, shards, tmp_path):
     from radio.featurize.job import Selection
-    from radio.featurize.worker import KeyJob
+    from radio.featurize.records import KeyJob
 
     config = _tiny(repo, shards, tmp_path / "s.zarr")
     good = KeyJob("sam@64", 64, 4, 256)

@@ -14,7 +14,7 @@ from radio.featurize import counts
 from radio.featurize.graph import (GiB, ClusterMemory, ClusterTooSmall, StageSpec, plan_passes, run_local, stage_specs,
                                    teacher_memory, teacher_size)
 from radio.featurize.job import _settings, prepare, select
-from radio.featurize.worker import KeyJob
+from radio.featurize.records import KeyJob
 from radio.store.inspect import verify_store
 from radio.store.layout import FeatureStore
 from radio.shards.sampledata import write_sample_data

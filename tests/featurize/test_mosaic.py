@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from radio.featurize import mosaic
+from radio.featurize.records import FeaturizeSettings, KeyJob
 from radio.featurize.teachers import Teacher, TeacherOutput, TeacherSpec, create_teacher
-from radio.featurize.worker import FeaturizeSettings, KeyJob, TeacherStage
+from radio.featurize.worker import TeacherStage
 
 
 class PatchStandIn(Teacher):
