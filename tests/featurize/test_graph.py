@@ -10,7 +10,7 @@ import pytest
 
 import radio.shards.tar as shards_module
 from radio.config import load_pipeline
-from radio.featurize import counts
+from radio.shards import counts
 from radio.featurize.graph import (GiB, ClusterMemory, ClusterTooSmall, StageSpec, plan_passes, run_local, stage_specs,
                                    teacher_memory, teacher_size)
 from radio.featurize.job import _settings, prepare, select
