@@ -40,12 +40,13 @@ def featurize(
     Re-running the same command resumes: complete (tar, target key) pairs are skipped. Every
     teacher's weights are checked before the store is planned or Ray is started.
     """
+    from radio.config.mosaic import is_power_of_two
     from radio.featurize.job import run_featurize
 
     from .featurize_report import Progress, print_summary
 
     cfg = load(config, pipeline, data, store, out)  # Ray's log file goes to OUT/logs/
-    if mosaic is not None and (mosaic < 1 or mosaic & (mosaic - 1)):
+    if mosaic is not None and not is_power_of_two(mosaic):
         from .errors import fail
 
         raise fail(f"--mosaic {mosaic} must be a power of two (1, 2, 4, ...)")

@@ -28,7 +28,8 @@ def info(path: PathArg, as_json: Annotated[bool, typer.Option("--json", help="pr
 
     s = store_info(path)
     if as_json:
-        print(json.dumps(s | {"keys": [asdict(k) for k in s["keys"]]}, indent=2, default=str))
+        keys = [asdict(k) | {"provenance": k.provenance.to_json()} for k in s["keys"]]  # the key's attributes as stored
+        print(json.dumps(s | {"keys": keys}, indent=2, default=str))
         return
     console = make_console()
     bad = ", ".join(f"{r} {n}" for r, n in sorted(s["reasons"].items())) or "none"
@@ -39,8 +40,8 @@ def info(path: PathArg, as_json: Annotated[bool, typer.Option("--json", help="pr
                   "variance retained", "normalizer")  # fmt: skip
     for k in s["keys"]:
         p = k.provenance
-        table.add_row(k.key, p["teacher"], p["model"], p["weights"], "x".join(map(str, p["grid"])),
-                      f"{p['feature_dim']}/{p['summary_dim'] or '-'}", str(p["mosaic"] or "-"),
+        table.add_row(k.key, p.teacher, p.model, p.weights, "x".join(map(str, p.grid)),
+                      f"{p.feature_dim}/{p.summary_dim or '-'}", str(p.mosaic or "-"),
                       f"{k.complete_tars}/{k.tars}", str(k.valid_rows), str(k.raw_bytes_per_sample),
                       f"{k.stored_bytes_per_sample:.0f}",
                       (f"{k.codec}" + (f" rank {k.rank}" if k.rank else "") + f" ({k.compact_tars}/{k.tars} tars"

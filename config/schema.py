@@ -22,6 +22,8 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .mosaic import Misfit, misfit, tile_side
+
 PATCH: Final = 16
 """The student's patch size; student resolutions are multiples of it."""
 
@@ -104,13 +106,14 @@ class TargetConfig(Frozen):
         if self.mosaic is None:
             return self
         k = self.mosaic
-        if k < 1 or k & (k - 1):
+        why = misfit(self.canvas, k, self.resolution, PATCH)  # student-patch-aligned tiles
+        if why is Misfit.NOT_POWER_OF_TWO:
             raise ValueError(f"mosaic {k} must be a power of two (1, 2, 4, ...)")
         _multiple_of_patch(self.resolution, "resolution")
-        tile = self.canvas // k
-        if self.canvas % k or tile % PATCH:
+        tile = tile_side(self.canvas, k)
+        if why is Misfit.UNALIGNED:
             raise ValueError(f"mosaic {k} does not split canvas {self.canvas} into {PATCH}-aligned tiles")
-        if self.resolution > tile:
+        if why is Misfit.TOO_SMALL:
             raise ValueError(
                 f"mosaic {k} tiles are {tile} px and cannot hold resolution {self.resolution}"
             )

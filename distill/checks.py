@@ -64,7 +64,7 @@ def mosaic_notes(store: FeatureStore, config: PipelineConfig, stage: int) -> lis
     for key in keys:
         if key not in store.target_keys:
             continue
-        stored, configured = store.target(key).attrs.get("mosaic"), config.target(key)[2].mosaic
+        stored, configured = store.target(key).provenance.mosaic, config.target(key)[2].mosaic
         if stored != configured and _same_tiling(stored, configured):
             notes.append(f"{key} was featurized with mosaic {stored}, the config says {configured}; training on it "
                          "as it is (a mosaic changes only how images were packed on the teacher's canvas)")  # fmt: skip
@@ -87,9 +87,9 @@ def stage_targets(store: FeatureStore, config: PipelineConfig, stage: int) -> li
                 continue
             info = store.target(key)
             teacher_name, _, spec = config.target(key)
-            prov = info.attrs
-            if prov.get("resolution") != spec.resolution or not _same_tiling(prov.get("mosaic"), spec.mosaic):
-                problems.append(f"{key} was featurized at resolution {prov.get('resolution')} mosaic {prov.get('mosaic')}, "
+            prov = info.provenance
+            if prov.resolution != spec.resolution or not _same_tiling(prov.mosaic, spec.mosaic):
+                problems.append(f"{key} was featurized at resolution {prov.resolution} mosaic {prov.mosaic}, "
                                 f"the config asks for {spec.resolution} mosaic {spec.mosaic}")  # fmt: skip
             done = store.completed(key)
             if not done.all():
@@ -98,7 +98,7 @@ def stage_targets(store: FeatureStore, config: PipelineConfig, stage: int) -> li
                 fit = normalizer_info(store, teacher_of(store, key))
                 if fit is None or key not in fit.get("keys", []):
                     problems.append(f"no PHI-S of {teacher_of(store, key)} covering {key} (run `radio fit-phis`)")
-            exact = prov.get("mosaic") is not None
+            exact = prov.mosaic is not None
             if exact and tuple(info.grid) != (grid, grid):
                 problems.append(f"{key} grid {info.grid[0]}x{info.grid[1]} != student grid {grid}x{grid} at "
                                 f"{part.resolution} px (SAM targets are never interpolated)")  # fmt: skip

@@ -124,7 +124,7 @@ def export_payload(store, config, stage: int) -> tuple[dict[str, torch.Tensor], 
                 tensors[f"{EXPORT_PREFIX}normalizers.{spec.name}.{name}"] = t
             info = normalizer_info(store, spec.name) or {}
             entry["normalizer"] = {"keys": info.get("keys"), "fingerprint": info.get("fingerprint")}
-            entry["provenance"] = store.target(key).attrs
+            entry["provenance"] = store.target(key).provenance.to_json()
         teachers.append(entry)
     s = config.student
     meta = {

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from radio.store.provenance import TargetProvenance
+
 from .errors import EvalError
 
 STUDENT_PATCH = 16
@@ -118,5 +120,6 @@ def encode_in_batches(fn, paths: list[Path], size: int, batch_size: int) -> torc
 
 def default_resolution(model_config: dict, fallback: int = 224) -> int:
     """The highest student resolution among an export's target grids (what it last trained at)."""
-    grids = [t["provenance"]["grid"][0] for t in model_config.get("teachers", []) if t.get("provenance")]
+    teachers = model_config.get("teachers", [])
+    grids = [TargetProvenance.from_json(t["provenance"]).grid[0] for t in teachers if t.get("provenance")]
     return max(grids) * STUDENT_PATCH if grids else fallback

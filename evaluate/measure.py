@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from radio.store.errors import StoreError
+from radio.store.provenance import TargetProvenance
+
 from .encoders import StudentEncoder, TeacherEncoder, encode_in_batches
 from .equivariance import scale_ranges, scale_variance, tiled_features
 from .errors import EvalError
@@ -228,8 +231,11 @@ def export_teacher_model(model_config: dict, teacher: str) -> tuple[str, str | N
     prov = entries[teacher].get("provenance")
     if not prov:
         raise EvalError(f"the export records no provenance for {teacher!r}; pass --teacher-model (and --weights)")
-    weights = prov.get("weights")
-    return prov["model"], None if weights in (None, "random-init") else weights
+    try:
+        p = TargetProvenance.from_json(prov)
+    except StoreError as e:
+        raise EvalError(f"the export's provenance of {teacher!r} is {e}; pass --teacher-model (and --weights)") from None
+    return p.model, None if p.weights == "random-init" else p.weights
 
 
 def open_clip_tokenizer(teacher):

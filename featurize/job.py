@@ -16,12 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 
 from radio.config import PipelineConfig, fingerprint
+from radio.config.mosaic import InputMisfit, Misfit, input_misfit, misfit, mosaic_applies, tile_side
 from radio.errors import RadioError
 from radio.store import compact, lease
 from radio.store.layout import FeatureStore, Plan, check_store_or_empty, settings_json
+from radio.store.provenance import TargetProvenance
 from radio.shards.tar import expand_shards, open_binary
 
-from .mosaic import mosaic_misfit
 from .preflight import check_weights
 from .ray_logs import log_path, ray_output_to
 from .records import FeaturizeSettings, KeyJob, TarResult, WorkItem
@@ -74,7 +75,7 @@ def select(config: PipelineConfig, names: list[str] | None = None, mosaic: int |
             spec = tc.targets[k]
             m = spec.mosaic
             if mosaic is not None and m is not None:  # a canvas key: --mosaic may apply
-                if mosaic_misfit(spec.canvas, mosaic, spec.resolution, patch) is None:
+                if mosaic_applies(m, mosaic, spec.canvas, spec.resolution, patch):
                     m = mosaic
                     applied.append(k)
                 else:
@@ -104,9 +105,22 @@ def validate_geometry(config: PipelineConfig, selection: Selection) -> None:
         for job in jobs:
             provenance(config, teacher, job)  # canvas / non-canvas consistency
             if job.mosaic is not None:
-                why = mosaic_misfit(job.canvas, job.mosaic, job.resolution, spec.patch)
+                why = _misfit_words(job.canvas, job.mosaic, job.resolution, spec.patch)
                 if why:
                     raise FeaturizeError(f"{job.key}: {why}")
+
+
+def _misfit_words(canvas: int, k: int, resolution: int, patch: int) -> str | None:
+    """:func:`radio.config.mosaic.misfit`, in featurize's words."""
+    why = misfit(canvas, k, resolution, patch)
+    tile = tile_side(canvas, k)
+    if why is Misfit.NOT_POWER_OF_TWO:
+        return f"mosaic {k} is not a power of two (1, 2, 4, ...)"
+    if why is Misfit.UNALIGNED:
+        return f"mosaic {k} does not split the {canvas} px canvas into {patch}-px-aligned tiles"
+    if why is Misfit.TOO_SMALL:
+        return f"mosaic {k} tiles of a {canvas} px canvas are {tile} px, smaller than resolution {resolution}"
+    return None
 
 
 def _matches(name: str, teacher: str, tc, key: str | None = None) -> bool:
@@ -160,38 +174,40 @@ def plan_rows(tars: list[str], shard_rows: int, threads: int = 8) -> Plan:
         return Plan.build(list(pool.map(one, tars)), shard_rows)
 
 
-def provenance(config: PipelineConfig, teacher: str, job: KeyJob) -> dict:
+def provenance(config: PipelineConfig, teacher: str, job: KeyJob) -> TargetProvenance:
     """What a target key is (DESIGN.md §3 invariant 5): recorded in the store, checked by distill."""
     tc = config.teachers[teacher]
     spec = get_spec(tc.model)
-    canvas = job.mosaic is not None
-    if not canvas and spec.canvas:
+    why = input_misfit(
+        job.mosaic, job.canvas, job.resolution, teacher_canvas=spec.canvas, input_size=spec.input_size, patch=spec.patch
+    )
+    if why is InputMisfit.NEEDS_MOSAIC:
         raise FeaturizeError(f"{job.key}: {tc.model} takes a fixed {spec.input_size} canvas; give the key a mosaic")
-    if canvas and not spec.canvas:
+    if why is InputMisfit.NOT_A_CANVAS:
         raise FeaturizeError(f"{job.key}: {tc.model} runs at any size; mosaic applies to canvas teachers (SAM)")
-    if canvas and job.canvas != spec.input_size:
+    if why is InputMisfit.OTHER_CANVAS:
         raise FeaturizeError(f"{job.key}: canvas {job.canvas} but {tc.model} takes {spec.input_size}")
-    if job.resolution % spec.patch:
+    if why is InputMisfit.OFF_PATCH:
         raise FeaturizeError(f"{job.key}: resolution {job.resolution} is not a multiple of {tc.model}'s patch {spec.patch}")
     grid = spec.grid(job.resolution)
-    return {
-        "target_key": job.key,
-        "teacher": teacher,
-        "model": tc.model,
-        "family": spec.family,
-        "weights": tc.weights or "random-init",
-        "resolution": job.resolution,
-        "input_size": job.canvas if canvas else job.resolution,
-        "patch": spec.patch,
-        "mosaic": job.mosaic,
-        "grid": [grid, grid],
-        "feature_dim": spec.feature_dim,
-        "summary_dim": spec.summary_dim,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "output_scale": tc.output_scale,
-        "code_version": CODE_VERSION,
-    }
+    return TargetProvenance(
+        target_key=job.key,
+        teacher=teacher,
+        model=tc.model,
+        family=spec.family,
+        weights=tc.weights or "random-init",
+        resolution=job.resolution,
+        input_size=job.canvas if job.mosaic is not None else job.resolution,
+        patch=spec.patch,
+        mosaic=job.mosaic,
+        grid=(grid, grid),
+        feature_dim=spec.feature_dim,
+        summary_dim=spec.summary_dim,
+        mean=tuple(spec.mean),
+        std=tuple(spec.std),
+        output_scale=tc.output_scale,
+        code_version=CODE_VERSION,
+    )
 
 
 def _settings(config: PipelineConfig) -> FeaturizeSettings:
@@ -221,7 +237,7 @@ def prepare(config: PipelineConfig, selection: Selection, overwrite: bool = Fals
         for job in jobs:
             spec = get_spec(model)
             prov = provs[job.key]
-            store.create_target(job.key, grid=tuple(prov["grid"]), feature_dim=spec.feature_dim,
+            store.create_target(job.key, grid=prov.grid, feature_dim=spec.feature_dim,
                                 summary_dim=spec.summary_dim, provenance=prov,
                                 compressor=config.store.compressor, overwrite=overwrite)  # fmt: skip
         done = {job.key: store.completed(job.key) for job in jobs}
@@ -245,8 +261,8 @@ def _stored_mosaic(config: PipelineConfig, store: FeatureStore, teacher: str, jo
     tar is complete (with none, the key is re-planned with the config's: nothing is lost)."""
     if job.mosaic is None or job.key not in store.target_keys or not store.completed(job.key).any():
         return job
-    stored = store.target(job.key).attrs
-    k = stored.get("mosaic")
+    stored = store.target(job.key).provenance
+    k = stored.mosaic
     if k is None or k == job.mosaic:
         return job
     other = replace(job, mosaic=k)

@@ -16,22 +16,6 @@ import torch
 from radio.shards.crops import key_seed
 
 
-def mosaic_misfit(canvas: int, k: int, resolution: int, patch: int) -> str | None:
-    """Why ``k``×``k`` tiles of a ``canvas`` cannot hold images of side ``resolution``, or None.
-
-    The tiles must split the canvas evenly into patch-aligned squares (so every image's block
-    of the teacher grid lines up with the student's tokens) at least ``resolution`` wide.
-    """
-    if k < 1 or k & (k - 1):
-        return f"mosaic {k} is not a power of two (1, 2, 4, ...)"
-    tile = canvas // k
-    if canvas % k or tile % patch:
-        return f"mosaic {k} does not split the {canvas} px canvas into {patch}-px-aligned tiles"
-    if tile < resolution:
-        return f"mosaic {k} tiles of a {canvas} px canvas are {tile} px, smaller than resolution {resolution}"
-    return None
-
-
 def tile_slack(canvas: int, k: int, resolution: int) -> int:
     """Pixels of padding per tile side: ``canvas / k - resolution``."""
     slack = canvas // k - resolution

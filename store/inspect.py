@@ -11,6 +11,7 @@ import numpy as np
 from . import checksums
 from . import compact as compact_mod
 from .layout import FeatureStore
+from .provenance import TargetProvenance
 
 
 @dataclass
@@ -22,7 +23,7 @@ class KeyInfo:
     raw_bytes_per_sample: int  # fp16 features + summary of one row
     stored_bytes_per_sample: float  # features + summary on disk (compressed, Zarr indexes) per valid row
     moments_bytes: int  # per-tar moments on disk (C² float64 per tar: fixed, not per sample)
-    provenance: dict[str, Any]
+    provenance: TargetProvenance
     codec: str | None = None  # compact codec (`radio store compact`), None when raw only
     rank: int | None = None
     compact_tars: int = 0
@@ -48,7 +49,8 @@ def store_info(path: str | Path) -> dict[str, Any]:
         base = f"targets/{key}"
         disk = sum(store.location.sizes(f"{base}/{name}") for name in ("features", "summary"))
         moments = store.location.sizes(f"{base}/moments")
-        info = KeyInfo(key, int(done.sum()), len(done), valid_rows, raw, disk / max(1, valid_rows), moments, t.attrs)
+        per_row = disk / max(1, valid_rows)
+        info = KeyInfo(key, int(done.sum()), len(done), valid_rows, raw, per_row, moments, t.provenance)
         ck = compact_mod.compact_key(store, key)
         if ck is not None:
             cdone = compact_mod.compact_complete(store, key)

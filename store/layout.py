@@ -38,6 +38,7 @@ import zarr
 from . import checksums
 from .moments import Moments
 from .objects import TEMP_NAME, Location, StoreError, retried
+from .provenance import COMPACT, TargetProvenance
 
 STORE_FORMAT = 1
 # What an empty folder may already hold when a store is created in it: the lease a featurize
@@ -108,13 +109,21 @@ MANIFEST_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class TargetInfo:
-    """Shape facts of a target key, from its provenance attributes."""
+    """Shape facts of a target key, from its provenance attributes (``attrs``: as stored)."""
 
     key: str
     grid: tuple[int, int]
     feature_dim: int
     summary_dim: int | None
     attrs: dict[str, Any]
+
+    @property
+    def provenance(self) -> TargetProvenance:
+        """The key's typed provenance; raises :class:`StoreError` when featurize wrote none."""
+        try:
+            return TargetProvenance.from_json(self.attrs)
+        except StoreError as e:
+            raise StoreError(f"target key {self.key}: {e}") from None
 
 
 class FeatureStore:
@@ -193,20 +202,23 @@ class FeatureStore:
         grid: tuple[int, int],
         feature_dim: int,
         summary_dim: int | None,
-        provenance: dict[str, Any],
+        provenance: TargetProvenance | dict[str, Any],
         compressor: str = "zstd",
         overwrite: bool = False,
     ) -> None:
-        """Pre-allocate a target key's arrays (driver only); an existing key must match ``provenance``.
+        """Pre-allocate a target key's arrays (driver only); an existing key must match ``provenance``
+        (featurize's; a plain dict of attributes for stores made by hand, as in tests).
 
         A key whose provenance differs but that has no complete tar is re-planned without
         ``overwrite``: nothing computed would be lost (e.g. a run stopped before its first tar).
         """
         self._handles.clear()  # a re-planned key gets new arrays
+        if isinstance(provenance, TargetProvenance):
+            provenance = provenance.record()
         targets = self.root["targets"]
         if key in targets:
             # `compact` is added by `radio store compact` (radio.store.compact), not by featurize.
-            old = {k: v for k, v in targets[key].attrs.items() if k != "compact"}
+            old = {k: v for k, v in targets[key].attrs.items() if k != COMPACT}
             if not overwrite and old != provenance and not self.completed(key).any():
                 overwrite = True  # nothing to lose
             if not overwrite and old != provenance:

@@ -28,7 +28,6 @@ read as the version its ``fingerprint`` names (and stays addressable after a ref
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +39,7 @@ from .hadamard import describe
 from .layout import FeatureStore, StoreError
 from .moments import Moments, merge_all
 from .phis import PhiS, fit_phis
+from .provenance import attrs_fingerprint
 
 MODES = ("phis", "standardize", "none")
 
@@ -71,8 +71,7 @@ def provenance_fingerprint(store: FeatureStore, key: str) -> str:
     """Of the teacher output ``key`` holds: its featurize provenance (teacher, weights, output
     scale, ...), without the ``compact`` entry `radio store compact` adds. Recorded per key at fit
     time, so featurize can tell whether a normalizer was fitted on the outputs it now writes."""
-    attrs = {k: v for k, v in store.target(key).attrs.items() if k != "compact"}
-    return hashlib.sha256(json.dumps(attrs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return attrs_fingerprint(store.target(key).attrs)  # = TargetProvenance.fingerprint(), also for hand-made keys
 
 
 @dataclass(frozen=True)
