@@ -113,7 +113,7 @@ def _held_out_fidelity(config, store_path: Path, weights: Path) -> dict[str, flo
     from radio.distill.loss import align_features
     from radio.distill.trainer import build_student
     from radio.evaluate.fidelity import fidelity
-    from radio.store.normalizers import Normalizer
+    from radio.store.normalizers import normalizer_for
 
     store = FeatureStore(store_path)
     student = build_student(store, config)
@@ -126,7 +126,7 @@ def _held_out_fidelity(config, store_path: Path, weights: Path) -> dict[str, flo
         out = student(batch["image"])
     result = {}
     for t in keys:
-        target = Normalizer.from_store(store, t.key).normalize(batch["targets"][t.key]["features"])
+        target = normalizer_for(store, key=t.key).normalize(batch["targets"][t.key]["features"])
         result[t.key] = fidelity(target, align_features(out.adaptors[t.teacher].features, t.grid, t.exact_grid))
     return result
 
@@ -134,6 +134,7 @@ def _held_out_fidelity(config, store_path: Path, weights: Path) -> dict[str, flo
 def tiny_training(tmp: Path, steps: int) -> dict:
     from radio.config import load_pipeline
     from radio.distill.checks import stage_targets
+    from radio.distill.run import RunFolder
     from radio.distill.trainer import train_stage
     from radio.featurize.job import _settings, prepare, select
 
@@ -153,8 +154,8 @@ def tiny_training(tmp: Path, steps: int) -> dict:
                                             "out": str(tmp / "run_int8")})  # fmt: skip
     train_stage(config, 1, steps=steps)
     train_stage(int8_config, 1, steps=steps)
-    raw_f = _held_out_fidelity(config, tmp / "raw.zarr", tmp / "run_raw" / "stage1" / "final.safetensors")
-    int8_f = _held_out_fidelity(config, tmp / "raw.zarr", tmp / "run_int8" / "stage1" / "final.safetensors")
+    raw_f = _held_out_fidelity(config, tmp / "raw.zarr", RunFolder(tmp / "run_raw").stage(1).weights)
+    int8_f = _held_out_fidelity(config, tmp / "raw.zarr", RunFolder(tmp / "run_int8").stage(1).weights)
 
     def gm(v: dict[str, float]) -> float:
         return math.exp(np.mean([math.log(x) for x in v.values()]))

@@ -24,7 +24,8 @@ from radio.config import load_pipeline
 from radio.distill.checks import stage_targets
 from radio.distill.data import PartitionRows
 from radio.store.split import split_rows
-from radio.distill.trainer import read_metrics, train_stage
+from radio.distill.run import RunFolder, read_metrics
+from radio.distill.trainer import train_stage
 from radio.shards.crops import CropBox, crop_resize
 from radio.store.layout import FeatureStore
 from radio.store.normalizers import fit_store
@@ -86,7 +87,7 @@ def main() -> None:
             out = tmp / f"run{workers}"
             cfg = config.model_copy(update={"out": str(out)})
             train_stage(cfg, 1, steps=args.steps, workers=workers)
-            recs = read_metrics(out / "stage1" / "metrics.jsonl")[5:]  # skip start-up steps
+            recs = read_metrics(RunFolder(out).stage(1).metrics)[5:]  # skip start-up steps
             results["trainer"][workers] = {
                 "images_per_s": float(np.mean([r["images_per_s"] for r in recs])),
                 "data_wait": float(np.mean([r["data_wait"] for r in recs])),

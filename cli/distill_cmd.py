@@ -34,6 +34,7 @@ def distill(
     gloo on CPU. SIGTERM / SIGUSR1 finish the step, write a checkpoint and exit; re-run to resume.
     """
     main = quiet_unless_rank0()
+    from radio.distill.run import RunFolder
     from radio.distill.trainer import train_stage
 
     cfg = load(config, pipeline, store=store, out=out)
@@ -46,12 +47,12 @@ def distill(
         if result.end_step < result.total_steps and not result.stopped_by:
             raise typer.Exit(EXIT_FAILED)
         return
-    where = result.run / f"stage{stage}"
+    where = RunFolder(result.run).stage(stage)
     if result.stopped_by:
         print(f"stage {stage}: stopped by {result.stopped_by} at step {result.end_step}/{result.total_steps}; "
-              f"checkpoint written to {where}; re-run the same command to resume")  # fmt: skip
+              f"checkpoint written to {where.path}; re-run the same command to resume")  # fmt: skip
         return
-    final = where / "final.safetensors"
+    final = where.weights
     if not result.losses:  # the trainer (re)writes the final weights of a complete checkpoint
         print(f"stage {stage} is already complete ({result.total_steps} steps); "
               + (f"weights {final}" if final.is_file() else "no final weights were written"))  # fmt: skip

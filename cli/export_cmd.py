@@ -69,10 +69,10 @@ def plot(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from radio.distill.trainer import METRICS, read_metrics
+    from radio.distill.run import METRICS, RunFolder, read_metrics
 
     folder = run or Path(load(config, pipeline).out)
-    stages = sorted(folder.glob(f"stage*/{METRICS}"))
+    stages = RunFolder(folder).metrics_files()
     if not stages:
         from .errors import fail
 

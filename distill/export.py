@@ -6,14 +6,14 @@ student's architecture, the teachers, which target keys each teacher's normalize
 else is needed to load it: no store, no pipelines file, no pickles.
 
 Nothing else is needed to *write* it either: when a stage finishes, the trainer stores in its
-``final.safetensors`` what export reads from the store (:func:`export_payload`), so a run
+``final.safetensors`` what export reads from the store (:mod:`.final_weights`), so a run
 trained on a cluster exports on a laptop from the run folder alone.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
 
@@ -25,6 +25,8 @@ from .adaptors import AdaptorOutput, AdaptorSpec
 from .checkpoint import atomic_write, load_weights, save_weights
 from .export_integrity import (CONFIG, META_KEY, WEIGHTS, ExportError, NonFiniteWeights, check_tensors, non_finite,
                                read_export)
+from .final_weights import EXPORT_META, EXPORT_PREFIX, export_payload, student_state
+from .run import FINAL_WEIGHTS, RunFolder
 from .student import Student
 
 if TYPE_CHECKING:
@@ -80,83 +82,6 @@ class RadioModel(nn.Module):
         return self._output(out), inter
 
 
-EXPORT_META = "radio_export"  # safetensors metadata key of a final weights file: what export needs (JSON)
-EXPORT_PREFIX = "export."  # tensors of a final weights file that only export reads (not the student's)
-
-
-def teacher_normalizers(store, config, stage: int) -> dict[str, tuple[str, nn.Module]]:
-    """Per teacher of stage ``stage``, ``(target key, Normalizer)`` that maps its adaptor's
-    features back to its own space: the teacher's one normalizer, fitted over all its keys (the
-    space its head was trained in at every resolution). The key is the one of the stage's last
-    partition (the highest resolution it trained at), recorded for provenance. Empty when the
-    config normalizes nothing.
-
-    The one place that decides which normalizer state an export carries.
-    """
-    from radio.store.normalizers import normalizer_for
-
-    if config.normalization == "none":
-        return {}
-    keys: dict[str, str] = {}
-    for part in config.stages[stage - 1].partitions:
-        for key in part.targets:
-            keys[config.target(key)[0]] = key  # later partitions (higher resolution) win
-    return {t: (key, normalizer_for(store, teacher=t, mode=config.normalization)) for t, key in keys.items()}
-
-
-def export_payload(store, config, stage: int) -> tuple[dict[str, torch.Tensor], dict]:
-    """What an export needs beyond the student's weights, read from the store once, when a stage
-    finishes: ``({"export.normalizers.T.NAME": tensor}, meta)`` with ``meta`` holding the
-    student's architecture and per teacher its dims, target key, normalization and provenance.
-    The trainer writes both into ``final.safetensors`` so export never needs the store."""
-    from radio.store.normalizers import normalizer_info
-
-    from .checks import adaptor_specs
-
-    norms = teacher_normalizers(store, config, stage)
-    tensors: dict[str, torch.Tensor] = {}
-    teachers = []
-    for spec in adaptor_specs(store, config):
-        key, norm = norms.get(spec.name, (None, None))
-        entry = asdict(spec) | {"target_key": key, "normalization": config.normalization}
-        if norm is not None:
-            for name, t in norm.state_dict().items():
-                tensors[f"{EXPORT_PREFIX}normalizers.{spec.name}.{name}"] = t
-            info = normalizer_info(store, spec.name) or {}
-            entry["normalizer"] = {"keys": info.get("keys"), "fingerprint": info.get("fingerprint")}
-            entry["provenance"] = store.target(key).provenance.to_json()
-        teachers.append(entry)
-    s = config.student
-    meta = {
-        "student": {"size": s.size, "patch": s.patch, "cpe_max_size": s.cpe_max_size,
-                    "register_multiple": s.register_multiple, "adaptor_hidden": s.adaptor_hidden,
-                    "adaptor_inner": s.adaptor_inner},
-        "teachers": teachers,
-        "stage": stage,
-    }  # fmt: skip
-    return tensors, meta
-
-
-def final_metadata(meta: dict) -> dict[str, str]:
-    """``meta`` as safetensors metadata (strings only)."""
-    return {EXPORT_META: json.dumps(meta, default=str)}
-
-
-def student_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The student's own weights from a final weights file (without the export tensors)."""
-    return {k: v for k, v in tensors.items() if not k.startswith(EXPORT_PREFIX)}
-
-
-def _finished_stages(run: Path) -> list[int]:
-    from .trainer import FINAL
-
-    found = []
-    for d in run.glob("stage*"):
-        if d.name[5:].isdigit() and (d / FINAL).is_file():
-            found.append(int(d.name[5:]))
-    return sorted(found, reverse=True)
-
-
 def export(run: Path, out: Path, store=None, config=None, stage: int | None = None, fmt: str = "radio") -> Path:
     """Write ``out/model.safetensors`` and ``out/config.json`` from a run's final weights
     (``fmt="timm"``: only the backbone, as ``out/timm.safetensors`` for timm's RADIO models).
@@ -168,14 +93,13 @@ def export(run: Path, out: Path, store=None, config=None, stage: int | None = No
     """
     from safetensors import safe_open
 
-    from .trainer import FINAL, stage_dir
-
-    run = Path(run)
-    stages = [stage] if stage else _finished_stages(run)
-    if not stages or not (stage_dir(run, stages[0]) / FINAL).is_file():
-        raise ExportError(f"{run}: no finished stage to export (looked for stageN/{FINAL}); run `radio distill` first")
+    folder = RunFolder(run)
+    stages = [stage] if stage else folder.finished_stages()
+    if not stages or not folder.stage(stages[0]).finished:
+        raise ExportError(f"{run}: no finished stage to export (looked for stageN/{FINAL_WEIGHTS}); "
+                          "run `radio distill` first")  # fmt: skip
     stage = stages[0]
-    path = stage_dir(run, stage) / FINAL
+    path = folder.stage(stage).weights
     weights = load_weights(path)
     bad = non_finite(weights)
     if bad is not None:
@@ -210,10 +134,9 @@ def final_student_size(run: Path, stage: int | None = None) -> str:
     """The student size (``b``, ``l``, ...) of a run's exported stage, from its final weights."""
     from safetensors import safe_open
 
-    from .trainer import FINAL, stage_dir
-
-    stages = [stage] if stage else _finished_stages(Path(run))
-    with safe_open(str(stage_dir(Path(run), stages[0]) / FINAL), "pt") as f:
+    folder = RunFolder(run)
+    stages = [stage] if stage else folder.finished_stages()
+    with safe_open(str(folder.stage(stages[0]).weights), "pt") as f:
         return json.loads((f.metadata() or {})[EXPORT_META])["student"]["size"]
 
 

@@ -37,16 +37,12 @@ from radio.store.compact_decode import build_decoders, decode_targets, raw_dropp
 from .cpe import draw_crops
 from .data import PartitionRows, StepBatches, WorkerEnvironment, collate, next_batch, on_device
 from radio.store.split import split_rows
-from .export import export_payload, final_metadata, student_state
+from .final_weights import export_payload, final_metadata, student_state
 from .loss import DistillLoss, KeyTarget
 from radio.store.manifest import Manifest
+from .run import RunFolder
 from .schedule import lr_at
 from .student import Student
-
-CHECKPOINT = "checkpoint.pt"
-FINAL = "final.safetensors"
-METRICS = "metrics.jsonl"
-
 
 class DistillError(StoreError):
     """A distill request that cannot start (missing previous stage, bad stage number, ...)."""
@@ -58,10 +54,6 @@ class NonFiniteError(DistillError):
     data (or the run) is at fault, not the command."""
 
     exit_code = 1
-
-
-def stage_dir(run: Path, stage: int) -> Path:
-    return run / f"stage{stage}"
 
 
 def build_student(store: FeatureStore, config: PipelineConfig, seed: int = 0) -> Student:
@@ -147,7 +139,7 @@ def _initial_weights(run: Path, stage: int, init: Path | None) -> Path | None:
         return Path(init)
     if stage == 1:
         return None
-    previous = stage_dir(run, stage - 1) / FINAL
+    previous = RunFolder(run).stage(stage - 1).weights
     if not previous.is_file():
         raise DistillError(
             f"stage {stage} starts from stage {stage - 1}'s final weights {previous}, which do not exist; "
@@ -237,7 +229,8 @@ def _train(config: PipelineConfig, stage: int, d: distributed.Dist, steps: int |
             print(f"note: {note}", file=sys.stderr)
     keys = sorted({t.key for _, ts in partitions for t in ts})
     total = steps or cfg.steps
-    sdir = stage_dir(run, stage)
+    folder = RunFolder(run)
+    sdir = folder.stage(stage)
     student = build_student(store, config, cfg.seed)
     # Compact keys (`radio store compact`) arrive as one byte per value and are decoded on the device.
     decoders = build_decoders(store, keys).to(d.device)
@@ -251,7 +244,7 @@ def _train(config: PipelineConfig, stage: int, d: distributed.Dist, steps: int |
     init_from = _initial_weights(run, stage, init)
 
     # ---- resume --------------------------------------------------------------------------------
-    ckpt_path = sdir / CHECKPOINT
+    ckpt_path = sdir.checkpoint
     state = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
     start = int(state["step"]) if state else 0
     if state:
@@ -283,7 +276,7 @@ def _train(config: PipelineConfig, stage: int, d: distributed.Dist, steps: int |
     # writes the same bytes atomically, so ranks sharing the run folder do not race.
     manifest = Manifest.build(store)
     split = split_rows(store, keys, config.eval.held_out, manifest)
-    manifest_dir = manifest.save(run / "manifest")
+    manifest_dir = manifest.save(folder.manifest)
     del manifest
     loaders = []
     for p, (resolution, ts) in enumerate(partitions):
@@ -302,11 +295,11 @@ def _train(config: PipelineConfig, stage: int, d: distributed.Dist, steps: int |
                                        worker_init_fn=WorkerEnvironment() if workers > 0 else None)))  # fmt: skip
 
     # ---- bookkeeping: run folder, metrics (rank 0) ----------------------------------------------
-    metrics_path = sdir / METRICS
+    metrics_path = sdir.metrics
     if d.main:
-        sdir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(sdir)  # a killed run's half-written checkpoint (only rank 0 writes here)
-        (sdir / "config.yaml").write_text(to_yaml(config))
+        sdir.path.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(sdir.path)  # a killed run's half-written checkpoint (only rank 0 writes here)
+        sdir.config.write_text(to_yaml(config))
         _truncate_metrics(metrics_path, start)  # steps after the last checkpoint are redone
 
     saved = start  # the step of the checkpoint on disk (0: none)
@@ -378,7 +371,7 @@ def _train(config: PipelineConfig, stage: int, d: distributed.Dist, steps: int |
         # The final weights carry what export needs (dims, normalizers, provenance): a run can be
         # exported where the store is not.
         extra, meta = export_payload(store, config, stage)
-        save_weights(student.state_dict() | extra, sdir / FINAL,
+        save_weights(student.state_dict() | extra, sdir.weights,
                      {"stage": str(stage), "steps": str(total)} | final_metadata(meta))  # fmt: skip
     return StageResult(stage, run, start, step, total, stopped_by, losses)
 
@@ -389,7 +382,3 @@ def _truncate_metrics(path: Path, start: int) -> None:
         return
     keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= start]
     path.write_text("".join(line + "\n" for line in keep))
-
-
-def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []

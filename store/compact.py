@@ -37,10 +37,11 @@ STREAM_ATTR = {"features": "normalizer", "summary": "summary_normalizer"}  # whe
 SETTINGS = ("codec", "rank", "variance", "clip", "summary")  # what a request chooses (a resume must match)
 
 
-def normalizer_for(store: FeatureStore, key: str, stream: str = "features") -> PhiS:
-    """The PHI-S normalizer new compact data of ``key``'s ``stream`` is encoded in: its teacher's
-    current one (one target space per adaptor head). Existing compact data stays in the one it
-    was encoded in (:func:`compact_phis`)."""
+def current_phis(store: FeatureStore, key: str, stream: str = "features") -> PhiS:
+    """The PHI-S new compact data of ``key``'s ``stream`` is encoded in: its teacher's current one
+    (one target space per adaptor head), as the :class:`PhiS` the codec works in. Existing compact
+    data stays in the one it was encoded in (:func:`compact_phis`); the trainer's and evaluation's
+    :class:`~radio.store.normalizers.Normalizer` comes from :func:`~radio.store.normalizers.normalizer_for`."""
     try:
         return load_phis(store, key, stream)
     except StoreError:
@@ -169,8 +170,8 @@ def plan_compact(store: FeatureStore, key: str, codec: str = "int8", rank: int |
     info = store.target(key)
     if summary and not info.summary_dim:
         raise StoreError(f"{key}: has no summary to compact")
-    phis_f = normalizer_for(store, key, "features")
-    phis_s = normalizer_for(store, key, "summary") if summary else None
+    phis_f = current_phis(store, key, "features")
+    phis_s = current_phis(store, key, "summary") if summary else None
     _fit(key, phis_f, phis_s, codec, rank, variance, clip)  # the request is valid in the current normalizer
     if fitted_on_key(store, key) is False:
         raise StoreError(f"{key}: its PHI-S was fitted on other teacher outputs (featurized again since); "
@@ -209,8 +210,8 @@ def prepare_compact(store: FeatureStore, key: str, codec: str = "int8", rank: in
         assert old is not None
         restore_raw(store, old)
     info = store.target(key)
-    phis_f = normalizer_for(store, key, "features")
-    phis_s = normalizer_for(store, key, "summary") if summary else None
+    phis_f = current_phis(store, key, "features")
+    phis_s = current_phis(store, key, "summary") if summary else None
     cf, cs = _fit(key, phis_f, phis_s, codec, rank, variance, clip)
     attrs = {"codec": codec, "rank": cf.rank, "variance": variance, "clip": clip, "summary": bool(summary),
              "normalizer": _normalizer_attrs(store, key, "features"),

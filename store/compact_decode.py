@@ -21,7 +21,7 @@ from torch import nn
 
 from radio.store.codec import Codec, decode_on_device
 from radio.store.compact import (CompactKey, check_normalizer, compact_complete, compact_key, compact_phis,
-                                  is_current, normalizer_for, raw_missing, reads_compact, reexpression)  # fmt: skip
+                                  current_phis, is_current, raw_missing, reads_compact, reexpression)  # fmt: skip
 from radio.store.layout import FeatureStore, StoreError
 
 
@@ -80,7 +80,7 @@ class CompactDecoder(nn.Module):
         _codec_buffers(self, "features", ck.features)
         a = b = None
         if not is_current(store, ck, "features"):
-            own, current = compact_phis(store, ck, "features"), normalizer_for(store, ck.key, "features")
+            own, current = compact_phis(store, ck, "features"), current_phis(store, ck.key, "features")
             a, b = (torch.as_tensor(v, dtype=torch.float32) for v in reexpression(own, current))
         self.register_buffer("features_reexpress", a, persistent=False)
         self.register_buffer("features_shift", b, persistent=False)
@@ -118,5 +118,5 @@ def decode_targets(batch: dict, decoders: nn.ModuleDict) -> dict:
 def to_teacher_space(store: FeatureStore, key: str, y: torch.Tensor) -> torch.Tensor:
     """Decoded features (:class:`CompactDecoder`: the current PHI-S space) → the teacher's space
     (for evaluation once raw targets are dropped)."""
-    p = normalizer_for(store, key, "features")
+    p = current_phis(store, key, "features")
     return (y.double() @ torch.from_numpy(np.asarray(p.inverse)).T + torch.from_numpy(p.mean)).float()

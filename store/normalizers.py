@@ -296,11 +296,6 @@ class Normalizer(nn.Module):
     def from_phis(cls, mode: str, p: PhiS) -> Normalizer:
         return cls(mode, p.mean, p.transform, p.inverse, p.std)
 
-    @classmethod
-    def from_store(cls, store: FeatureStore, key: str, stream: str = "features", mode: str = "phis") -> Normalizer:
-        """The normalizer of ``key``'s teacher (see :func:`normalizer_for`)."""
-        return normalizer_for(store, key=key, stream=stream, mode=mode)
-
     @staticmethod
     def _work_dtype(x: torch.Tensor) -> torch.dtype:
         return torch.float64 if x.dtype == torch.float64 else torch.float32

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from radio.distill.trainer import read_metrics
+from radio.distill.run import read_metrics
 from radio.store.layout import FeatureStore
 from radio.store.normalizers import fit_store
 

@@ -19,8 +19,9 @@ import radio
 from radio.cli.main import app
 from radio.distill.adaptors import AdaptorSpec
 from radio.distill.checkpoint import save_weights, weights_bytes
-from radio.distill.export import EXPORT_FORMAT, ExportError, final_metadata, write_export
+from radio.distill.export import EXPORT_FORMAT, ExportError, write_export
 from radio.distill.export_integrity import META_KEY
+from radio.distill.final_weights import final_metadata
 from radio.distill.student import Student
 from radio.errors import RadioError
 from radio.store.normalizers import Normalizer

@@ -23,7 +23,7 @@ from radio.cli.main import app
 from radio.distill.checks import stage_targets
 from radio.distill.data import global_batch
 from radio.store.split import split_rows
-from radio.distill.trainer import read_metrics
+from radio.distill.run import read_metrics
 from radio.store.layout import FeatureStore
 from radio.store.normalizers import fit_store
 

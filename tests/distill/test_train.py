@@ -22,10 +22,11 @@ from radio.cli.main import app
 from radio.distill.checks import stage_targets
 from radio.store.split import split_rows
 from radio.distill.loss import GridMismatch, align_features
-from radio.distill.trainer import build_student, read_metrics, train_stage
+from radio.distill.run import read_metrics
+from radio.distill.trainer import build_student, train_stage
 from radio.evaluate.fidelity import fidelity
 from radio.store.layout import FeatureStore
-from radio.store.normalizers import Normalizer, fit_store
+from radio.store.normalizers import fit_store, normalizer_for
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +65,7 @@ def test_stage1_losses_fall_and_held_out_fidelity_beats_untrained(phis_store, tm
         assert last < first, f"{name}: {first:.4f} → {last:.4f}"
     trained = build_student(store, config)
     from radio.distill.checkpoint import load_weights
-    from radio.distill.export import student_state
+    from radio.distill.final_weights import student_state
 
     trained.load_state_dict(student_state(load_weights(tmp_path / "run" / "stage1" / "final.safetensors")))
     trained.eval()
@@ -78,7 +79,7 @@ def test_stage1_losses_fall_and_held_out_fidelity_beats_untrained(phis_store, tm
     with torch.no_grad():
         out_t, out_u = trained(batch["image"]), untrained(batch["image"])
     for t in keys:
-        norm = Normalizer.from_store(store, t.key)
+        norm = normalizer_for(store, key=t.key)
         target = norm.normalize(batch["targets"][t.key]["features"])
         f_trained = fidelity(target, align_features(out_t.adaptors[t.teacher].features, t.grid, t.exact_grid))
         f_untrained = fidelity(target, align_features(out_u.adaptors[t.teacher].features, t.grid, t.exact_grid))
@@ -195,7 +196,7 @@ def test_export_matches_training_model_and_denormalizes_into_teacher_space(phis_
     store = FeatureStore(path)
     student = build_student(store, config)
     from radio.distill.checkpoint import load_weights
-    from radio.distill.export import student_state
+    from radio.distill.final_weights import student_state
 
     student.load_state_dict(student_state(load_weights(tmp_path / "run" / "stage1" / "final.safetensors")))
     student.eval()
@@ -297,7 +298,7 @@ def test_export_needs_only_the_run_folder(phis_store, tmp_path):
     sam = next(t for t in meta["teachers"] if t["name"] == "sam")
     assert sam["target_key"] == "sam@128" and sam["feature_dim"] == 32 and sam["provenance"]["mosaic"] == 2
     moved = FeatureStore(tmp_path / "moved.zarr")
-    expected = Normalizer.from_store(moved, "clip@112", "features", "phis")
+    expected = normalizer_for(moved, key="clip@112", stream="features", mode="phis")
     assert torch.equal(model.normalizers["clip"].inverse, expected.inverse)
     assert model(torch.rand(1, 3, 64, 64)).adaptors["clip"].features.shape == (1, 4, 4, 64)
 

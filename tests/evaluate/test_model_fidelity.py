@@ -15,7 +15,7 @@ from radio.store.split import split_rows
 from radio.distill.loss import align_features
 from radio.evaluate.fidelity import geometric_mean, key_fidelity
 from radio.store.layout import FeatureStore
-from radio.store.normalizers import Normalizer
+from radio.store.normalizers import normalizer_for
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,8 @@ def test_command_equals_key_fidelity_on_held_out_rows(tiny_export, eval_app, tmp
     assert [(k["resolution"], k["key"]) for k in r["keys"]] == [(resolution, t.key) for t in keys]
     for t, got in zip(keys, r["keys"]):
         pred = align_features(outputs.adaptors[t.teacher].features, t.grid, t.exact_grid, t.key)
-        want = key_fidelity(t.key, "features", batch["targets"][t.key]["features"], pred, Normalizer.from_store(store, t.key))
+        want = key_fidelity(t.key, "features", batch["targets"][t.key]["features"], pred,
+                            normalizer_for(store, key=t.key))
         for name in ("fidelity", "variance_ratio", "mse", "mse_normalized"):
             assert got[name] == pytest.approx(getattr(want, name), rel=1e-6), (t.key, name)
     assert r["geometric_mean"]["fidelity"] == pytest.approx(geometric_mean([k["fidelity"] for k in r["keys"]]))

@@ -120,7 +120,7 @@ def test_refit_adds_a_normalizer_and_compact_only_data_still_decodes_in_the_new_
         teacher = teacher_of(store, key)
         ck = c.compact_key(store, key)
         assert c.compact_fingerprint(ck) == first[teacher] and not c.is_current(store, ck)
-        old, new = c.compact_phis(store, ck), c.normalizer_for(store, key)
+        old, new = c.compact_phis(store, ck), c.current_phis(store, key)
         rows = _valid_rows(ref, key)
         raw = ref.array(key, "features")[rows].astype(np.float64)
         q = torch.from_numpy(store.root["targets"][key]["compact"]["features"][rows])
@@ -169,7 +169,7 @@ def test_compact_overwrite_after_refit_recompacts_from_the_compact_values(readme
     assert c.is_current(store, ck) and c.compact_fingerprint(ck) == current_fingerprint(store, "dinov2") != first["dinov2"]
     assert c.raw_missing(store, KEY).all() and verify_store(store.path) == []
     old = load_teacher_phis(store, "dinov2", fingerprint=first["dinov2"])
-    a, _ = c.reexpression(old, c.normalizer_for(store, KEY))
+    a, _ = c.reexpression(old, c.current_phis(store, KEY))
     ref = FeatureStore(tiny_store[1])
     rows = _valid_rows(ref, KEY)
     raw = ref.array(KEY, "features")[rows].astype(np.float64)
@@ -179,7 +179,7 @@ def test_compact_overwrite_after_refit_recompacts_from_the_compact_values(readme
     bound = STEP / 2 * (1 + float(np.abs(a).sum(0).max())) + 1e-2
     whole = (np.abs(old.normalize(raw)) < 4 - STEP).all(-1)
     assert whole.mean() > 0.5
-    assert np.abs(got - c.normalizer_for(store, KEY).normalize(raw))[whole].max() <= bound
+    assert np.abs(got - c.current_phis(store, KEY).normalize(raw))[whole].max() <= bound
 
 
 def _write_unversioned(store: FeatureStore, teacher: str, stream: str, p, attrs: dict) -> None:
@@ -204,7 +204,7 @@ def test_a_store_in_the_unversioned_layout_opens_compacts_and_refits_beside_it(t
     fp = saved["features"][1]["fingerprint"]
     store = FeatureStore(store.path)
     assert current_fingerprint(store, "dinov2") == fp and normalizer_versions(store, "dinov2") == [fp]
-    assert np.array_equal(c.normalizer_for(store, KEY).transform, saved["features"][0].transform)
+    assert np.array_equal(c.current_phis(store, KEY).transform, saved["features"][0].transform)
     assert c.compact_store_key(store, KEY) == 3  # an old fit recorded no provenance: compacting it is allowed
     reports = fit_store(store, [KEY])  # every tar: a new normalizer beside the unversioned one
     new = current_fingerprint(store, "dinov2")
@@ -356,6 +356,6 @@ def test_featurize_after_a_refit_writes_new_tars_in_the_normalizer_their_key_is_
     clipped = np.abs(q) == 127
     assert np.abs(decode(ck.features, torch.from_numpy(q)).numpy() - old.normalize(raw))[~clipped].max() <= STEP / 2 + 1e-4
     got = CompactDecoder(ck, store)({"features": torch.from_numpy(q)})["features"].double().numpy()
-    a, _ = c.reexpression(old, c.normalizer_for(store, KEY))
+    a, _ = c.reexpression(old, c.current_phis(store, KEY))
     whole = ~clipped.any(-1)
-    assert np.abs(got - c.normalizer_for(store, KEY).normalize(raw))[whole].max() <= STEP / 2 * np.abs(a).sum(0).max() + 1e-3
+    assert np.abs(got - c.current_phis(store, KEY).normalize(raw))[whole].max() <= STEP / 2 * np.abs(a).sum(0).max() + 1e-3

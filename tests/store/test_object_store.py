@@ -139,7 +139,8 @@ def test_featurize_on_s3_killed_and_resumed_equals_local_then_trains(s3_data, s3
     result = runner.invoke(app, ["fit-phis", *cfg])
     assert result.exit_code == 0, result.output
     assert fs.isfile(f"{url}/phis_spectra.png")
-    from radio.distill.trainer import read_metrics, train_stage
+    from radio.distill.run import read_metrics
+    from radio.distill.trainer import train_stage
 
     config = load_pipeline(repo / "pipelines.yaml", "tiny", data=f"{s3_data}/*.tar", store=url,
                            out=str(tmp_path / "run"))  # fmt: skip
