@@ -52,7 +52,7 @@ def fit_phis(
 def _fit(fs, keys: list[str] | None, allow_partial: bool, max_tars: int | None, plot: Path | None) -> None:
     from rich.table import Table
 
-    from radio.store.normalizers import fit_store
+    from radio.store.normalizers import fit_store, write_spectra
 
     reports = fit_store(fs, keys, allow_partial, max_tars)
     table = Table("teacher / target key", "stream", "tars", "rows", "vectors", "φ", "top 1", "top 10", "top 100",
@@ -75,8 +75,7 @@ def _fit(fs, keys: list[str] | None, allow_partial: bool, max_tars: int | None, 
     print("current normalizers: " + ", ".join(f"{r.teacher}/{r.stream} {r.fingerprint}" for r in reports))
     png = plot_spectra(reports)
     if plot is None:  # beside the store's arrays, also when the store is an object-store URL
-        fs.location.write_bytes("phis_spectra.png", png)
-        out = f"{fs.path.rstrip('/')}/phis_spectra.png"
+        out = write_spectra(fs, png)
     else:
         plot.parent.mkdir(parents=True, exist_ok=True)
         plot.write_bytes(png)

@@ -44,6 +44,15 @@ from .provenance import attrs_fingerprint
 MODES = ("phis", "standardize", "none")
 
 
+SPECTRA = "phis_spectra.png"  # fit-phis's eigenvalue plot, beside the store's arrays
+
+
+def write_spectra(store: FeatureStore, png: bytes) -> str:
+    """Write fit-phis's eigenvalue-spectra plot into the store (also an object-store URL); its address."""
+    store.location.write_bytes(SPECTRA, png)
+    return f"{str(store.path).rstrip('/')}/{SPECTRA}"
+
+
 def streams_of(store: FeatureStore, key: str) -> list[str]:
     return ["features", "summary"] if store.target(key).summary_dim else ["features"]
 
