@@ -31,6 +31,8 @@ from radio.featurize.graph import run_local
 from radio.featurize.job import plan_rows
 from radio.featurize.records import FeaturizeSettings, KeyJob, WorkItem
 from radio.featurize.teachers import get_spec
+from radio.shards.sampledata import write_sample_data
+from radio.shards.tar import expand_shards
 from radio.store.codec import decode, encode, fit_codec, variance_retained
 from radio.store.compact import compact_store_key
 from radio.store.inspect import store_info
@@ -38,8 +40,6 @@ from radio.store.layout import FeatureStore
 from radio.store.moments import Moments
 from radio.store.normalizers import fit_store
 from radio.store.phis import fit_phis
-from radio.shards.sampledata import write_sample_data
-from radio.shards.tar import expand_shards
 
 
 def _featurize(tmp: Path, model: str, job: KeyJob, images: int, batch: int) -> FeatureStore:
@@ -109,11 +109,11 @@ def _held_out_fidelity(config, store_path: Path, weights: Path) -> dict[str, flo
     from radio.distill.checkpoint import load_weights
     from radio.distill.checks import stage_targets
     from radio.distill.data import PartitionRows, collate
-    from radio.store.split import split_rows
     from radio.distill.loss import align_features
     from radio.distill.trainer import build_student
     from radio.evaluate.fidelity import fidelity
     from radio.store.normalizers import normalizer_for
+    from radio.store.split import split_rows
 
     store = FeatureStore(store_path)
     student = build_student(store, config)

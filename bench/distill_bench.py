@@ -23,14 +23,14 @@ import numpy as np
 from radio.config import load_pipeline
 from radio.distill.checks import stage_targets
 from radio.distill.data import PartitionRows
-from radio.store.split import split_rows
 from radio.distill.run import RunFolder, read_metrics
 from radio.distill.trainer import train_stage
 from radio.shards.crops import CropBox, crop_resize
-from radio.store.layout import FeatureStore
-from radio.store.normalizers import fit_store
 from radio.shards.sampledata import write_sample_data
 from radio.shards.tar import read_image
+from radio.store.layout import FeatureStore
+from radio.store.normalizers import fit_store
+from radio.store.split import split_rows
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -38,10 +38,10 @@ from radio.featurize.job import plan_rows
 from radio.featurize.records import FeaturizeSettings, KeyJob, WorkItem
 from radio.featurize.teachers import create_teacher, get_spec
 from radio.shards.crops import choose_crop, crop_resize
-from radio.store.inspect import store_info
-from radio.store.layout import FeatureStore
 from radio.shards.sampledata import write_sample_data
 from radio.shards.tar import ShardReader, expand_shards
+from radio.store.inspect import store_info
+from radio.store.layout import FeatureStore
 
 
 def _store(tmp: Path, name: str, shards: Path, jobs: dict[str, KeyJob], shard_rows: int) -> FeatureStore:

@@ -33,10 +33,10 @@ import numpy as np
 import zarr
 
 from radio.distill.data import EpochOrder
-from radio.store.manifest import Manifest
-from radio.store.targets import TargetReader
 from radio.store import checksums
 from radio.store.layout import FeatureStore, Plan
+from radio.store.manifest import Manifest
+from radio.store.targets import TargetReader
 
 SHARD_ROWS = 64
 

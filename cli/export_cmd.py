@@ -34,8 +34,8 @@ def export(
     cfg: Any = load(config, pipeline, store=store) if run is None or pipeline or store else None  # set if run is None
     where = do_export(run or Path(cfg.out), out, _store_if_present(cfg), cfg, stage, fmt)
     if fmt == "timm":
-        from radio.distill.export_timm import TIMM_VARIANTS, prefix_tokens
         from radio.distill.export import final_student_size
+        from radio.distill.export_timm import TIMM_VARIANTS, prefix_tokens
 
         size = final_student_size(run or Path(cfg.out), stage)
         print(f"exported to {where}: load with timm.create_model({TIMM_VARIANTS[size]!r}, pretrained=True, "

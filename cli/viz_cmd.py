@@ -8,8 +8,16 @@ from typing import Annotated
 import typer
 
 from .errors import user_errors
-from .eval_cmd import AdaptorOpt, DeviceOpt, ModelOpt, ResolutionsOpt, TeacherOpt, WeightsOpt
-from .eval_cmd import make_encoder, parse_resolutions
+from .eval_cmd import (
+    AdaptorOpt,
+    DeviceOpt,
+    ModelOpt,
+    ResolutionsOpt,
+    TeacherOpt,
+    WeightsOpt,
+    make_encoder,
+    parse_resolutions,
+)
 
 app = typer.Typer(rich_markup_mode=None, help="Draw pictures of a student's or a teacher's features.", no_args_is_help=True)
 

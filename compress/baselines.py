@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .tome import MergeResult, wide_float, grid_positions, group_means
+from .tome import MergeResult, grid_positions, group_means, wide_float
 
 MAX_ASPECT = 1.5
 

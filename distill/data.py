@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from typing import Any
 
 import numpy as np
 import torch
@@ -29,8 +27,8 @@ from torch.utils.data import Dataset
 from radio.errors import RadioError
 from radio.shards.crops import CropBox, crop_resize
 from radio.shards.images import ImageLimits, decode_image
-from radio.store.layout import FeatureStore
 from radio.shards.tar import ShardError, TarFiles
+from radio.store.layout import FeatureStore
 from radio.store.manifest import Manifest
 from radio.store.targets import TargetReader
 

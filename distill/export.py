@@ -23,15 +23,21 @@ from torch import nn
 
 from .adaptors import AdaptorOutput, AdaptorSpec
 from .checkpoint import atomic_write, load_weights, save_weights
-from .export_integrity import (CONFIG, META_KEY, WEIGHTS, ExportError, NonFiniteWeights, check_tensors, non_finite,
-                               read_export)
+from .export_integrity import (
+    CONFIG,
+    META_KEY,
+    WEIGHTS,
+    ExportError,
+    NonFiniteWeights,
+    check_tensors,
+    non_finite,
+    read_export,
+)
 from .final_weights import EXPORT_META, EXPORT_PREFIX, export_payload, student_state
 from .run import FINAL_WEIGHTS, RunFolder
 from .student import Student
 
 if TYPE_CHECKING:
-    from radio.config import PipelineConfig
-    from radio.store.layout import FeatureStore
     from radio.store.normalizers import Normalizer
 
 # /2: config.json records the sha256 of model.safetensors, which carries a copy of config.json.

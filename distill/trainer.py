@@ -27,22 +27,23 @@ from torch.utils.data import DataLoader
 
 from radio.config import PipelineConfig, to_yaml
 from radio.shards.images import ImageLimits
+from radio.store.compact_decode import build_decoders, decode_targets, raw_dropped
 from radio.store.layout import FeatureStore, StoreError
+from radio.store.manifest import Manifest
 from radio.store.normalizers import Normalizer, normalizer_for, teacher_of
+from radio.store.split import split_rows
 
 from . import distributed
 from .checkpoint import load_checkpoint, load_weights, remove_stale_temps, save_checkpoint, save_weights
 from .checks import adaptor_specs, mosaic_notes, stage_targets
-from radio.store.compact_decode import build_decoders, decode_targets, raw_dropped
 from .cpe import draw_crops
 from .data import PartitionRows, StepBatches, WorkerEnvironment, collate, next_batch, on_device
-from radio.store.split import split_rows
 from .final_weights import export_payload, final_metadata, student_state
 from .loss import DistillLoss, KeyTarget
-from radio.store.manifest import Manifest
 from .run import RunFolder
 from .schedule import lr_at
 from .student import Student
+
 
 class DistillError(StoreError):
     """A distill request that cannot start (missing previous stage, bad stage number, ...)."""
@@ -325,7 +326,7 @@ def _train(config: PipelineConfig, stage: int, d: distributed.Dist, steps: int |
             for group in optimizer.param_groups:
                 group["lr"] = lr
             crops = []
-            for p, b in enumerate(batches):
+            for p in range(len(batches)):
                 global_b = cfg.partitions[p].batch_size
                 c = draw_crops(global_b, _crop_generator(cfg.seed, stage, p, step), config.student.pos_dropout)
                 local = global_b // d.world

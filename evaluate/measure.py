@@ -124,10 +124,10 @@ def measure_fidelity(model: RadioModel, store: FeatureStore, config: PipelineCon
     """
     from radio.distill.checks import stage_targets
     from radio.distill.data import PartitionRows, collate
-    from radio.store.split import split_rows
     from radio.distill.loss import align_features
     from radio.shards.images import ImageLimits
     from radio.store.normalizers import normalizer_for
+    from radio.store.split import split_rows
 
     if rows not in ("held-out", "train"):
         raise EvalError(f"rows must be 'held-out' or 'train', got {rows!r}")

@@ -8,7 +8,6 @@ which :func:`update_readme` splices into README.md between the experiment's mark
 
 from __future__ import annotations
 
-
 import json
 import shutil
 import time
@@ -19,7 +18,6 @@ from typing import Any
 
 from radio.config import PipelineConfig
 from radio.config.load import ConfigError, format_validation_error
-
 from radio.errors import RadioError
 
 

@@ -124,8 +124,8 @@ def _crops(config, n: int):
     import torch
 
     from radio.shards.crops import CropBox, crop_resize
-    from radio.store.layout import FeatureStore
     from radio.shards.tar import ShardReader
+    from radio.store.layout import FeatureStore
 
     rows = [r for r in FeatureStore(config.store.path).manifest().to_pylist() if r["valid"]][:n]
     pixels: dict[str, np.ndarray] = {}
@@ -156,8 +156,8 @@ def tile_check(config, key: str, k: int, n: int) -> dict:
     from radio.featurize import mosaic
     from radio.featurize.teachers import create_teacher
     from radio.shards.crops import CropBox, crop_resize
-    from radio.store.layout import FeatureStore
     from radio.shards.tar import ShardReader
+    from radio.store.layout import FeatureStore
 
     fs = FeatureStore(config.store.path)
     manifest = fs.manifest().to_pylist()

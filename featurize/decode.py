@@ -28,8 +28,8 @@ import numpy as np
 
 from radio.shards.crops import CropBox, choose_crop, crop_resize
 from radio.shards.images import ImageLimits
-from radio.store.layout import FeatureStore, TarPlan
 from radio.shards.tar import Sample, ShardReader
+from radio.store.layout import FeatureStore, TarPlan
 
 from .records import FeaturizeSettings, GroupHeader, TarEnd, TarItem, pixel_column, to_batch
 

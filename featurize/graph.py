@@ -69,7 +69,7 @@ def stage_specs(items: list[WorkItem]) -> list[StageSpec]:
 # ---- resources ----------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def teacher_size(model: str) -> tuple[int, int]:
     """(parameters, widest layer input) of a registered teacher, from its meta-device build."""
     import torch

@@ -18,15 +18,15 @@ from dataclasses import asdict, dataclass, field, replace
 from radio.config import PipelineConfig, fingerprint
 from radio.config.mosaic import InputMisfit, Misfit, input_misfit, misfit, mosaic_applies, tile_side
 from radio.errors import RadioError
+from radio.shards.counts import planned_samples
+from radio.shards.tar import expand_shards, open_binary
 from radio.store import compact, lease
 from radio.store.layout import FeatureStore, Plan, check_store_or_empty, settings_json
 from radio.store.provenance import TargetProvenance
-from radio.shards.tar import expand_shards, open_binary
 
 from .preflight import check_weights
 from .ray_logs import log_path, ray_output_to
 from .records import FeaturizeSettings, KeyJob, TarResult, WorkItem
-from radio.shards.counts import planned_samples
 from .teachers import TeacherError, get_spec
 
 CODE_VERSION = "radio-featurize/1"

@@ -22,8 +22,17 @@ from radio.store.phis import PhiS
 
 from . import mosaic
 from .hostmem import keep_heap_for_cpu_teachers
-from .records import (FeaturizeSettings, GroupHeader, GroupResult, KeyJob, KeyOutcome, moments_column, pack_moments,
-                      pixel_column, to_batch)
+from .records import (
+    FeaturizeSettings,
+    GroupHeader,
+    GroupResult,
+    KeyJob,
+    KeyOutcome,
+    moments_column,
+    pack_moments,
+    pixel_column,
+    to_batch,
+)
 from .teachers import Teacher, create_teacher
 
 

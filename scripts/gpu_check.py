@@ -127,9 +127,9 @@ def main() -> None:
     from radio.distill.trainer import train_stage
     from radio.featurize.job import run_featurize, summarize
     from radio.featurize.teachers import get_spec
+    from radio.shards.sampledata import write_sample_data
     from radio.store.layout import FeatureStore
     from radio.store.normalizers import fit_store
-    from radio.shards.sampledata import write_sample_data
 
     root = args.out or Path(tempfile.mkdtemp(prefix="gpu_check_"))
     root.mkdir(parents=True, exist_ok=True)

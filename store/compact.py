@@ -28,8 +28,15 @@ import torch
 from . import checksums
 from .codec import Codec, CodecError, decode, encode, fit_codec
 from .layout import FeatureStore, StoreError
-from .normalizers import (_phis_group, current_fingerprint, load_phis, load_teacher_phis, normalizer_info,
-                          provenance_fingerprint, teacher_of)  # fmt: skip
+from .normalizers import (
+    _phis_group,
+    current_fingerprint,
+    load_phis,
+    load_teacher_phis,
+    normalizer_info,
+    provenance_fingerprint,  # fmt: skip
+    teacher_of,
+)
 from .phis import PhiS
 
 GROUP = "compact"

@@ -20,8 +20,18 @@ import torch
 from torch import nn
 
 from radio.store.codec import Codec, decode_on_device
-from radio.store.compact import (CompactKey, check_normalizer, compact_complete, compact_key, compact_phis,
-                                  current_phis, is_current, raw_missing, reads_compact, reexpression)  # fmt: skip
+from radio.store.compact import (
+    CompactKey,
+    check_normalizer,
+    compact_complete,
+    compact_key,
+    compact_phis,
+    current_phis,  # fmt: skip
+    is_current,
+    raw_missing,
+    reads_compact,
+    reexpression,
+)
 from radio.store.layout import FeatureStore, StoreError
 
 

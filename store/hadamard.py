@@ -13,7 +13,7 @@ That covers every feature width the recipe needs (192 = 12·16, 768 = 12·64, 11
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -69,7 +69,7 @@ def _paley2(q: int) -> np.ndarray:
     return np.kron(c, unit) + np.kron(np.eye(n, dtype=np.int64), zero)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _recipe(n: int) -> tuple | None:
     """How to build order ``n``: ("one",), ("paley1", q), ("paley2", q), ("kron", a, b) or None."""
     if n == 1:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from . import checksums
 from . import compact as compact_mod
 from .layout import FeatureStore

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-
 from copy import deepcopy
 from dataclasses import dataclass, field
 from functools import partial

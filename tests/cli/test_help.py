@@ -51,7 +51,7 @@ def test_console_entry_point_exits_2_without_traceback(tmp_path):
 def test_boolean_options_render_as_flags():
     runner = CliRunner()
     root = typer.main.get_command(app)
-    for path, cmd in _commands(root):
+    for path, _cmd in _commands(root):
         result = runner.invoke(app, [*path, "--help"], terminal_width=200)
         assert "<bool>" not in result.stdout, path
     result = runner.invoke(app, ["featurize", "--help"], terminal_width=200)

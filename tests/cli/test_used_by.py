@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from radio.cli.main import app
-from radio.store.layout import FeatureStore
 from radio.shards.sampledata import write_sample_data
+from radio.store.layout import FeatureStore
 
 
 @pytest.mark.slow

@@ -32,6 +32,7 @@ def app():
 def export(tmp_path_factory):
     """An export folder as `radio export` writes it, from an untrained tiny student."""
     import torch
+
     from radio.distill.adaptors import AdaptorSpec
     from radio.distill.export import write_export
     from radio.distill.student import Student

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from radio.distill.data import EpochOrder, PartitionRows, StepBatches, global_batch, on_device
-from radio.store.split import split_rows
 from radio.distill.loss import KeyTarget
 from radio.store.layout import FeatureStore
+from radio.store.split import split_rows
 
 
 def test_batches_depend_only_on_seed_and_step():
@@ -102,8 +102,8 @@ def test_a_store_planned_for_a_million_rows_opens_splits_and_serves_a_batch(tmp_
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from radio.store.manifest import Manifest
     from radio.store.layout import MANIFEST_SCHEMA, Plan
+    from radio.store.manifest import Manifest
 
     jpg = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(jpg, "JPEG")

@@ -22,10 +22,10 @@ from typer.testing import CliRunner
 from radio.cli.main import app
 from radio.distill.checks import stage_targets
 from radio.distill.data import global_batch
-from radio.store.split import split_rows
 from radio.distill.run import read_metrics
 from radio.store.layout import FeatureStore
 from radio.store.normalizers import fit_store
+from radio.store.split import split_rows
 
 pytestmark = pytest.mark.slow
 

@@ -20,13 +20,13 @@ from typer.testing import CliRunner
 import radio
 from radio.cli.main import app
 from radio.distill.checks import stage_targets
-from radio.store.split import split_rows
 from radio.distill.loss import GridMismatch, align_features
 from radio.distill.run import read_metrics
 from radio.distill.trainer import build_student, train_stage
 from radio.evaluate.fidelity import fidelity
 from radio.store.layout import FeatureStore
 from radio.store.normalizers import fit_store, normalizer_for
+from radio.store.split import split_rows
 
 pytestmark = pytest.mark.slow
 

@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 import radio
 from radio.distill.checks import stage_targets
 from radio.distill.data import PartitionRows, collate
-from radio.store.split import split_rows
 from radio.distill.loss import align_features
 from radio.evaluate.fidelity import geometric_mean, key_fidelity
 from radio.store.layout import FeatureStore
 from radio.store.normalizers import normalizer_for
+from radio.store.split import split_rows
 
 pytestmark = pytest.mark.slow
 

@@ -24,10 +24,10 @@ from typer.testing import CliRunner
 from radio.cli.main import app
 from radio.config import load_pipeline
 from radio.featurize.job import run_featurize
-from radio.store.inspect import verify_store
-from radio.store.layout import FeatureStore
 from radio.shards.sampledata import CORRUPT_KINDS, EXOTIC_KINDS, write_sample_data
 from radio.shards.tar import ShardReader
+from radio.store.inspect import verify_store
+from radio.store.layout import FeatureStore
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -15,9 +15,9 @@ from radio.cli.main import app
 from radio.config import load_pipeline
 from radio.featurize.job import FeaturizeError, prepare, select
 from radio.featurize.preflight import check_weights, weights_problem
-from radio.store.layout import StoreError
 from radio.shards.sampledata import write_sample_data
 from radio.shards.tar import expand_shards
+from radio.store.layout import StoreError
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,23 @@ import pytest
 
 import radio.shards.tar as shards_module
 from radio.config import load_pipeline
-from radio.shards import counts
-from radio.featurize.graph import (GiB, ClusterMemory, ClusterTooSmall, StageSpec, plan_passes, run_local, stage_specs,
-                                   teacher_memory, teacher_size)
+from radio.featurize.graph import (
+    ClusterMemory,
+    ClusterTooSmall,
+    GiB,
+    StageSpec,
+    plan_passes,
+    run_local,
+    stage_specs,
+    teacher_memory,
+    teacher_size,
+)
 from radio.featurize.job import _settings, prepare, select
 from radio.featurize.records import KeyJob
+from radio.shards import counts
+from radio.shards.sampledata import write_sample_data
 from radio.store.inspect import verify_store
 from radio.store.layout import FeatureStore
-from radio.shards.sampledata import write_sample_data
 
 
 @pytest.fixture(scope="module")

@@ -25,11 +25,13 @@ from radio.featurize.teachers import (
     TeacherError,
     TeacherOutput,
     create_teacher,
+    dinov2,
     get_spec,
     list_teachers,
     register_teacher,
+    registry,
+    siglip,
 )
-from radio.featurize.teachers import dinov2, registry, siglip
 from radio.featurize.teachers.clip import CLIP_TINY
 
 ALL_NAMES = [

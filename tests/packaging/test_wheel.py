@@ -12,10 +12,8 @@ import site
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
-
 from package_tree import REPO, source_modules
 
 _NOT_SOURCE = (".venv", ".git", "build", "dist", "data", "runs", "tests", "bench", "*.egg-info", "__pycache__",

@@ -17,14 +17,14 @@ from typer.testing import CliRunner
 
 from radio.cli.main import app
 from radio.config import load_pipeline
-from radio.store.manifest import Manifest
-from radio.store.shardread import ShardRuns
-from radio.store.targets import TargetReader
 from radio.store import compact as c
 from radio.store.checksums import CorruptError, MissingDataError, has_checksums
 from radio.store.inspect import repair_commands, verify_report
 from radio.store.layout import FeatureStore
+from radio.store.manifest import Manifest
 from radio.store.normalizers import current_fingerprint, fit_store, load_phis
+from radio.store.shardread import ShardRuns
+from radio.store.targets import TargetReader
 
 pytestmark = pytest.mark.slow
 KEY = "dinov2@112"  # compacted below (features and summary), raw kept

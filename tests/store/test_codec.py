@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from radio.store.codec import CodecError, decode, decode_on_device, encode, fit_codec, rank_for_variance, variance_retained
+from radio.store.codec import (
+    CodecError,
+    decode,
+    decode_on_device,
+    encode,
+    fit_codec,
+    rank_for_variance,
+    variance_retained,
+)
 from radio.store.moments import Moments
 from radio.store.phis import fit_phis
 

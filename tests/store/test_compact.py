@@ -127,10 +127,10 @@ def test_trainer_on_a_mixed_raw_and_compact_stage_matches_raw_training(fitted, t
 
 def test_featurize_writes_compact_directly_after_fit_phis_max_tars(tiny_store, repo, tmp_path):
     from radio.config import load_pipeline
-    from radio.store.compact_decode import compact_keys
+    from radio.featurize.graph import run_local
     from radio.featurize.job import _settings, prepare, select
-    from radio.featurize.graph import build_stages, run_local
     from radio.shards.sampledata import write_sample_data
+    from radio.store.compact_decode import compact_keys
 
     _, ref_path = tiny_store
     write_sample_data(tmp_path / "shards", images=40, shard_size=16, seed=11, corrupt=2)  # the tiny store's shards

@@ -6,8 +6,6 @@ lease object, written by a Lease in this process or by hand for holders on other
 
 from __future__ import annotations
 
-import uuid
-
 import json
 import os
 import shutil
@@ -16,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest

@@ -20,8 +20,14 @@ from radio.store import compact as c
 from radio.store.codec import decode
 from radio.store.inspect import store_info, verify_store
 from radio.store.layout import FeatureStore
-from radio.store.normalizers import (current_fingerprint, fit_store, load_teacher_phis, normalizer_info,
-                                     normalizer_versions, teacher_of)  # fmt: skip
+from radio.store.normalizers import (
+    current_fingerprint,
+    fit_store,
+    load_teacher_phis,
+    normalizer_info,
+    normalizer_versions,  # fmt: skip
+    teacher_of,
+)
 
 pytestmark = pytest.mark.slow
 KEY = "dinov2@112"
@@ -101,8 +107,8 @@ def _valid_rows(ref: FeatureStore, key: str) -> np.ndarray:
 
 def test_refit_adds_a_normalizer_and_compact_only_data_still_decodes_in_the_new_space_and_trains(
         readme_flow, tiny_store, tmp_path):  # fmt: skip
-    from radio.store.compact_decode import CompactDecoder
     from radio.distill.trainer import train_stage
+    from radio.store.compact_decode import CompactDecoder
 
     config, path, first = readme_flow
     store = _copy(path, tmp_path)
@@ -328,8 +334,8 @@ def test_compact_summary_checks_every_key_before_any_work(fitted, tmp_path):
 
 
 def test_featurize_after_a_refit_writes_new_tars_in_the_normalizer_their_key_is_compacted_in(repo, tiny_store, tmp_path):
-    from radio.store.compact_decode import CompactDecoder, compact_keys
     from radio.featurize.job import prepare, select
+    from radio.store.compact_decode import CompactDecoder, compact_keys
 
     config = _tiny_config(repo, tmp_path)
     selection = select(config, ["dinov2"])

@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 
 from radio.cli.main import app
 from radio.config import load_pipeline
-from radio.store.inspect import store_info, verify_store
-from radio.store.layout import MANIFEST_SCHEMA, FeatureStore, Plan, StoreError
 from radio.shards.sampledata import CORRUPT_KINDS, write_sample_data
 from radio.shards.tar import ShardReader, TarFiles
+from radio.store.inspect import store_info, verify_store
+from radio.store.layout import MANIFEST_SCHEMA, FeatureStore, Plan, StoreError
 
 # -- file:// URLs: the local case through the same code ----------------------------------------
 

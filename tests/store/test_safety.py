@@ -8,8 +8,6 @@ monkeypatching the one call that fails.
 
 from __future__ import annotations
 
-import uuid
-
 import errno
 import json
 import os
@@ -18,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
