@@ -48,9 +48,13 @@ def _featurize(tmp: Path, model: str, job: KeyJob, images: int, batch: int) -> F
     store = FeatureStore.create(tmp / f"{model}.zarr", plan_rows(expand_shards([str(shards / "*.tar")]), 8), {})
     spec = get_spec(model)
     g = job.resolution // spec.patch
-    store.create_target(job.key, grid=(g, g), feature_dim=spec.feature_dim, summary_dim=spec.summary_dim,
-                        provenance={"grid": [g, g], "feature_dim": spec.feature_dim, "summary_dim": spec.summary_dim,
-                                    "model": model})  # fmt: skip
+    store.create_target(
+        job.key,
+        grid=(g, g),
+        feature_dim=spec.feature_dim,
+        summary_dim=spec.summary_dim,
+        provenance={"grid": [g, g], "feature_dim": spec.feature_dim, "summary_dim": spec.summary_dim, "model": model},
+    )
     items = [WorkItem(tp.index, model, model, None, (job,)) for tp in store.plan.tars]
     for r in run_local(store, items, FeaturizeSettings(), batch):
         assert r.error is None, r.error
@@ -72,23 +76,38 @@ def _codec_rows(x: np.ndarray) -> dict:
     p = fit_phis(Moments.of(fit))
     y = torch.from_numpy(p.normalize(test)).float()
     c = x.shape[-1]
-    out = {"channels": c, "fit_vectors": len(fit), "test_vectors": len(test), "codecs": {},
-           "spectrum": {f"top{k}": p.variance_share(k) for k in (1, 10, 100, c // 4, c // 2) if k <= c}}  # fmt: skip
+    out = {
+        "channels": c,
+        "fit_vectors": len(fit),
+        "test_vectors": len(test),
+        "codecs": {},
+        "spectrum": {f"top{k}": p.variance_share(k) for k in (1, 10, 100, c // 4, c // 2) if k <= c},
+    }
     cut = np.cumsum(p.eigenvalues) / p.eigenvalues.sum()
     out["rank_for"] = {str(v): int(np.searchsorted(cut, v) + 1) for v in (0.9, 0.95, 0.99, 0.999)}
-    plans = {"int8": dict(name="int8"), "fp8": dict(name="fp8"), f"int8 rank {c // 4}": dict(name="int8", rank=c // 4),
-             "int8 variance 0.99": dict(name="int8", variance=0.99)}  # fmt: skip
+    plans = {
+        "int8": dict(name="int8"),
+        "fp8": dict(name="fp8"),
+        f"int8 rank {c // 4}": dict(name="int8", rank=c // 4),
+        "int8 variance 0.99": dict(name="int8", variance=0.99),
+    }
     for label, kw in plans.items():
         codec = fit_codec(p, **kw)
         decoded = decode(codec, encode(codec, y))
-        out["codecs"][label] = {"rank": codec.rank, "bytes_vs_raw_fp16": codec.stored_channels / (2 * c),
-                                "variance_retained": variance_retained(y, decoded)}  # fmt: skip
+        out["codecs"][label] = {
+            "rank": codec.rank,
+            "bytes_vs_raw_fp16": codec.stored_channels / (2 * c),
+            "variance_retained": variance_retained(y, decoded),
+        }
     return out
 
 
 def real_size(tmp: Path, images: int, quick: bool) -> dict:
-    teachers = [("dinov2_tiny", KeyJob("dinov2@112", 112), 16), ("sam_tiny", KeyJob("sam@128", 128, 2, 256), 4)] if quick \
-        else [("dinov2_b_reg", KeyJob("dinov2_b@224", 224), 16), ("sam_b", KeyJob("sam_b@256", 256, 4, 1024), 16)]  # fmt: skip
+    teachers = (
+        [("dinov2_tiny", KeyJob("dinov2@112", 112), 16), ("sam_tiny", KeyJob("sam@128", 128, 2, 256), 4)]
+        if quick
+        else [("dinov2_b_reg", KeyJob("dinov2_b@224", 224), 16), ("sam_b", KeyJob("sam_b@256", 256, 4, 1024), 16)]
+    )
     results = {}
     for model, job, batch in teachers:
         store = _featurize(tmp, model, job, images, batch)
@@ -96,10 +115,12 @@ def real_size(tmp: Path, images: int, quick: bool) -> dict:
         fit_store(store)
         compact_store_key(store, job.key)
         info = {k.key: k for k in store_info(store.path)["keys"]}[job.key]
-        r["store_int8"] = {"raw_disk_bytes_per_sample": info.stored_bytes_per_sample,
-                           "compact_disk_bytes_per_sample": info.compact_stored_bytes_per_sample,
-                           "disk_ratio": info.compact_stored_bytes_per_sample / info.stored_bytes_per_sample,
-                           "variance_retained_in_sample": info.variance_retained}  # fmt: skip
+        r["store_int8"] = {
+            "raw_disk_bytes_per_sample": info.stored_bytes_per_sample,
+            "compact_disk_bytes_per_sample": info.compact_stored_bytes_per_sample,
+            "disk_ratio": info.compact_stored_bytes_per_sample / info.stored_bytes_per_sample,
+            "variance_retained_in_sample": info.variance_retained,
+        }
         results[job.key] = r | {"model": model, "images": images}
     return results
 
@@ -140,8 +161,13 @@ def tiny_training(tmp: Path, steps: int) -> dict:
 
     root = Path(__file__).resolve().parents[1]
     write_sample_data(tmp / "tiny_shards", images=40, shard_size=16, seed=11, corrupt=2)
-    config = load_pipeline(root / "pipelines.yaml", "tiny", data=str(tmp / "tiny_shards" / "*.tar"),
-                           store=str(tmp / "raw.zarr"), out=str(tmp / "run_raw"))  # fmt: skip
+    config = load_pipeline(
+        root / "pipelines.yaml",
+        "tiny",
+        data=str(tmp / "tiny_shards" / "*.tar"),
+        store=str(tmp / "raw.zarr"),
+        out=str(tmp / "run_raw"),
+    )
     store, items = prepare(config, select(config))
     assert all(r.error is None for r in run_local(store, items, _settings(config), config.featurize.batch_size))
     fit_store(store)
@@ -150,8 +176,9 @@ def tiny_training(tmp: Path, steps: int) -> dict:
     ((_, keys),) = stage_targets(compact, config, 1)
     for t in keys:
         compact_store_key(compact, t.key, summary=t.summary)
-    int8_config = config.model_copy(update={"store": config.store.model_copy(update={"path": str(tmp / "int8.zarr")}),
-                                            "out": str(tmp / "run_int8")})  # fmt: skip
+    int8_config = config.model_copy(
+        update={"store": config.store.model_copy(update={"path": str(tmp / "int8.zarr")}), "out": str(tmp / "run_int8")}
+    )
     train_stage(config, 1, steps=steps)
     train_stage(int8_config, 1, steps=steps)
     raw_f = _held_out_fidelity(config, tmp / "raw.zarr", RunFolder(tmp / "run_raw").stage(1).weights)
@@ -160,8 +187,14 @@ def tiny_training(tmp: Path, steps: int) -> dict:
     def gm(v: dict[str, float]) -> float:
         return math.exp(np.mean([math.log(x) for x in v.values()]))
 
-    return {"steps": steps, "raw": raw_f, "int8": int8_f, "geometric_mean_raw": gm(raw_f),
-            "geometric_mean_int8": gm(int8_f), "ratio": gm(int8_f) / gm(raw_f)}  # fmt: skip
+    return {
+        "steps": steps,
+        "raw": raw_f,
+        "int8": int8_f,
+        "geometric_mean_raw": gm(raw_f),
+        "geometric_mean_int8": gm(int8_f),
+        "ratio": gm(int8_f) / gm(raw_f),
+    }
 
 
 def main() -> None:
@@ -180,22 +213,39 @@ def main() -> None:
         if args.part in ("all", "tiny"):
             results["tiny_training"] = tiny_training(tmp, args.steps)
     for key, r in results["real_size"].items():
-        print(f"{key} ({r['model']}, C = {r['channels']}; PHI-S fitted on {r['fit_vectors']} vectors, "
-              f"measured on {r['test_vectors']} others):")
+        print(
+            f"{key} ({r['model']}, C = {r['channels']}; PHI-S fitted on {r['fit_vectors']} vectors, "
+            f"measured on {r['test_vectors']} others):"
+        )
         for label, c in r["codecs"].items():
-            print(f"  {label:<22} bytes ÷ raw fp16 {c['bytes_vs_raw_fp16']:.4f}   variance retained {c['variance_retained']:.5f}")
+            print(
+                f"  {label:<22} bytes ÷ raw fp16 {c['bytes_vs_raw_fp16']:.4f}   variance retained {c['variance_retained']:.5f}"
+            )
         s = r["store_int8"]
-        print(f"  store compact int8 on disk: {s['compact_disk_bytes_per_sample']:.0f} B/sample vs raw "
-              f"{s['raw_disk_bytes_per_sample']:.0f} (zstd) = {s['disk_ratio']:.3f}")
-        print("  spectrum (variance share): " + ", ".join(f"{k} {v:.3f}" for k, v in r["spectrum"].items())
-              + "; rank for " + ", ".join(f"{k}: {v}" for k, v in r["rank_for"].items()))
-    t = results["tiny_training"] or {"steps": 0, "raw": {}, "geometric_mean_raw": math.nan,
-                                     "geometric_mean_int8": math.nan, "ratio": math.nan}  # fmt: skip
+        print(
+            f"  store compact int8 on disk: {s['compact_disk_bytes_per_sample']:.0f} B/sample vs raw "
+            f"{s['raw_disk_bytes_per_sample']:.0f} (zstd) = {s['disk_ratio']:.3f}"
+        )
+        print(
+            "  spectrum (variance share): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in r["spectrum"].items())
+            + "; rank for "
+            + ", ".join(f"{k}: {v}" for k, v in r["rank_for"].items())
+        )
+    t = results["tiny_training"] or {
+        "steps": 0,
+        "raw": {},
+        "geometric_mean_raw": math.nan,
+        "geometric_mean_int8": math.nan,
+        "ratio": math.nan,
+    }
     print(f"tiny stage 1, {t['steps']} steps, held-out F[X] vs raw targets (PHI-S space):")
     for k in t["raw"]:
         print(f"  {k:<12} raw-trained {t['raw'][k]:.4f}   int8-trained {t['int8'][k]:.4f}")
-    print(f"  geometric mean: raw {t['geometric_mean_raw']:.4f}, int8 {t['geometric_mean_int8']:.4f}, "
-          f"ratio {t['ratio']:.4f} (target ≥ 0.99)")
+    print(
+        f"  geometric mean: raw {t['geometric_mean_raw']:.4f}, int8 {t['geometric_mean_int8']:.4f}, "
+        f"ratio {t['ratio']:.4f} (target ≥ 0.99)"
+    )
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / f"compact{'' if args.part == 'all' else '_' + args.part}.json").write_text(json.dumps(results, indent=2))

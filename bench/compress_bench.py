@@ -35,7 +35,9 @@ def main() -> None:
     ap.add_argument("--grid", type=int, default=64, help="h = w of the token grid (N = grid²)")
     ap.add_argument("--channels", type=int, default=1280)
     ap.add_argument("--tokens", type=int, default=256, help="target T")
-    ap.add_argument("--reps", type=int, default=2, help="timed repetitions of each; the best is kept (the first warms up)")
+    ap.add_argument(
+        "--reps", type=int, default=2, help="timed repetitions of each; the best is kept (the first warms up)"
+    )
     args = ap.parse_args()
     b, g, c, t = args.batch, args.grid, args.channels, args.tokens
     x = torch.randn(b, g * g, c, generator=torch.Generator().manual_seed(0))
@@ -58,14 +60,29 @@ def main() -> None:
     assert res.tokens.shape == (b, t, c)
     ratio = best_merge / best_core
     rounds = " → ".join(str(n) for n in (g * g, *res.counts))
-    print(f"strided ToMe {b} × {g}x{g} × {c} → {t} tokens (rounds {rounds}): {best_merge:.2f} s; "
-          f"one [B, N, C] cosine-similarity matmul (N×N per image): {best_core:.2f} s; "
-          f"merge ÷ matmul = {ratio:.3f} ({torch.get_num_threads()} threads)")
+    print(
+        f"strided ToMe {b} × {g}x{g} × {c} → {t} tokens (rounds {rounds}): {best_merge:.2f} s; "
+        f"one [B, N, C] cosine-similarity matmul (N×N per image): {best_core:.2f} s; "
+        f"merge ÷ matmul = {ratio:.3f} ({torch.get_num_threads()} threads)"
+    )
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "compress.json").write_text(json.dumps({
-        "batch": b, "grid": g, "channels": c, "tokens": t, "rounds": list(res.counts), "merge_s": best_merge,
-        "cosine_matmul_s": best_core, "ratio": ratio, "threads": torch.get_num_threads()}, indent=2))  # fmt: skip
+    (out / "compress.json").write_text(
+        json.dumps(
+            {
+                "batch": b,
+                "grid": g,
+                "channels": c,
+                "tokens": t,
+                "rounds": list(res.counts),
+                "merge_s": best_merge,
+                "cosine_matmul_s": best_core,
+                "ratio": ratio,
+                "threads": torch.get_num_threads(),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

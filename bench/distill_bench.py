@@ -47,14 +47,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         write_sample_data(tmp / "shards", images=args.images, shard_size=32, seed=0)
-        config = load_pipeline(REPO / "pipelines.yaml", "tiny", data=str(tmp / "shards" / "*.tar"),
-                               store=str(tmp / "store.zarr"), out=str(tmp / "run"))  # fmt: skip
+        config = load_pipeline(
+            REPO / "pipelines.yaml",
+            "tiny",
+            data=str(tmp / "shards" / "*.tar"),
+            store=str(tmp / "store.zarr"),
+            out=str(tmp / "run"),
+        )
         featurize_in_process(config)
         store = FeatureStore(config.store.path)
         fit_store(store)
 
         # ---- 1. loader vs decode + resize ---------------------------------------------------
-        (resolution, keys), = stage_targets(store, config, 1)
+        ((resolution, keys),) = stage_targets(store, config, 1)
         rows = split_rows(store, [t.key for t in keys], 0).train
         ds = PartitionRows(str(store.path), resolution, keys)
         ds[(int(rows[0]), False)]  # open the store and manifest outside the timing
@@ -64,7 +69,9 @@ def main() -> None:
         def decode_resize():
             for r in rows:
                 image = read_image(m.tar_paths[int(m.tar_of(np.array([r]))[0])], int(c["offset"][r]), int(c["size"][r]))
-                crop_resize(image, CropBox(int(c["crop_x"][r]), int(c["crop_y"][r]), int(c["crop_size"][r])), resolution)
+                crop_resize(
+                    image, CropBox(int(c["crop_x"][r]), int(c["crop_y"][r]), int(c["crop_size"][r])), resolution
+                )
 
         def loader():  # worker batch slices of 8 rows, as the trainer's DataLoader asks
             for i in range(0, len(rows), 8):
@@ -78,8 +85,13 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t)
         base = len(rows) / min(times["decode_resize"])
         load = len(rows) / min(times["loader"])
-        results["loader"] = {"rows": len(rows), "keys": len(keys), "decode_resize_per_s": base,
-                             "loader_per_s": load, "ratio": load / base}  # fmt: skip
+        results["loader"] = {
+            "rows": len(rows),
+            "keys": len(keys),
+            "decode_resize_per_s": base,
+            "loader_per_s": load,
+            "ratio": load / base,
+        }
 
         # ---- 2. trainer images/s and data wait ------------------------------------------------
         results["trainer"] = {}
@@ -94,11 +106,15 @@ def main() -> None:
             }
 
     lo = results["loader"]
-    print(f"loader ({lo['rows']} rows at {resolution} px, {lo['keys']} target keys): {lo['loader_per_s']:.1f} samples/s "
-          f"per worker ÷ decode + crop + resize alone {lo['decode_resize_per_s']:.1f} images/s = {lo['ratio']:.3f}")
+    print(
+        f"loader ({lo['rows']} rows at {resolution} px, {lo['keys']} target keys): {lo['loader_per_s']:.1f} samples/s "
+        f"per worker ÷ decode + crop + resize alone {lo['decode_resize_per_s']:.1f} images/s = {lo['ratio']:.3f}"
+    )
     for workers, r in results["trainer"].items():
-        print(f"trainer (tiny student, stage 1, batch {config.stages[0].partitions[0].batch_size}, {workers} loader "
-              f"workers): {r['images_per_s']:.1f} images/s, data wait {r['data_wait']:.1%} of step time")
+        print(
+            f"trainer (tiny student, stage 1, batch {config.stages[0].partitions[0].batch_size}, {workers} loader "
+            f"workers): {r['images_per_s']:.1f} images/s, data wait {r['data_wait']:.1%} of step time"
+        )
     out_dir = Path(__file__).parent / "results"
     out_dir.mkdir(exist_ok=True)
     (out_dir / "distill.json").write_text(json.dumps(results, indent=2))

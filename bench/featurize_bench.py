@@ -51,17 +51,29 @@ def _store(tmp: Path, name: str, shards: Path, jobs: dict[str, KeyJob], shard_ro
     for model, job in jobs.items():
         spec = get_spec(model)
         g = spec.grid(job.resolution)
-        store.create_target(job.key, grid=(g, g), feature_dim=spec.feature_dim, summary_dim=spec.summary_dim,
-                            provenance={"grid": [g, g], "feature_dim": spec.feature_dim,
-                                        "summary_dim": spec.summary_dim, "model": model})  # fmt: skip
+        store.create_target(
+            job.key,
+            grid=(g, g),
+            feature_dim=spec.feature_dim,
+            summary_dim=spec.summary_dim,
+            provenance={
+                "grid": [g, g],
+                "feature_dim": spec.feature_dim,
+                "summary_dim": spec.summary_dim,
+                "model": model,
+            },
+        )
     return store
 
 
 def _pipeline(store: FeatureStore, jobs: dict[str, KeyJob], batch: int, threads: int) -> tuple[float, int, float]:
     """(images/s, images, decodes per sample) of the featurize graph in this process, with every
     teacher loaded before the clock starts (as long-lived actors have them)."""
-    items = [WorkItem(tp.index, f"t{i}", model, None, (job,)) for tp in store.plan.tars
-             for i, (model, job) in enumerate(jobs.items())]  # fmt: skip
+    items = [
+        WorkItem(tp.index, f"t{i}", model, None, (job,))
+        for tp in store.plan.tars
+        for i, (model, job) in enumerate(jobs.items())
+    ]
     for tp in store.plan.tars:  # a repeat recomputes everything
         for job in jobs.values():
             store.array(job.key, "complete")[tp.index] = 0
@@ -112,7 +124,9 @@ def _crops(shards: Path, resolution: int) -> torch.Tensor:
         for x in ShardReader(tar):
             if x.valid:
                 h, w = x.pixels.shape[:2]
-                crops.append(crop_resize(x.pixels, choose_crop(s.seed, x.key, w, h, s.crop_kind, s.crop_scale), resolution))
+                crops.append(
+                    crop_resize(x.pixels, choose_crop(s.seed, x.key, w, h, s.crop_kind, s.crop_scale), resolution)
+                )
     return torch.from_numpy(np.stack(crops))
 
 
@@ -177,9 +191,15 @@ def _four(tmp: Path, spec: str, images: int, batch: int, threads: int, repeat: i
         rate, n, decodes = _pipeline(store, jobs, batch, threads)
         pipe = max(pipe, rate)
     combined = 1.0 / sum(1.0 / r for r in bare.values())  # the forwards back to back
-    return {"teachers": {j.key: {"bare_images_per_s": bare[m]} for m, j in jobs.items()}, "images": n, "tar_size": tar_size,
-            "decodes_per_image": decodes, "bare_images_per_s": combined, "pipeline_images_per_s": pipe,
-            "ratio": pipe / combined}  # fmt: skip
+    return {
+        "teachers": {j.key: {"bare_images_per_s": bare[m]} for m, j in jobs.items()},
+        "images": n,
+        "tar_size": tar_size,
+        "decodes_per_image": decodes,
+        "bare_images_per_s": combined,
+        "pipeline_images_per_s": pipe,
+        "ratio": pipe / combined,
+    }
 
 
 def main() -> None:
@@ -191,13 +211,24 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--repeat", type=int, default=2, help="alternating measurements of each side; best kept")
-    ap.add_argument("--four", default="dinov2_b_reg@224,openai_clip_l14_336@224,siglip_so400m_378@224,sam_b@256x4",
-                    help="the four-teacher case: model@resolution[xMOSAIC], comma-separated")
+    ap.add_argument(
+        "--four",
+        default="dinov2_b_reg@224,openai_clip_l14_336@224,siglip_so400m_378@224,sam_b@256x4",
+        help="the four-teacher case: model@resolution[xMOSAIC], comma-separated",
+    )
     ap.add_argument("--four-images", type=int, default=32)
-    ap.add_argument("--four-tar-size", type=int, default=None,
-                    help="samples per tar in the four-teacher case (default: the batch size, so tars hold whole batches)")
-    ap.add_argument("--case", choices=["all", "efficiency", "four"], default="all",
-                    help="efficiency: the one-teacher ratio, mosaic ratio and bytes; four: the four-teacher case")
+    ap.add_argument(
+        "--four-tar-size",
+        type=int,
+        default=None,
+        help="samples per tar in the four-teacher case (default: the batch size, so tars hold whole batches)",
+    )
+    ap.add_argument(
+        "--case",
+        choices=["all", "efficiency", "four"],
+        default="all",
+        help="efficiency: the one-teacher ratio, mosaic ratio and bytes; four: the four-teacher case",
+    )
     ap.add_argument("--quick", action="store_true", help="tiny teachers, for a smoke run (ratios not meaningful)")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
     args = ap.parse_args()
@@ -211,12 +242,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if args.case in ("all", "four"):
-            results["four"] = four = _four(tmp, args.four, args.four_images, args.batch, args.threads, args.repeat,
-                                              args.four_tar_size or args.batch)
-            print(f"four teachers ({args.four}, batch {args.batch}, {args.threads} threads, {four['images']} images, tars of {four['tar_size']}): "
-                  f"decodes per image {four['decodes_per_image']:.2f} (must be 1.0); pipeline "
-                  f"{four['pipeline_images_per_s']:.2f} images/s ÷ bare forwards back to back "
-                  f"{four['bare_images_per_s']:.2f} images/s = {four['ratio']:.3f}  (target ≥ 0.9)")  # fmt: skip
+            results["four"] = four = _four(
+                tmp,
+                args.four,
+                args.four_images,
+                args.batch,
+                args.threads,
+                args.repeat,
+                args.four_tar_size or args.batch,
+            )
+            print(
+                f"four teachers ({args.four}, batch {args.batch}, {args.threads} threads, {four['images']} images, tars of {four['tar_size']}): "
+                f"decodes per image {four['decodes_per_image']:.2f} (must be 1.0); pipeline "
+                f"{four['pipeline_images_per_s']:.2f} images/s ÷ bare forwards back to back "
+                f"{four['bare_images_per_s']:.2f} images/s = {four['ratio']:.3f}  (target ≥ 0.9)"
+            )
             if args.case == "four":
                 _write(results, args.json)
                 return
@@ -241,22 +281,39 @@ def main() -> None:
         n_mosaic = 16
         k4 = _mosaic_images_per_s(tmp, args.sam, 4, canvas, res, n_mosaic, args.threads)
         k1 = _mosaic_images_per_s(tmp, args.sam, 1, canvas, res, max(1, n_mosaic // 4), args.threads)
-        results["mosaic"] = {"resolution": res, "canvas": canvas, "k4_images_per_s": k4, "k1_images_per_s": k1,
-                             "ratio": k4 / k1}  # fmt: skip
+        results["mosaic"] = {
+            "resolution": res,
+            "canvas": canvas,
+            "k4_images_per_s": k4,
+            "k1_images_per_s": k1,
+            "ratio": k4 / k1,
+        }
 
         info = store_info(store.path)
-        results["bytes"] = {k.key: {"raw_fp16": k.raw_bytes_per_sample, "stored": k.stored_bytes_per_sample,
-                            "moments_per_tar": k.moments_bytes} for k in info["keys"]}  # fmt: skip
+        results["bytes"] = {
+            k.key: {
+                "raw_fp16": k.raw_bytes_per_sample,
+                "stored": k.stored_bytes_per_sample,
+                "moments_per_tar": k.moments_bytes,
+            }
+            for k in info["keys"]
+        }
 
     eff, mos = results["efficiency"], results["mosaic"]
-    print(f"featurize efficiency ({args.teacher} @ {args.resolution}, batch {args.batch}, {args.threads} threads, "
-          f"{n} images): pipeline {eff['pipeline_images_per_s']:.2f} images/s ÷ bare forward "
-          f"{eff['bare_images_per_s']:.2f} images/s = {eff['ratio']:.3f}  (target ≥ 0.9)")
-    print(f"mosaic ({args.sam}, {res} px images on a {canvas} canvas, one canvas per forward): k=4 {mos['k4_images_per_s']:.2f} "
-          f"images/s ÷ k=1 {mos['k1_images_per_s']:.2f} images/s = {mos['ratio']:.2f}  (ideal 16, target ≥ 12)")
+    print(
+        f"featurize efficiency ({args.teacher} @ {args.resolution}, batch {args.batch}, {args.threads} threads, "
+        f"{n} images): pipeline {eff['pipeline_images_per_s']:.2f} images/s ÷ bare forward "
+        f"{eff['bare_images_per_s']:.2f} images/s = {eff['ratio']:.3f}  (target ≥ 0.9)"
+    )
+    print(
+        f"mosaic ({args.sam}, {res} px images on a {canvas} canvas, one canvas per forward): k=4 {mos['k4_images_per_s']:.2f} "
+        f"images/s ÷ k=1 {mos['k1_images_per_s']:.2f} images/s = {mos['ratio']:.2f}  (ideal 16, target ≥ 12)"
+    )
     for key, b in results["bytes"].items():
-        print(f"bytes per sample {key}: raw fp16 {b['raw_fp16']}, stored {b['stored']:.0f} "
-              f"(compression {b['raw_fp16'] / b['stored']:.2f}x); moments {b['moments_per_tar']} bytes per tar")  # fmt: skip
+        print(
+            f"bytes per sample {key}: raw fp16 {b['raw_fp16']}, stored {b['stored']:.0f} "
+            f"(compression {b['raw_fp16'] / b['stored']:.2f}x); moments {b['moments_per_tar']} bytes per tar"
+        )
     _write(results, args.json)
 
 

@@ -43,22 +43,43 @@ SHARD_ROWS = 64
 
 def build_store(path: Path, rows: int, big_rows: int, compressor: str) -> FeatureStore:
     """A store of ``rows`` rows (one fake tar per shard); ``big`` holds only its first ``big_rows``."""
-    plan = Plan.build([(f"/nonexistent/{i:05d}.tar", 0, SHARD_ROWS, None) for i in range(rows // SHARD_ROWS)], SHARD_ROWS)
+    plan = Plan.build(
+        [(f"/nonexistent/{i:05d}.tar", 0, SHARD_ROWS, None) for i in range(rows // SHARD_ROWS)], SHARD_ROWS
+    )
     store = FeatureStore.create(path, plan, {"bench": True})
-    store.create_target("clip", grid=(16, 16), feature_dim=1280, summary_dim=1280, provenance={"k": 1},
-                        compressor=compressor)  # fmt: skip
-    store.create_target("sam", grid=(64, 64), feature_dim=1280, summary_dim=None, provenance={"k": 2},
-                        compressor=compressor)  # fmt: skip
+    store.create_target(
+        "clip", grid=(16, 16), feature_dim=1280, summary_dim=1280, provenance={"k": 1}, compressor=compressor
+    )
+    store.create_target(
+        "sam", grid=(64, 64), feature_dim=1280, summary_dim=None, provenance={"k": 2}, compressor=compressor
+    )
     # The same key compacted to int8 (`radio store compact` layout: targets/clip/compact/features,
     # 1-row chunks in 64-row shards, the raw arrays' compressor and crc32c), to show reads scale with bytes.
     compressors = [zarr.codecs.ZstdCodec(level=0)] if compressor == "zstd" else None
     int8 = checksums.create_array(
-        store.root["targets"]["clip"].create_group("compact"), "features", shape=(plan.total_rows, 16, 16, 1280),
-        dtype="int8", chunks=(1, 16, 16, 1280), shards=(SHARD_ROWS, 16, 16, 1280), compressor=compressor, fill_value=0)  # fmt: skip
+        store.root["targets"]["clip"].create_group("compact"),
+        "features",
+        shape=(plan.total_rows, 16, 16, 1280),
+        dtype="int8",
+        chunks=(1, 16, 16, 1280),
+        shards=(SHARD_ROWS, 16, 16, 1280),
+        compressor=compressor,
+        fill_value=0,
+    )
     # The same features as stores wrote them before checksums (inner codecs: bytes only).
-    nocrc = store.root["targets"].create_group("clip_nocrc").create_array(
-        "features", shape=(plan.total_rows, 16, 16, 1280), dtype="float16", chunks=(1, 16, 16, 1280),
-        shards=(SHARD_ROWS, 16, 16, 1280), compressors=compressors, fill_value=0)  # fmt: skip
+    nocrc = (
+        store.root["targets"]
+        .create_group("clip_nocrc")
+        .create_array(
+            "features",
+            shape=(plan.total_rows, 16, 16, 1280),
+            dtype="float16",
+            chunks=(1, 16, 16, 1280),
+            shards=(SHARD_ROWS, 16, 16, 1280),
+            compressors=compressors,
+            fill_value=0,
+        )
+    )
     rng = np.random.default_rng(0)
     for start in range(0, rows, SHARD_ROWS):
         feats = rng.standard_normal((SHARD_ROWS, 16, 16, 1280), dtype=np.float32).astype(np.float16)
@@ -171,12 +192,19 @@ def manifest_rss(folder: Path, n: int) -> dict:
     tars = n // 10_000
     plan = Plan.build([(f"/shards/{i:08d}.tar", 0, 10_000, None) for i in range(tars)], SHARD_ROWS)
     rng = np.random.default_rng(0)
-    cols = {"offset": np.arange(plan.total_rows, dtype=np.int64) * 40_000, "size": np.full(plan.total_rows, 40_000),
-            "crop_x": rng.integers(0, 100, plan.total_rows), "crop_y": rng.integers(0, 100, plan.total_rows),
-            "crop_size": np.full(plan.total_rows, 224), "valid": np.ones(plan.total_rows, bool)}  # fmt: skip
+    cols = {
+        "offset": np.arange(plan.total_rows, dtype=np.int64) * 40_000,
+        "size": np.full(plan.total_rows, 40_000),
+        "crop_x": rng.integers(0, 100, plan.total_rows),
+        "crop_y": rng.integers(0, 100, plan.total_rows),
+        "crop_size": np.full(plan.total_rows, 224),
+        "valid": np.ones(plan.total_rows, bool),
+    }
     Manifest.from_arrays(plan, cols).save(folder)
     del cols
-    out = subprocess.run([sys.executable, "-c", MANIFEST_CHILD, str(folder)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", MANIFEST_CHILD, str(folder)], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -188,8 +216,11 @@ def main() -> None:
     ap.add_argument("--compressor", choices=["none", "zstd"], default="none")
     ap.add_argument("--manifest-rows", type=int, default=10_000_000)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--s3", action="store_true",
-                    help="also read the 16x16 key from a local S3 server (moto) and report it against local disk")
+    ap.add_argument(
+        "--s3",
+        action="store_true",
+        help="also read the 16x16 key from a local S3 server (moto) and report it against local disk",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -215,11 +246,15 @@ def main() -> None:
         r["int8_speedup"] = r["int8_features_rows_per_s"] / r["fp16_features_rows_per_s"]
         # crc32c on every row (direct reader, hardware crc32c) against the layout without it, interleaved
         nocrc_only = TargetReader(store.path, [("clip_nocrc", False)])
-        assert np.array_equal(nocrc_only.read(rows[:8])["clip_nocrc"]["features"], fp16_only.read(rows[:8])["clip"]["features"])
+        assert np.array_equal(
+            nocrc_only.read(rows[:8])["clip_nocrc"]["features"], fp16_only.read(rows[:8])["clip"]["features"]
+        )
         for mode, order in orders.items():
             pair = {"crc": fp16_only, "nocrc": nocrc_only}
-            best = alternating({k: (lambda rd=rd: [rd.read(order.batch(s)) for s in range(batches)]) for k, rd in pair.items()},
-                               args.repeat * 3)  # fmt: skip
+            best = alternating(
+                {k: (lambda rd=rd: [rd.read(order.batch(s)) for s in range(batches)]) for k, rd in pair.items()},
+                args.repeat * 3,
+            )
             for name, t in best.items():
                 r[f"{name}_{mode}_rows_per_s"] = n / t
             r[f"crc_ratio_{mode}"] = r[f"crc_{mode}_rows_per_s"] / r[f"nocrc_{mode}_rows_per_s"]
@@ -257,21 +292,39 @@ def main() -> None:
     print(f"  blocks mode {r['blocks_per_s']:8.0f} rows/s  = {r['ratio_blocks']:.2f} of raw")
     print(f"  zarr async  {r['zarr_async_rows_per_s']:8.0f} rows/s  (rows mode, for comparison)")
     print(f"  raw read    {r['raw_rows_per_s']:8.0f} rows/s  ({r['raw_gb_per_s']:.2f} GB/s)")
-    print(f"  features only, rows mode: fp16 {r['fp16_features_rows_per_s']:.0f} rows/s, int8 compact "
-          f"{r['int8_features_rows_per_s']:.0f} rows/s ({r['int8_speedup']:.2f}x for 0.5x the bytes)")
-    print(f"  crc32c on every row (features only): rows mode {r['crc_rows_rows_per_s']:.0f} vs "
-          f"{r['nocrc_rows_rows_per_s']:.0f} rows/s without ({r['crc_ratio_rows']:.3f}), blocks mode "
-          f"{r['crc_blocks_rows_per_s']:.0f} vs {r['nocrc_blocks_rows_per_s']:.0f} ({r['crc_ratio_blocks']:.3f})")
+    print(
+        f"  features only, rows mode: fp16 {r['fp16_features_rows_per_s']:.0f} rows/s, int8 compact "
+        f"{r['int8_features_rows_per_s']:.0f} rows/s ({r['int8_speedup']:.2f}x for 0.5x the bytes)"
+    )
+    print(
+        f"  crc32c on every row (features only): rows mode {r['crc_rows_rows_per_s']:.0f} vs "
+        f"{r['nocrc_rows_rows_per_s']:.0f} rows/s without ({r['crc_ratio_rows']:.3f}), blocks mode "
+        f"{r['crc_blocks_rows_per_s']:.0f} vs {r['nocrc_blocks_rows_per_s']:.0f} ({r['crc_ratio_blocks']:.3f})"
+    )
     if args.s3:
-        print(f"  from S3      {r['s3_rows_per_s']:8.0f} rows/s  = {r['s3_ratio_to_local']:.2f} of the same reads "
-              "on local disk (moto on 127.0.0.1)")
+        print(
+            f"  from S3      {r['s3_rows_per_s']:8.0f} rows/s  = {r['s3_ratio_to_local']:.2f} of the same reads "
+            "on local disk (moto on 127.0.0.1)"
+        )
     if args.big_rows:
-        print(f"64x64x1280 fp16 ({args.big_rows} rows, batches of 8): rows {r['big_rows_per_s']:.1f}/s "
-              f"({r['big_ratio_rows']:.2f}), blocks {r['big_blocks_per_s']:.1f}/s ({r['big_ratio_blocks']:.2f}), "
-              f"raw {r['big_raw_rows_per_s']:.1f}/s")  # fmt: skip
-    print(f"manifest: {r['manifest_rows']:,} rows opened in a fresh process: {r['manifest_rss_mb']:.1f} MB private "
-          f"resident, {r['manifest_rss_shared_file_mb']:.1f} MB of shared page cache mapped")
-    keys = ["rows_per_s", "blocks_per_s", "raw_rows_per_s", "ratio_rows", "ratio_blocks", "manifest_rows", "manifest_rss_mb"]
+        print(
+            f"64x64x1280 fp16 ({args.big_rows} rows, batches of 8): rows {r['big_rows_per_s']:.1f}/s "
+            f"({r['big_ratio_rows']:.2f}), blocks {r['big_blocks_per_s']:.1f}/s ({r['big_ratio_blocks']:.2f}), "
+            f"raw {r['big_raw_rows_per_s']:.1f}/s"
+        )
+    print(
+        f"manifest: {r['manifest_rows']:,} rows opened in a fresh process: {r['manifest_rss_mb']:.1f} MB private "
+        f"resident, {r['manifest_rss_shared_file_mb']:.1f} MB of shared page cache mapped"
+    )
+    keys = [
+        "rows_per_s",
+        "blocks_per_s",
+        "raw_rows_per_s",
+        "ratio_rows",
+        "ratio_blocks",
+        "manifest_rows",
+        "manifest_rss_mb",
+    ]
     out = {k: r[k] for k in keys} | {k: v for k, v in r.items() if k not in keys}
     out_dir = Path(__file__).parent / "results"
     out_dir.mkdir(exist_ok=True)

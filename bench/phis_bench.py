@@ -57,9 +57,17 @@ def main() -> None:
     ratio = t_gram / t_acc
 
     with tempfile.TemporaryDirectory() as d:
-        store = FeatureStore.create(Path(d) / "s.zarr", Plan.build([(f"t{i}.tar", 0, 8, None) for i in range(args.tars)], 8), {})
-        store.create_target("bench@1", grid=(1, 1), feature_dim=c, summary_dim=None, provenance={"grid": [1, 1],
-                            "feature_dim": c, "summary_dim": None}, compressor="none")  # fmt: skip
+        store = FeatureStore.create(
+            Path(d) / "s.zarr", Plan.build([(f"t{i}.tar", 0, 8, None) for i in range(args.tars)], 8), {}
+        )
+        store.create_target(
+            "bench@1",
+            grid=(1, 1),
+            feature_dim=c,
+            summary_dim=None,
+            provenance={"grid": [1, 1], "feature_dim": c, "summary_dim": None},
+            compressor="none",
+        )
         m = accumulate()
         for t in range(args.tars):
             store.write_moments("bench@1", t, "features", m)
@@ -68,12 +76,23 @@ def main() -> None:
         (report,) = fit_store(store, ["bench@1"])
         t_fit = time.perf_counter() - start
 
-    results = {"channels": c, "tokens": n, "accumulate_s": t_acc, "gram_s": t_gram, "ratio": ratio,
-               "fit_phis_s": t_fit, "tars": args.tars, "hadamard": report.hadamard}  # fmt: skip
-    print(f"moments accumulation ({n} vectors × {c} channels, windows of {args.window}): {n / t_acc:,.0f} vectors/s; "
-          f"plain float64 XᵀX {n / t_gram:,.0f} vectors/s; ratio {ratio:.3f} (ideal 1.0)")
-    print(f"fit-phis for C = {c} ({args.tars} per-tar moments merged, eigh, {report.hadamard}, Zarr write): "
-          f"{t_fit:.2f} s")
+    results = {
+        "channels": c,
+        "tokens": n,
+        "accumulate_s": t_acc,
+        "gram_s": t_gram,
+        "ratio": ratio,
+        "fit_phis_s": t_fit,
+        "tars": args.tars,
+        "hadamard": report.hadamard,
+    }
+    print(
+        f"moments accumulation ({n} vectors × {c} channels, windows of {args.window}): {n / t_acc:,.0f} vectors/s; "
+        f"plain float64 XᵀX {n / t_gram:,.0f} vectors/s; ratio {ratio:.3f} (ideal 1.0)"
+    )
+    print(
+        f"fit-phis for C = {c} ({args.tars} per-tar moments merged, eigh, {report.hadamard}, Zarr write): {t_fit:.2f} s"
+    )
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "phis.json").write_text(json.dumps(results, indent=2))

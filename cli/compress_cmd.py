@@ -19,11 +19,16 @@ def compress(
     images: Annotated[list[Path], typer.Option("--images", help="image file or folder of images; repeat for more")],
     tokens: Annotated[int, typer.Option("--tokens", help="token budget T per image")] = 196,
     resolution: Annotated[int, typer.Option("--resolution", help="input size R (R×R, a multiple of 16)")] = 432,
-    out: Annotated[Path | None, typer.Option("--out", help="folder for merged tokens, sizes, maps (safetensors)")] = None,
-    picture: Annotated[bool, typer.Option("--picture", help="also a PNG per image of its merged regions (needs --out)")] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="folder for merged tokens, sizes, maps (safetensors)")
+    ] = None,
+    picture: Annotated[
+        bool, typer.Option("--picture", help="also a PNG per image of its merged regions (needs --out)")
+    ] = False,
     stride: Annotated[tuple[int, int], typer.Option("--stride", help="destination windows, rows cols")] = (2, 2),
     one_round: Annotated[
-        bool, typer.Option("--one-round", help="pick the smallest k×k windows (k ≤ 4) that merge to --tokens in one round")
+        bool,
+        typer.Option("--one-round", help="pick the smallest k×k windows (k ≤ 4) that merge to --tokens in one round"),
     ] = False,
     seed: Annotated[int, typer.Option("--seed", help="seed of the random-destination baseline")] = 0,
 ) -> None:
@@ -48,8 +53,10 @@ def compress(
         patch = int(net.config["student"]["patch"])
         h = w = resolution // patch
         if tokens >= h * w:
-            raise CompressError(f"--tokens {tokens} must be smaller than the {h * w} tokens of the {h}x{w} grid "
-                                f"at --resolution {resolution}")  # fmt: skip
+            raise CompressError(
+                f"--tokens {tokens} must be smaller than the {h * w} tokens of the {h}x{w} grid "
+                f"at --resolution {resolution}"
+            )
         pixels = [read_image(p, resolution) for p in paths]
     except CompressError as e:
         raise fail(str(e)) from None
@@ -63,12 +70,23 @@ def compress(
         x = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0
         feats = net(x).features  # [B, h, w, D]
         b, fh, fw, d = feats.shape
-        scores, merged = compare_methods(feats.reshape(b, fh * fw, d).float(), (fh, fw), tokens,
-                                        stride="auto" if one_round else stride, seed=seed)  # fmt: skip
+        scores, merged = compare_methods(
+            feats.reshape(b, fh * fw, d).float(), (fh, fw), tokens, stride="auto" if one_round else stride, seed=seed
+        )
         per_batch.append(scores)
         if out is not None:
-            _write(out, names[start : start + b], paths[start : start + b], merged, (fh, fw), tokens, merged.stride, resolution,
-                   str(model), pixels[start : start + b] if picture else None)  # fmt: skip
+            _write(
+                out,
+                names[start : start + b],
+                paths[start : start + b],
+                merged,
+                (fh, fw),
+                tokens,
+                merged.stride,
+                resolution,
+                str(model),
+                pixels[start : start + b] if picture else None,
+            )
     _print_table(per_batch, names, tokens, (h, w), resolution)
     if out is not None:
         print(f"wrote {len(paths)} merged token files{' and pictures' if picture else ''} to {out}")
@@ -92,11 +110,25 @@ def _write(out: Path, names, paths, merged, grid, tokens, stride, resolution, mo
 
     out.mkdir(parents=True, exist_ok=True)
     for i, (name, path) in enumerate(zip(names, paths)):
-        tensors = {"tokens": merged.tokens[i], "sizes": merged.sizes[i], "group": merged.group[i],
-                   "positions": merged.positions[i].float(), "anchors": merged.anchors[i]}  # fmt: skip
-        meta = {"format": "radio-tome/1", "image": str(path), "model": model, "resolution": str(resolution),
-                "grid": f"{grid[0]}x{grid[1]}", "tokens": str(tokens), "stride": f"{stride[0]}x{stride[1]}"}  # fmt: skip
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(out / f"{name}.safetensors"), meta)
+        tensors = {
+            "tokens": merged.tokens[i],
+            "sizes": merged.sizes[i],
+            "group": merged.group[i],
+            "positions": merged.positions[i].float(),
+            "anchors": merged.anchors[i],
+        }
+        meta = {
+            "format": "radio-tome/1",
+            "image": str(path),
+            "model": model,
+            "resolution": str(resolution),
+            "grid": f"{grid[0]}x{grid[1]}",
+            "tokens": str(tokens),
+            "stride": f"{stride[0]}x{stride[1]}",
+        }
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(out / f"{name}.safetensors"), meta
+        )
         if pixels is not None:
             from PIL import Image
 
@@ -113,8 +145,10 @@ def _print_table(per_batch, names, tokens, grid, resolution) -> None:
     from .console import make_console
 
     methods = per_batch[0]
-    table = Table(title=f"token compression: {grid[0]}x{grid[1]} = {grid[0] * grid[1]} tokens at {resolution}px "
-                        f"→ budget {tokens}; relative MSE of the unmerged tokens (lower is better)")  # fmt: skip
+    table = Table(
+        title=f"token compression: {grid[0]}x{grid[1]} = {grid[0] * grid[1]} tokens at {resolution}px "
+        f"→ budget {tokens}; relative MSE of the unmerged tokens (lower is better)"
+    )
     table.add_column("method")
     table.add_column("tokens", justify="right")
     table.add_column("channels", justify="right")
@@ -132,7 +166,13 @@ def _print_table(per_batch, names, tokens, grid, resolution) -> None:
             cos = torch.cat([r.cosine for r in rows])
             cells = [f"{v:.4f}" for v in rel[: len(shown)].tolist()]
             cells += [f"{rel.mean():.4f}", f"{rel.max():.4f}", f"{cos.mean():.4f}"]
-        table.add_row(first.method, str(first.tokens), str(first.channels), *cells,
-                      str(max(r.max_group for r in rows)), "" if first.rounds is None else str(first.rounds),
-                      first.detail)  # fmt: skip
+        table.add_row(
+            first.method,
+            str(first.tokens),
+            str(first.channels),
+            *cells,
+            str(max(r.max_group for r in rows)),
+            "" if first.rounds is None else str(first.rounds),
+            first.detail,
+        )
     make_console().print(table)

@@ -42,5 +42,7 @@ def validate(
     names = ", ".join(pipelines.pipelines)
     keys = ", ".join(chosen.target_keys)
     print(f"{config}: ok: {len(pipelines.pipelines)} pipelines ({names})")
-    print(f"{pipeline or pipelines.default}: {len(chosen.teachers)} teachers, target keys {keys}, "
-          f"{len(chosen.stages)} stages")  # fmt: skip
+    print(
+        f"{pipeline or pipelines.default}: {len(chosen.teachers)} teachers, target keys {keys}, "
+        f"{len(chosen.stages)} stages"
+    )

@@ -15,13 +15,17 @@ from .options import DEFAULT_CONFIG, ConfigOpt, OutOpt, PipelineOpt, StoreOpt, l
 
 @user_errors
 def distill(
-    stage: Annotated[int, typer.Option("--stage", help="stage to train (1-based); stage N starts from stage N-1's weights")],
+    stage: Annotated[
+        int, typer.Option("--stage", help="stage to train (1-based); stage N starts from stage N-1's weights")
+    ],
     steps: Annotated[int | None, typer.Option("--steps", help="override the stage's step count")] = None,
     init: Annotated[
         Path | None, typer.Option("--init", help="start from these weights (.safetensors or a checkpoint) instead")
     ] = None,
     workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes per rank")] = 0,
-    device: Annotated[str | None, typer.Option("--device", help="cuda, cuda:1, cpu [default: cuda if available]")] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cuda, cuda:1, cpu [default: cuda if available]")
+    ] = None,
     flip: Annotated[bool, typer.Option("--flip", help="random horizontal flips of image and target grids")] = False,
     config: ConfigOpt = DEFAULT_CONFIG,
     pipeline: PipelineOpt = None,
@@ -39,8 +43,7 @@ def distill(
 
     cfg = load(config, pipeline, store=store, out=out)
     log = _StepLog(sys.stderr.isatty()) if main else None
-    result = train_stage(cfg, stage, steps=steps, init=init, workers=workers, device=device, flip=flip,
-                         on_step=log)  # fmt: skip
+    result = train_stage(cfg, stage, steps=steps, init=init, workers=workers, device=device, flip=flip, on_step=log)
     if log is not None:
         log.close()
     if not main:  # under torchrun only rank 0 reports; the others say something only on error
@@ -49,18 +52,21 @@ def distill(
         return
     where = RunFolder(result.run).stage(stage)
     if result.stopped_by:
-        print(f"stage {stage}: stopped by {result.stopped_by} at step {result.end_step}/{result.total_steps}; "
-              f"checkpoint written to {where.path}; re-run the same command to resume")  # fmt: skip
+        print(
+            f"stage {stage}: stopped by {result.stopped_by} at step {result.end_step}/{result.total_steps}; "
+            f"checkpoint written to {where.path}; re-run the same command to resume"
+        )
         return
     final = where.weights
     if not result.losses:  # the trainer (re)writes the final weights of a complete checkpoint
-        print(f"stage {stage} is already complete ({result.total_steps} steps); "
-              + (f"weights {final}" if final.is_file() else "no final weights were written"))  # fmt: skip
+        print(
+            f"stage {stage} is already complete ({result.total_steps} steps); "
+            + (f"weights {final}" if final.is_file() else "no final weights were written")
+        )
         return
     first = f"{result.losses[0]:.4f}" if result.losses else "-"
     last = f"{result.losses[-1]:.4f}" if result.losses else "-"
-    print(f"stage {stage}: steps {result.start_step}→{result.end_step}, loss {first} → {last}; "
-          f"weights {final}")  # fmt: skip
+    print(f"stage {stage}: steps {result.start_step}→{result.end_step}, loss {first} → {last}; weights {final}")
     if result.end_step < result.total_steps:
         raise typer.Exit(EXIT_FAILED)
 
@@ -91,15 +97,25 @@ class _StepLog:
             if self.bar is None:
                 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-                self.bar = Progress(TextColumn("distill"), BarColumn(), TextColumn("step {task.completed}"),
-                                    TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(), transient=True)  # fmt: skip
+                self.bar = Progress(
+                    TextColumn("distill"),
+                    BarColumn(),
+                    TextColumn("step {task.completed}"),
+                    TextColumn("loss {task.fields[loss]:.4f}"),
+                    TimeRemainingColumn(),
+                    transient=True,
+                )
                 self.bar.start()
                 self.task = self.bar.add_task("distill", total=None, loss=0.0)
             self.bar.update(self.task, completed=record["step"], loss=record["total"])
         elif time.monotonic() - self.last >= self.every:
             self.last = time.monotonic()
-            print(f"distill: step {record['step']} loss {record['total']:.4f} lr {record['lr']:.2e} "
-                  f"{record['images_per_s']:.1f} images/s, data wait {record['data_wait']:.0%}", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"distill: step {record['step']} loss {record['total']:.4f} lr {record['lr']:.2e} "
+                f"{record['images_per_s']:.1f} images/s, data wait {record['data_wait']:.0%}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.bar is not None:

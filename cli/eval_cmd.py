@@ -21,8 +21,11 @@ from .console import make_console
 from .errors import fail, user_errors
 from .options import DEFAULT_CONFIG, ConfigOpt, PipelineOpt, StoreOpt, load
 
-app = typer.Typer(rich_markup_mode=None, help="Evaluate a student export or a teacher: scale equivariance, fidelity, kNN, zero-shot.",
-                  no_args_is_help=True)  # fmt: skip
+app = typer.Typer(
+    rich_markup_mode=None,
+    help="Evaluate a student export or a teacher: scale equivariance, fidelity, kNN, zero-shot.",
+    no_args_is_help=True,
+)
 
 ModelOpt = Annotated[Path | None, typer.Option("--model", help="a student export folder (`radio export --out`)")]
 TeacherOpt = Annotated[
@@ -141,8 +144,10 @@ def equivariance(
         add_row(table, f"{r.model} (tiling)", *(_fmt(r.tiling[k]) for k in ("fine", "coarse", "all")))
     console = make_console()
     console.print(table)
-    console.print(f"{len(paths)} images; fine = {r.ranges['fine']}, coarse = {r.ranges['coarse']}, "
-                  f"model input sizes {r.input_sizes}")  # fmt: skip
+    console.print(
+        f"{len(paths)} images; fine = {r.ranges['fine']}, coarse = {r.ranges['coarse']}, "
+        f"model input sizes {r.input_sizes}"
+    )
     write_json(json_path(json_out, "equivariance", model, teacher, adaptor), r)
 
 
@@ -178,13 +183,30 @@ def fidelity(
     net = load_export(model, pick_device(device))
     r = measure_fidelity(net, FeatureStore(cfg.store.path), cfg, rows.value, stage, max_rows, batch_size)
     title = f"fidelity, stage {r.stage}, {len(r.row_ids)} {r.rows} rows"
-    table = Table("resolution", "target key", "teacher", "MSE", f"MSE ({r.normalization})", "F[X]",
-                  "variance ratio", title=title)  # fmt: skip
+    table = Table(
+        "resolution", "target key", "teacher", "MSE", f"MSE ({r.normalization})", "F[X]", "variance ratio", title=title
+    )
     for k in r.keys:
-        add_row(table, str(k["resolution"]), k["key"], k["teacher"], f"{k['mse']:.4g}", f"{k['mse_normalized']:.4g}",
-                f"{k['fidelity']:.4g}", f"{k['variance_ratio']:.4g}")  # fmt: skip
-    add_row(table, "", "geometric mean", "", "", "", f"{r.geometric_mean['fidelity']:.4g}",
-            f"{r.geometric_mean['variance_ratio']:.4g}")  # fmt: skip
+        add_row(
+            table,
+            str(k["resolution"]),
+            k["key"],
+            k["teacher"],
+            f"{k['mse']:.4g}",
+            f"{k['mse_normalized']:.4g}",
+            f"{k['fidelity']:.4g}",
+            f"{k['variance_ratio']:.4g}",
+        )
+    add_row(
+        table,
+        "",
+        "geometric mean",
+        "",
+        "",
+        "",
+        f"{r.geometric_mean['fidelity']:.4g}",
+        f"{r.geometric_mean['variance_ratio']:.4g}",
+    )
     make_console().print(table)
     write_json(json_path(json_out, "fidelity", model, None, None), r)
 
@@ -237,8 +259,16 @@ def knn(
     r = measure_knn(enc, train, val, _resolution(resolution, enc), k, temperature, batch_size)
     title = f"kNN (k={k}, τ={temperature})"
     table = Table("model", "resolution", "classes", "train", "val", "top-1", "top-5", title=title)
-    add_row(table, r.model, str(r.resolution), str(len(r.classes)), str(r.train), str(r.val), f"{r.top1:.1%}",
-            f"{r.top5:.1%}")  # fmt: skip
+    add_row(
+        table,
+        r.model,
+        str(r.resolution),
+        str(len(r.classes)),
+        str(r.train),
+        str(r.val),
+        f"{r.top1:.1%}",
+        f"{r.top5:.1%}",
+    )
     make_console().print(table)
     write_json(json_path(json_out, "knn", model, teacher, adaptor), r)
 
@@ -286,11 +316,26 @@ def zero_shot(
     text_teacher = load_teacher(name, w, device)
     tokenizer = open_clip_tokenizer(text_teacher)
     data_split = read_split(data, split)
-    r = measure_zero_shot(enc, text_teacher, tokenizer, data_split, _resolution(resolution, enc),
-                          tuple(template) if template else DEFAULT_TEMPLATES, batch_size)  # fmt: skip
+    r = measure_zero_shot(
+        enc,
+        text_teacher,
+        tokenizer,
+        data_split,
+        _resolution(resolution, enc),
+        tuple(template) if template else DEFAULT_TEMPLATES,
+        batch_size,
+    )
     table = Table("model", "text tower", "resolution", "classes", "images", "top-1", "top-5", title="zero-shot")
-    add_row(table, r.model, r.teacher_model, str(r.resolution), str(len(r.classes)), str(r.images), f"{r.top1:.1%}",
-            f"{r.top5:.1%}")  # fmt: skip
+    add_row(
+        table,
+        r.model,
+        r.teacher_model,
+        str(r.resolution),
+        str(len(r.classes)),
+        str(r.images),
+        f"{r.top1:.1%}",
+        f"{r.top5:.1%}",
+    )
     make_console().print(table)
     print(f"prompts: {len(r.templates)} template(s), e.g. {r.prompts[0][0]!r}")
     write_json(json_path(json_out, "zero-shot", model, None, teacher), r)

@@ -13,7 +13,9 @@ from .errors import fail, user_errors
 @user_errors
 def experiment(
     name: Annotated[str, typer.Argument(help="phis_balance, multires, mosaic, token_merging, or all")],
-    smoke: Annotated[bool, typer.Option("--smoke", help="seconds-long run (tests): tiny sizes, README untouched")] = False,
+    smoke: Annotated[
+        bool, typer.Option("--smoke", help="seconds-long run (tests): tiny sizes, README untouched")
+    ] = False,
     out: Annotated[Path, typer.Option("--out", help="results go to OUT/NAME/")] = Path("runs/experiments"),
     readme: Annotated[
         Path, typer.Option("--readme", help="README whose experiment blocks a full run regenerates (if it has them)")

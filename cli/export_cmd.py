@@ -17,12 +17,16 @@ RunOpt = Annotated[Path | None, typer.Option("--run", help="run folder [default:
 def export(
     out: Annotated[Path, typer.Option("--out", help="folder to write model.safetensors and config.json into")],
     run: RunOpt = None,
-    stage: Annotated[int | None, typer.Option("--stage", help="stage to export [default: the last finished one]")] = None,
+    stage: Annotated[
+        int | None, typer.Option("--stage", help="stage to export [default: the last finished one]")
+    ] = None,
     config: ConfigOpt = DEFAULT_CONFIG,
     pipeline: PipelineOpt = None,
     store: StoreOpt = None,
-    fmt: Annotated[str, typer.Option("--format", help="radio (for radio.load) or timm (backbone for timm's "
-                                     "vit_*_patch16_radio_v3)")] = "radio",
+    fmt: Annotated[
+        str,
+        typer.Option("--format", help="radio (for radio.load) or timm (backbone for timm's vit_*_patch16_radio_v3)"),
+    ] = "radio",
 ) -> None:
     """Export the trained student, its adaptors and each teacher's PHI-S inverse for `radio.load`.
 
@@ -38,9 +42,11 @@ def export(
         from radio.distill.export_timm import TIMM_VARIANTS, prefix_tokens
 
         size = final_student_size(run or Path(cfg.out), stage)
-        print(f"exported to {where}: load with timm.create_model({TIMM_VARIANTS[size]!r}, pretrained=True, "
-              f"pretrained_cfg_overlay=dict(file={str(where)!r}), img_size=SIZE, "
-              f"reg_tokens={prefix_tokens(where) - 1}); SIZE: the input size you run at")
+        print(
+            f"exported to {where}: load with timm.create_model({TIMM_VARIANTS[size]!r}, pretrained=True, "
+            f"pretrained_cfg_overlay=dict(file={str(where)!r}), img_size=SIZE, "
+            f"reg_tokens={prefix_tokens(where) - 1}); SIZE: the input size you run at"
+        )
         return
     print(f"exported to {where}: model.safetensors, config.json (load with radio.load({str(where)!r}))")
 

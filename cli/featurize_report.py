@@ -24,8 +24,15 @@ class Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
             from rich.progress import Progress as Bar
 
-            self.bar = Bar(TextColumn("featurize"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                           TimeRemainingColumn(), console=Console(stderr=True), transient=True)  # fmt: skip
+            self.bar = Bar(
+                TextColumn("featurize"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
             self.bar.__enter__()
             self.task = self.bar.add_task("featurize", total=None, rate="")
         return self
@@ -42,7 +49,9 @@ class Progress:
             self.bar.update(self.task, completed=done, total=total, rate=rate)
         elif elapsed - self.last >= self.every or done == total:
             self.last = elapsed
-            print(f"featurize: {done}/{total} (tar, teacher) done, {rate}, {elapsed:.0f} s", file=sys.stderr, flush=True)
+            print(
+                f"featurize: {done}/{total} (tar, teacher) done, {rate}, {elapsed:.0f} s", file=sys.stderr, flush=True
+            )
         if result.error:
             print(f"featurize: tar {result.tar_index} ({result.teacher}) failed: {result.error}", file=sys.stderr)
 
@@ -53,8 +62,10 @@ def print_summary(report) -> None:
 
     s = summarize(report)
     console = make_console()
-    console.print(f"store {report.store}: {report.tars} tars, {report.items} (tar, teacher) tasks run, "
-                  f"{report.skipped} (tar, key) already complete, {report.seconds:.1f} s")  # fmt: skip
+    console.print(
+        f"store {report.store}: {report.tars} tars, {report.items} (tar, teacher) tasks run, "
+        f"{report.skipped} (tar, key) already complete, {report.seconds:.1f} s"
+    )
     if report.results:
         reasons = s["reasons"]
         table = Table("samples", "count", title="samples")
@@ -65,8 +76,13 @@ def print_summary(report) -> None:
         console.print(table)
         table = Table("target key", "images", "images/s", "teacher images/s", "MB written (fp16)", title="target keys")
         for key, d in sorted(s["per_key"].items()):
-            table.add_row(key, str(d["images"]), f"{d['images'] / max(d['seconds'], 1e-9):.1f}",
-                          f"{d['images'] / max(d['compute_seconds'], 1e-9):.1f}", f"{d['bytes'] / 1e6:.2f}")  # fmt: skip
+            table.add_row(
+                key,
+                str(d["images"]),
+                f"{d['images'] / max(d['seconds'], 1e-9):.1f}",
+                f"{d['images'] / max(d['compute_seconds'], 1e-9):.1f}",
+                f"{d['bytes'] / 1e6:.2f}",
+            )
         console.print(table)
     for tar, why in report.unreadable.items():
         console.print(f"[red]unreadable tar[/red] {tar}: {why}")

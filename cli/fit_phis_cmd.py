@@ -55,19 +55,50 @@ def _fit(fs, keys: list[str] | None, allow_partial: bool, max_tars: int | None, 
     from radio.store.normalizers import fit_store, write_spectra
 
     reports = fit_store(fs, keys, allow_partial, max_tars)
-    table = Table("teacher / target key", "stream", "tars", "rows", "vectors", "φ", "top 1", "top 10", "top 100",
-                  "Hadamard", "",
-                  title="PHI-S: one normalizer per teacher (indented: each key's own spectrum, diagnostics)")  # fmt: skip
+    table = Table(
+        "teacher / target key",
+        "stream",
+        "tars",
+        "rows",
+        "vectors",
+        "φ",
+        "top 1",
+        "top 10",
+        "top 100",
+        "Hadamard",
+        "",
+        title="PHI-S: one normalizer per teacher (indented: each key's own spectrum, diagnostics)",
+    )
     for r in reports:
         p = r.phis
-        table.add_row(r.teacher, r.stream, str(r.tars), "", str(r.count), f"{p.phi:.4g}", f"{p.variance_share(1):.1%}",
-                      f"{p.variance_share(10):.1%}", f"{p.variance_share(100):.1%}", r.hadamard,
-                      "unchanged" if r.unchanged else "fitted")  # fmt: skip
+        table.add_row(
+            r.teacher,
+            r.stream,
+            str(r.tars),
+            "",
+            str(r.count),
+            f"{p.phi:.4g}",
+            f"{p.variance_share(1):.1%}",
+            f"{p.variance_share(10):.1%}",
+            f"{p.variance_share(100):.1%}",
+            r.hadamard,
+            "unchanged" if r.unchanged else "fitted",
+        )
         for k in r.spectra:
             tokens = 1 if r.stream == "summary" else fs.target(k.key).grid[0] * fs.target(k.key).grid[1]
-            table.add_row(f"  {k.key}", r.stream, str(k.tars), str(k.count // tokens), str(k.count), f"{k.phi:.4g}",
-                          f"{k.variance_share(1):.1%}", f"{k.variance_share(10):.1%}", f"{k.variance_share(100):.1%}",
-                          "", "")  # fmt: skip
+            table.add_row(
+                f"  {k.key}",
+                r.stream,
+                str(k.tars),
+                str(k.count // tokens),
+                str(k.count),
+                f"{k.phi:.4g}",
+                f"{k.variance_share(1):.1%}",
+                f"{k.variance_share(10):.1%}",
+                f"{k.variance_share(100):.1%}",
+                "",
+                "",
+            )
     make_console().print(table)
     fitted = sum(not r.unchanged for r in reports)
     print(f"PHI-S: {fitted} fitted, {len(reports) - fitted} unchanged (same moments as the stored ones)")
@@ -99,8 +130,12 @@ def plot_spectra(reports) -> bytes:
             curves = [(f"{r.teacher}: normalizer", r.phis.eigenvalues, r.phis.phi, "-")]
             curves += [(k.key, k.eigenvalues, k.phi, ":") for k in r.spectra]
             for label, ev, phi, style in curves:
-                ax.semilogy(range(1, len(ev) + 1), ev.clip(min=ev.max() * 1e-12 if ev.max() > 0 else 1e-30), style,
-                            label=f"{label} (φ={phi:.3g})")  # fmt: skip
+                ax.semilogy(
+                    range(1, len(ev) + 1),
+                    ev.clip(min=ev.max() * 1e-12 if ev.max() > 0 else 1e-30),
+                    style,
+                    label=f"{label} (φ={phi:.3g})",
+                )
         ax.set(title=f"{stream}: eigenvalues of the covariance", xlabel="component", ylabel="eigenvalue (log)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)

@@ -45,6 +45,7 @@ app.add_typer(viz_cmd.app, name="viz")
 app.command("compress")(compress)
 app.command("experiment")(experiment)
 
+
 def main() -> None:
     app()
 

@@ -25,9 +25,12 @@ def sample_data(
     ] = 0,
     labeled: Annotated[
         bool,
-        typer.Option("--labeled", help="write a labeled ImageFolder set instead (OUT/{train,val}/CLASS/*.jpg, "
-                     "class = source photo) for `radio eval knn|zero-shot`; --images = train images per class, "
-                     "val gets half as many"),
+        typer.Option(
+            "--labeled",
+            help="write a labeled ImageFolder set instead (OUT/{train,val}/CLASS/*.jpg, "
+            "class = source photo) for `radio eval knn|zero-shot`; --images = train images per class, "
+            "val gets half as many",
+        ),
     ] = False,
 ) -> None:
     """Write sample data in DataComp/img2dataset layout (tars, parquet, stats) from real photos."""

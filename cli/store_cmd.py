@@ -13,12 +13,16 @@ from .errors import EXIT_FAILED, fail, user_errors
 app = typer.Typer(rich_markup_mode=None, help="Inspect or check a feature store.", no_args_is_help=True)
 
 # str, not Path: a Path would fold the `//` of an s3:// URL.
-PathArg = Annotated[str, typer.Argument(help="the store: a directory or an object-store URL (store.path of the pipeline)")]
+PathArg = Annotated[
+    str, typer.Argument(help="the store: a directory or an object-store URL (store.path of the pipeline)")
+]
 
 
 @app.command()
 @user_errors
-def info(path: PathArg, as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False) -> None:
+def info(
+    path: PathArg, as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False
+) -> None:
     """Print target keys, rows, valid counts, bytes per sample per key and provenance."""
     from dataclasses import asdict
 
@@ -33,24 +37,62 @@ def info(path: PathArg, as_json: Annotated[bool, typer.Option("--json", help="pr
         return
     console = make_console()
     bad = ", ".join(f"{r} {n}" for r, n in sorted(s["reasons"].items())) or "none"
-    console.print(f"{s['path']}: {s['tars']} tars, {s['rows']} rows ({s['shard_rows']} per Zarr shard), "
-                  f"{s['samples']} samples, {s['valid']} valid; bad: {bad}")  # fmt: skip
-    table = Table("target key", "teacher", "model", "weights", "grid", "dims (feat/sum)", "mosaic", "complete tars",
-                  "valid rows", "bytes/sample raw", "bytes/sample stored", "codec", "compact bytes/sample",
-                  "variance retained", "normalizer")  # fmt: skip
+    console.print(
+        f"{s['path']}: {s['tars']} tars, {s['rows']} rows ({s['shard_rows']} per Zarr shard), "
+        f"{s['samples']} samples, {s['valid']} valid; bad: {bad}"
+    )
+    table = Table(
+        "target key",
+        "teacher",
+        "model",
+        "weights",
+        "grid",
+        "dims (feat/sum)",
+        "mosaic",
+        "complete tars",
+        "valid rows",
+        "bytes/sample raw",
+        "bytes/sample stored",
+        "codec",
+        "compact bytes/sample",
+        "variance retained",
+        "normalizer",
+    )
     for k in s["keys"]:
         p = k.provenance
-        table.add_row(k.key, p.teacher, p.model, p.weights, "x".join(map(str, p.grid)),
-                      f"{p.feature_dim}/{p.summary_dim or '-'}", str(p.mosaic or "-"),
-                      f"{k.complete_tars}/{k.tars}", str(k.valid_rows), str(k.raw_bytes_per_sample),
-                      f"{k.stored_bytes_per_sample:.0f}",
-                      (f"{k.codec}" + (f" rank {k.rank}" if k.rank else "") + f" ({k.compact_tars}/{k.tars} tars"
-                       + (", raw dropped)" if k.raw_dropped else ")")) if k.codec else "-",
-                      f"{k.compact_bytes_per_sample} ({k.compact_bytes_per_sample / k.raw_bytes_per_sample:.3f} of raw)"
-                      if k.codec else "-",
-                      f"{k.variance_retained:.5f}" if k.variance_retained is not None else "-",
-                      k.normalizer + ("" if k.normalizer_current is None else
-                                      " (current)" if k.normalizer_current else " (not current: re-expressed)"))  # fmt: skip
+        table.add_row(
+            k.key,
+            p.teacher,
+            p.model,
+            p.weights,
+            "x".join(map(str, p.grid)),
+            f"{p.feature_dim}/{p.summary_dim or '-'}",
+            str(p.mosaic or "-"),
+            f"{k.complete_tars}/{k.tars}",
+            str(k.valid_rows),
+            str(k.raw_bytes_per_sample),
+            f"{k.stored_bytes_per_sample:.0f}",
+            (
+                f"{k.codec}"
+                + (f" rank {k.rank}" if k.rank else "")
+                + f" ({k.compact_tars}/{k.tars} tars"
+                + (", raw dropped)" if k.raw_dropped else ")")
+            )
+            if k.codec
+            else "-",
+            f"{k.compact_bytes_per_sample} ({k.compact_bytes_per_sample / k.raw_bytes_per_sample:.3f} of raw)"
+            if k.codec
+            else "-",
+            f"{k.variance_retained:.5f}" if k.variance_retained is not None else "-",
+            k.normalizer
+            + (
+                ""
+                if k.normalizer_current is None
+                else " (current)"
+                if k.normalizer_current
+                else " (not current: re-expressed)"
+            ),
+        )
     console.print(table)
 
 
@@ -79,7 +121,9 @@ def verify(path: PathArg) -> None:
 def invalidate(
     path: PathArg,
     key: Annotated[str, typer.Option("--key", "-k", help="the target key")],
-    tars: Annotated[str, typer.Option("--tars", help="tar indices, comma-separated (as `radio store verify` lists them)")],
+    tars: Annotated[
+        str, typer.Option("--tars", help="tar indices, comma-separated (as `radio store verify` lists them)")
+    ],
 ) -> None:
     """Mark (tar, key) pairs incomplete so that a plain `radio featurize` redoes exactly them."""
     from radio.store.invalidate import invalidate as run
@@ -97,21 +141,29 @@ def invalidate(
 @user_errors
 def compact(
     path: PathArg,
-    keys: Annotated[list[str] | None, typer.Option("--keys", "-k", help="target keys; repeatable [default: all]")] = None,
+    keys: Annotated[
+        list[str] | None, typer.Option("--keys", "-k", help="target keys; repeatable [default: all]")
+    ] = None,
     codec: Annotated[str, typer.Option("--codec", help="int8 or fp8 (float8 e4m3), one byte per value")] = "int8",
     rank: Annotated[int | None, typer.Option("--rank", min=1, help="keep the leading R principal coefficients")] = None,
     variance: Annotated[
         float | None, typer.Option("--variance", help="keep the fewest principal coefficients holding this share")
     ] = None,
     clip: Annotated[float, typer.Option("--clip", help="clip at this many σ of PHI-S space")] = 4.0,
-    summary: Annotated[bool, typer.Option("--summary", help="compact the summary too (in its own PHI-S space)")] = False,
+    summary: Annotated[
+        bool, typer.Option("--summary", help="compact the summary too (in its own PHI-S space)")
+    ] = False,
     overwrite: Annotated[
         bool,
-        typer.Option("--overwrite", help="redo keys compacted with other settings or in a replaced PHI-S (raw "
-                     "targets only stored compact are first restored from them)"),
+        typer.Option(
+            "--overwrite",
+            help="redo keys compacted with other settings or in a replaced PHI-S (raw "
+            "targets only stored compact are first restored from them)",
+        ),
     ] = False,
     drop_raw: Annotated[
-        bool, typer.Option("--drop-raw", help="delete the raw fp16 arrays once `store verify` passes on the compact ones")
+        bool,
+        typer.Option("--drop-raw", help="delete the raw fp16 arrays once `store verify` passes on the compact ones"),
     ] = False,
 ) -> None:
     """Rewrite keys' features (and --summary) in PHI-S space as int8/fp8, optionally rank-truncated.
@@ -138,24 +190,38 @@ def _open_writable(path: str, command: str):
     return fs
 
 
-def _compact(fs, path: str, keys: list[str] | None, codec: str, rank: int | None, variance: float | None, clip: float,
-             summary: bool, overwrite: bool, drop_raw: bool) -> None:  # fmt: skip
+def _compact(
+    fs,
+    path: str,
+    keys: list[str] | None,
+    codec: str,
+    rank: int | None,
+    variance: float | None,
+    clip: float,
+    summary: bool,
+    overwrite: bool,
+    drop_raw: bool,
+) -> None:
     from radio.store import compact as c
     from radio.store.inspect import verify_store
 
     chosen = keys or fs.target_keys
     for key in chosen:  # every key's request checked before any work: nothing is written if one is refused
-        c.plan_compact(fs, key, codec=codec, rank=rank, variance=variance, clip=clip, summary=summary,
-                       overwrite=overwrite)  # fmt: skip
+        c.plan_compact(
+            fs, key, codec=codec, rank=rank, variance=variance, clip=clip, summary=summary, overwrite=overwrite
+        )
     for key in chosen:
-        n = c.compact_store_key(fs, key, codec=codec, rank=rank, variance=variance, clip=clip, summary=summary,
-                                overwrite=overwrite)  # fmt: skip
+        n = c.compact_store_key(
+            fs, key, codec=codec, rank=rank, variance=variance, clip=clip, summary=summary, overwrite=overwrite
+        )
         ck = c.compact_key(fs, key)
         assert ck is not None  # just compacted
         kept = c.variance_retained(fs, key)
-        print(f"{key}: {ck.features.describe()}, {n} tars compacted, "
-              f"{int(c.compact_complete(fs, key).sum())}/{len(fs.plan.tars)} done, variance retained "
-              + (f"{kept:.5f}" if kept is not None else "-"))  # fmt: skip
+        print(
+            f"{key}: {ck.features.describe()}, {n} tars compacted, "
+            f"{int(c.compact_complete(fs, key).sum())}/{len(fs.plan.tars)} done, variance retained "
+            + (f"{kept:.5f}" if kept is not None else "-")
+        )
     if drop_raw:
         problems = verify_store(path, chosen)
         if problems:

@@ -19,7 +19,9 @@ from .eval_cmd import (
     parse_resolutions,
 )
 
-app = typer.Typer(rich_markup_mode=None, help="Draw pictures of a student's or a teacher's features.", no_args_is_help=True)
+app = typer.Typer(
+    rich_markup_mode=None, help="Draw pictures of a student's or a teacher's features.", no_args_is_help=True
+)
 
 
 @app.command()

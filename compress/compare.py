@@ -38,14 +38,25 @@ class MethodScore:
     rounds: int | None = None  # merging rounds (ToMe); None for one-shot methods
 
 
-def _score(method: str, x: torch.Tensor, result: MergeResult, detail: str = "", rounds: int | None = None) -> MethodScore:
+def _score(
+    method: str, x: torch.Tensor, result: MergeResult, detail: str = "", rounds: int | None = None
+) -> MethodScore:
     rec = reconstruction_error(x, unmerge(result.tokens, result.group))
-    return MethodScore(method, result.tokens.shape[1], result.tokens.shape[2], rec.relative_mse, rec.cosine,
-                       int(result.sizes.max()), detail, rounds)  # fmt: skip
+    return MethodScore(
+        method,
+        result.tokens.shape[1],
+        result.tokens.shape[2],
+        rec.relative_mse,
+        rec.cosine,
+        int(result.sizes.max()),
+        detail,
+        rounds,
+    )
 
 
-def compare_methods(x: torch.Tensor, grid: tuple[int, int], tokens: int, *, stride: tuple[int, int] | str = (2, 2),
-                    seed: int = 0) -> tuple[list[MethodScore], MergeResult]:  # fmt: skip
+def compare_methods(
+    x: torch.Tensor, grid: tuple[int, int], tokens: int, *, stride: tuple[int, int] | str = (2, 2), seed: int = 0
+) -> tuple[list[MethodScore], MergeResult]:
     """Score every method on ``x [B, N, C]`` (h×w ``grid``) at a budget of ``tokens``.
 
     Returns the scores (in table order) and the strided ToMe result itself (what gets shipped).
@@ -53,8 +64,9 @@ def compare_methods(x: torch.Tensor, grid: tuple[int, int], tokens: int, *, stri
     """
     strided = merge_tokens(x, grid, tokens, stride=stride)
     stride = strided.stride
-    random = merge_tokens(x, grid, tokens, stride=stride, layout="random",
-                          generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    random = merge_tokens(
+        x, grid, tokens, stride=stride, layout="random", generator=torch.Generator().manual_seed(seed)
+    )
     pooled = avg_pool_tokens(x, grid, tokens)
     hp, wp = pool_grid(grid, tokens)
     unshuffled, (h2, w2) = pixel_unshuffle_tokens(x, grid)
@@ -68,4 +80,3 @@ def compare_methods(x: torch.Tensor, grid: tuple[int, int], tokens: int, *, stri
         MethodScore(PIXEL_UNSHUFFLE, h2 * w2, unshuffled.shape[2], None, None, 4, "2x2 → channels, lossless"),
     ]
     return scores, strided
-

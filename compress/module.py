@@ -20,8 +20,9 @@ class TokenMerger(nn.Module):
     window (tomesd), a fresh draw per call from one generator; None (default) is deterministic.
     """
 
-    def __init__(self, tokens: int, stride: tuple[int, int] | str = (2, 2), layout: str = "strided",
-                 seed: int | None = None):  # fmt: skip
+    def __init__(
+        self, tokens: int, stride: tuple[int, int] | str = (2, 2), layout: str = "strided", seed: int | None = None
+    ):
         super().__init__()
         if tokens < 1:
             raise ValueError(f"tokens must be ≥ 1, got {tokens}")
@@ -34,8 +35,15 @@ class TokenMerger(nn.Module):
     def forward(self, x: torch.Tensor, grid: tuple[int, int], metric: torch.Tensor | None = None) -> MergeResult:
         if x.shape[1] < self.tokens:
             raise ValueError(f"cannot merge {x.shape[1]} tokens up to {self.tokens}")
-        return merge_tokens(x, grid, self.tokens, stride=self.stride, layout=self.layout,  # type: ignore[arg-type]
-                            generator=self._generator, metric=metric)  # fmt: skip
+        return merge_tokens(
+            x,
+            grid,
+            self.tokens,
+            stride=self.stride,  # type: ignore[arg-type]
+            layout=self.layout,  # type: ignore[arg-type]
+            generator=self._generator,
+            metric=metric,
+        )
 
     def extra_repr(self) -> str:
         return f"tokens={self.tokens}, stride={self.stride}, layout={self.layout!r}, seed={self.seed}"

@@ -182,8 +182,14 @@ def stride_destinations(grid: tuple[int, int], stride: tuple[int, int] = (2, 2))
     return window_destinations(pos, grid, stride, partial=False)[0].nonzero().flatten()
 
 
-def window_destinations(positions: torch.Tensor, grid: tuple[int, int], window: tuple[int, int], *,
-                        partial: bool, keys: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+def window_destinations(
+    positions: torch.Tensor,
+    grid: tuple[int, int],
+    window: tuple[int, int],
+    *,
+    partial: bool,
+    keys: torch.Tensor | None = None,
+) -> torch.Tensor:
     """One destination per window that holds a token: ``is_dst [B, n]`` bool.
 
     ``positions [B, n, 2]`` (row, col) of the current tokens on the input grid (their anchors);
@@ -252,9 +258,16 @@ def _random_subset(counts: torch.Tensor, n: int, batch: int, generator: torch.Ge
     return rank < counts[:, None]
 
 
-def merge_tokens(x: torch.Tensor, grid: tuple[int, int], tokens: int, *, stride: tuple[int, int] | str = (2, 2),
-                 layout: Layout = "strided", generator: torch.Generator | None = None,
-                 metric: torch.Tensor | None = None) -> MergeResult:  # fmt: skip
+def merge_tokens(
+    x: torch.Tensor,
+    grid: tuple[int, int],
+    tokens: int,
+    *,
+    stride: tuple[int, int] | str = (2, 2),
+    layout: Layout = "strided",
+    generator: torch.Generator | None = None,
+    metric: torch.Tensor | None = None,
+) -> MergeResult:
     """Merge ``x [B, N, C]`` on an h×w grid (N = h·w, row-major) to exactly ``tokens`` tokens.
 
     ``metric [B, N, Cm]``: what similarity is measured on (default: ``x`` itself). ``generator``:
@@ -285,8 +298,9 @@ def merge_tokens(x: torch.Tensor, grid: tuple[int, int], tokens: int, *, stride:
     while n > tokens:
         keys = None
         if layout == "strided" and generator is not None:
-            keys = torch.rand(1 if first else b, n, generator=generator, device=generator.device,
-                              dtype=torch.float64).to(x.device)  # fmt: skip
+            keys = torch.rand(
+                1 if first else b, n, generator=generator, device=generator.device, dtype=torch.float64
+            ).to(x.device)
         is_dst = window_destinations(pos_in[anchor], grid, window, partial=not first, keys=keys)
         n_dst = is_dst.sum(1)
         if layout == "random":

@@ -78,9 +78,7 @@ def load_pipeline(
     pipelines = read_pipelines(path)
     name = name or pipelines.default
     if name not in pipelines.pipelines:
-        raise ConfigError(
-            f"{path}: no pipeline {name!r} (known: {', '.join(sorted(pipelines.pipelines))})"
-        )
+        raise ConfigError(f"{path}: no pipeline {name!r} (known: {', '.join(sorted(pipelines.pipelines))})")
     config = pipelines.pipelines[name]
     updates: dict[str, Any] = {}
     if data is not None:

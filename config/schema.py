@@ -114,9 +114,7 @@ class TargetConfig(Frozen):
         if why is Misfit.UNALIGNED:
             raise ValueError(f"mosaic {k} does not split canvas {self.canvas} into {PATCH}-aligned tiles")
         if why is Misfit.TOO_SMALL:
-            raise ValueError(
-                f"mosaic {k} tiles are {tile} px and cannot hold resolution {self.resolution}"
-            )
+            raise ValueError(f"mosaic {k} tiles are {tile} px and cannot hold resolution {self.resolution}")
         return self
 
 
@@ -213,8 +211,9 @@ class StageConfig(Frozen):
     compile: bool = False
     seed: int = 0
     sampling: Literal["rows", "blocks"] = Field(
-        "rows", description="rows: any training rows per batch; blocks: whole Zarr shards per batch "
-        "(contiguous target reads, less mixing within a batch)"
+        "rows",
+        description="rows: any training rows per batch; blocks: whole Zarr shards per batch "
+        "(contiguous target reads, less mixing within a batch)",
     )
 
 
@@ -222,7 +221,9 @@ class EvalConfig(Frozen):
     """What evaluation needs from the pipeline. Evaluation settings of their own (resolutions,
     k, temperature) are the `radio eval` commands' options."""
 
-    held_out: int = Field(0, ge=0, description="rows reserved for evaluation (the last rows of the store); training never reads them")
+    held_out: int = Field(
+        0, ge=0, description="rows reserved for evaluation (the last rows of the store); training never reads them"
+    )
 
 
 class PipelineConfig(Frozen):

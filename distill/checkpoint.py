@@ -104,8 +104,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except OSError:  # the file itself (unreadable, ...): not the content's fault
         raise
     except pickle.UnpicklingError:
-        raise WeightsError(f"{path}: not a radio checkpoint (it holds objects other than tensors, "
-                           "which radio never unpickles)") from None  # fmt: skip
+        raise WeightsError(
+            f"{path}: not a radio checkpoint (it holds objects other than tensors, which radio never unpickles)"
+        ) from None
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, ... on damaged archives
         raise WeightsError(f"{path}: not a radio checkpoint ({_first_sentence(e)})") from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
@@ -143,4 +144,3 @@ def load_weights_bytes(data: bytes, path: Path) -> dict[str, torch.Tensor]:
         return load(data)
     except (SafetensorError, ValueError, RuntimeError, OSError) as e:
         raise WeightsError(f"{path}: not a safetensors file ({_first_sentence(e)})") from None
-

@@ -66,8 +66,10 @@ def mosaic_notes(store: FeatureStore, config: PipelineConfig, stage: int) -> lis
             continue
         stored, configured = store.target(key).provenance.mosaic, config.target(key)[2].mosaic
         if stored != configured and _same_tiling(stored, configured):
-            notes.append(f"{key} was featurized with mosaic {stored}, the config says {configured}; training on it "
-                         "as it is (a mosaic changes only how images were packed on the teacher's canvas)")  # fmt: skip
+            notes.append(
+                f"{key} was featurized with mosaic {stored}, the config says {configured}; training on it "
+                "as it is (a mosaic changes only how images were packed on the teacher's canvas)"
+            )
     return notes
 
 
@@ -89,8 +91,10 @@ def stage_targets(store: FeatureStore, config: PipelineConfig, stage: int) -> li
             teacher_name, _, spec = config.target(key)
             prov = info.provenance
             if prov.resolution != spec.resolution or not _same_tiling(prov.mosaic, spec.mosaic):
-                problems.append(f"{key} was featurized at resolution {prov.resolution} mosaic {prov.mosaic}, "
-                                f"the config asks for {spec.resolution} mosaic {spec.mosaic}")  # fmt: skip
+                problems.append(
+                    f"{key} was featurized at resolution {prov.resolution} mosaic {prov.mosaic}, "
+                    f"the config asks for {spec.resolution} mosaic {spec.mosaic}"
+                )
             done = store.completed(key)
             if not done.all():
                 problems.append(f"{key} is incomplete ({int(done.sum())}/{len(done)} tars)")
@@ -100,11 +104,22 @@ def stage_targets(store: FeatureStore, config: PipelineConfig, stage: int) -> li
                     problems.append(f"no PHI-S of {teacher_of(store, key)} covering {key} (run `radio fit-phis`)")
             exact = prov.mosaic is not None
             if exact and tuple(info.grid) != (grid, grid):
-                problems.append(f"{key} grid {info.grid[0]}x{info.grid[1]} != student grid {grid}x{grid} at "
-                                f"{part.resolution} px (SAM targets are never interpolated)")  # fmt: skip
+                problems.append(
+                    f"{key} grid {info.grid[0]}x{info.grid[1]} != student grid {grid}x{grid} at "
+                    f"{part.resolution} px (SAM targets are never interpolated)"
+                )
             w = s.loss_weights.get(key)
-            keys.append(KeyTarget(key, teacher_name, tuple(info.grid), exact, info.summary_dim is not None,
-                                  w.summary if w else 1.0, w.features if w else 1.0))  # fmt: skip
+            keys.append(
+                KeyTarget(
+                    key,
+                    teacher_name,
+                    tuple(info.grid),
+                    exact,
+                    info.summary_dim is not None,
+                    w.summary if w else 1.0,
+                    w.features if w else 1.0,
+                )
+            )
         partitions.append((part.resolution, keys))
     if problems:
         raise StageMismatch(

@@ -47,8 +47,15 @@ class EpochOrder:
     every training row once; what is lost is mixing within a batch (see README).
     """
 
-    def __init__(self, rows: np.ndarray, batch_size: int, seed: int, partition: int,
-                 sampling: Sampling = "rows", shard_rows: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        rows: np.ndarray,
+        batch_size: int,
+        seed: int,
+        partition: int,
+        sampling: Sampling = "rows",
+        shard_rows: int = 1,
+    ):
         self.rows = np.asarray(rows, dtype=np.int64)
         self.batch_size, self.seed, self.partition = batch_size, seed, partition
         self.sampling, self.shard_rows = sampling, shard_rows
@@ -80,8 +87,15 @@ class EpochOrder:
         return self.rows[self._permutation(epoch)[pos * self.batch_size : (pos + 1) * self.batch_size]]
 
 
-def global_batch(rows: np.ndarray, batch_size: int, seed: int, partition: int, step: int,
-                 sampling: Sampling = "rows", shard_rows: int = 1) -> np.ndarray:  # fmt: skip
+def global_batch(
+    rows: np.ndarray,
+    batch_size: int,
+    seed: int,
+    partition: int,
+    step: int,
+    sampling: Sampling = "rows",
+    shard_rows: int = 1,
+) -> np.ndarray:
     """Row ids of the global batch at ``step`` (one-off; loops use :class:`EpochOrder`)."""
     return EpochOrder(rows, batch_size, seed, partition, sampling, shard_rows).batch(step)
 
@@ -118,9 +132,15 @@ class PartitionRows(Dataset):
     lazily, so each DataLoader worker has its own tensorstore handles and tar files.
     """
 
-    def __init__(self, store_path: str, resolution: int, targets: Sequence[KeyTarget],
-                 limits: ImageLimits = ImageLimits(), manifest: str | Path | Manifest | None = None,
-                 compact: frozenset[str] = frozenset()):  # fmt: skip
+    def __init__(
+        self,
+        store_path: str,
+        resolution: int,
+        targets: Sequence[KeyTarget],
+        limits: ImageLimits = ImageLimits(),
+        manifest: str | Path | Manifest | None = None,
+        compact: frozenset[str] = frozenset(),
+    ):
         self.store_path = store_path
         self.resolution = resolution
         self.targets = targets
@@ -132,8 +152,11 @@ class PartitionRows(Dataset):
 
     def manifest(self) -> Manifest:
         if self._manifest is None:
-            self._manifest = (Manifest.load(self._manifest_dir) if self._manifest_dir is not None
-                              else Manifest.build(FeatureStore(self.store_path)))  # fmt: skip
+            self._manifest = (
+                Manifest.load(self._manifest_dir)
+                if self._manifest_dir is not None
+                else Manifest.build(FeatureStore(self.store_path))
+            )
         return self._manifest
 
     def __getstate__(self) -> dict:  # a saved manifest travels to spawned workers as its path
@@ -172,8 +195,11 @@ class PartitionRows(Dataset):
     def __getitem__(self, item: tuple[int, bool]) -> dict:
         """One sample, targets as float32 (for evaluation and tools; training reads batches)."""
         batch = on_device(self.__getitems__([item]), "cpu")
-        return {"image": batch["image"][0], "row": int(batch["row"][0]),
-                "targets": {k: {n: v[0] for n, v in t.items()} for k, t in batch["targets"].items()}}  # fmt: skip
+        return {
+            "image": batch["image"][0],
+            "row": int(batch["row"][0]),
+            "targets": {k: {n: v[0] for n, v in t.items()} for k, t in batch["targets"].items()},
+        }
 
     def __len__(self) -> int:  # only for tools that ask; batches come from StepBatches
         return len(self.manifest())
@@ -188,8 +214,9 @@ def collate(samples: list[dict] | dict) -> dict:
     return {
         "image": torch.stack([s["image"] for s in samples]),
         "row": torch.tensor([s["row"] for s in samples]),
-        "targets": {k: {n: torch.stack([s["targets"][k][n] for s in samples]) for n in samples[0]["targets"][k]}
-                    for k in keys},  # fmt: skip
+        "targets": {
+            k: {n: torch.stack([s["targets"][k][n] for s in samples]) for n in samples[0]["targets"][k]} for k in keys
+        },
     }
 
 
@@ -224,9 +251,20 @@ def next_batch(loader: Iterator[dict]) -> dict:
 class StepBatches:
     """Batch sampler for a DataLoader: this rank's ``(row, flip)`` items for steps ``start..stop-1``."""
 
-    def __init__(self, rows: np.ndarray, batch_size: int, seed: int, partition: int, start: int, stop: int,
-                 rank: int = 0, world: int = 1, flip: bool = False, sampling: Sampling = "rows",
-                 shard_rows: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        rows: np.ndarray,
+        batch_size: int,
+        seed: int,
+        partition: int,
+        start: int,
+        stop: int,
+        rank: int = 0,
+        world: int = 1,
+        flip: bool = False,
+        sampling: Sampling = "rows",
+        shard_rows: int = 1,
+    ):
         if batch_size % world:
             raise ValueError(f"global batch size {batch_size} is not divisible by {world} ranks")
         self.order = EpochOrder(rows, batch_size, seed, partition, sampling, shard_rows)  # fails early

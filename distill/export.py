@@ -81,8 +81,9 @@ class RadioModel(nn.Module):
         return self._output(self.student(images))
 
     @torch.inference_mode()
-    def forward_intermediates(self, images: torch.Tensor, indices: int | list[int],
-                              aggregation: Literal["sparse", "dense"] = "sparse") -> tuple[RadioOutput, list[torch.Tensor]]:
+    def forward_intermediates(
+        self, images: torch.Tensor, indices: int | list[int], aggregation: Literal["sparse", "dense"] = "sparse"
+    ) -> tuple[RadioOutput, list[torch.Tensor]]:
         """``(RadioOutput, [B, h, w, D] per chosen layer)``; see :meth:`Student.forward_intermediates`."""
         out, inter = self.student.forward_intermediates(images, indices, aggregation)
         return self._output(out), inter
@@ -102,8 +103,9 @@ def export(run: Path, out: Path, store=None, config=None, stage: int | None = No
     folder = RunFolder(run)
     stages = [stage] if stage else folder.finished_stages()
     if not stages or not folder.stage(stages[0]).finished:
-        raise ExportError(f"{run}: no finished stage to export (looked for stageN/{FINAL_WEIGHTS}); "
-                          "run `radio distill` first")  # fmt: skip
+        raise ExportError(
+            f"{run}: no finished stage to export (looked for stageN/{FINAL_WEIGHTS}); run `radio distill` first"
+        )
     stage = stages[0]
     path = folder.stage(stage).weights
     weights = load_weights(path)
@@ -128,8 +130,10 @@ def export(run: Path, out: Path, store=None, config=None, stage: int | None = No
     elif store is not None and config is not None:
         extra, meta = export_payload(store, config, stage)
     else:
-        raise ExportError(f"{path} carries no export metadata (written by an older radio); "
-                          "export it with the pipeline's store available")  # fmt: skip
+        raise ExportError(
+            f"{path} carries no export metadata (written by an older radio); "
+            "export it with the pipeline's store available"
+        )
     tensors = {f"student.{k}": v for k, v in student_state(weights).items()}
     tensors |= {k[len(EXPORT_PREFIX) :]: v for k, v in extra.items()}
     meta = {"format": EXPORT_FORMAT, **meta, "input": "RGB in [0, 1], [B, 3, H, W] with H and W multiples of 16"}
@@ -180,12 +184,19 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> RadioModel:
     meta, tensors = read_export(path, EXPORT_FORMAT)
     s = meta["student"]
     if s["size"] not in STUDENT_SIZES:
-        raise ExportError(f"{path / CONFIG}: field student.size {s['size']!r} is not a student size "
-                          f"({', '.join(STUDENT_SIZES)})")  # fmt: skip
+        raise ExportError(
+            f"{path / CONFIG}: field student.size {s['size']!r} is not a student size ({', '.join(STUDENT_SIZES)})"
+        )
     specs = [AdaptorSpec(t["name"], t["summary_dim"], t["feature_dim"]) for t in meta["teachers"]]
     try:
-        student = Student(s["size"], specs, cpe_max_size=s["cpe_max_size"], register_multiple=s["register_multiple"],
-                          adaptor_hidden=s["adaptor_hidden"], adaptor_inner=s.get("adaptor_inner", 0))  # fmt: skip
+        student = Student(
+            s["size"],
+            specs,
+            cpe_max_size=s["cpe_max_size"],
+            register_multiple=s["register_multiple"],
+            adaptor_hidden=s["adaptor_hidden"],
+            adaptor_inner=s.get("adaptor_inner", 0),
+        )
     except (ValueError, RuntimeError) as e:
         raise ExportError(f"{path / CONFIG}: the student it describes cannot be built ({e})") from None
     expected = {f"student.{k}": tuple(v.shape) for k, v in student.state_dict().items()}
@@ -194,16 +205,18 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> RadioModel:
         if "normalizer" not in t or t["normalization"] == "none":
             continue  # a teacher this stage did not train, or a pipeline that normalizes nothing
         if t["normalization"] not in MODES:
-            raise ExportError(f"{path / CONFIG}: field teachers[{i}].normalization {t['normalization']!r} is not "
-                              f"one of {', '.join(MODES)}")  # fmt: skip
+            raise ExportError(
+                f"{path / CONFIG}: field teachers[{i}].normalization {t['normalization']!r} is not "
+                f"one of {', '.join(MODES)}"
+            )
         c = t["feature_dim"]
         norm = Normalizer(t["normalization"], np.zeros(c), np.eye(c), np.eye(c), np.ones(c))
         expected |= {f"normalizers.{t['name']}.{k}": tuple(v.shape) for k, v in norm.state_dict().items()}
         normalizers[t["name"]] = norm
     check_tensors(path / WEIGHTS, tensors, expected)
-    student.load_state_dict({k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")})
+    student.load_state_dict({k[len("student.") :]: v for k, v in tensors.items() if k.startswith("student.")})
     for name, module in normalizers.items():
         prefix = f"normalizers.{name}."
-        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
     model = RadioModel(student, normalizers, meta)
     return model.to(device).eval()

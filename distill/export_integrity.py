@@ -51,14 +51,14 @@ STUDENT_FIELDS: dict[str, tuple[Callable[[Any], bool], str, bool]] = {
     "register_multiple": (_is_int, "an integer", True),
     "adaptor_hidden": (_is_int, "an integer", True),
     "adaptor_inner": (_is_int, "an integer", False),
-}  # fmt: skip
+}
 TEACHER_FIELDS: dict[str, tuple[Callable[[Any], bool], str, bool]] = {
     "name": (lambda v: isinstance(v, str) and v != "", "a non-empty string", True),
     "summary_dim": (_opt(_is_int), "an integer or null", True),
     "feature_dim": (_is_int, "an integer", True),
     "normalization": (lambda v: isinstance(v, str), "a string", True),
     "target_key": (_opt(lambda v: isinstance(v, str)), "a string or null", False),
-}  # fmt: skip
+}
 
 
 def sha256_hex(data: bytes) -> str:
@@ -83,8 +83,10 @@ def read_export(path: Path, export_format: str) -> tuple[dict, dict[str, torch.T
         raise ExportError(f"{cfg_path}: not a JSON object")
     fmt = meta.get("format")
     if fmt != export_format:
-        raise ExportError(f"{cfg_path}: export format {fmt!r}, this version reads {export_format!r} "
-                          "(re-run `radio export` with this version)")  # fmt: skip
+        raise ExportError(
+            f"{cfg_path}: export format {fmt!r}, this version reads {export_format!r} "
+            "(re-run `radio export` with this version)"
+        )
     _check_fields(cfg_path, meta)
     data = w_path.read_bytes()
     try:
@@ -93,8 +95,10 @@ def read_export(path: Path, export_format: str) -> tuple[dict, dict[str, torch.T
         raise ExportError(str(e)) from None
     digest = sha256_hex(data)
     if digest != meta["weights"]["sha256"]:
-        raise ExportError(f"{w_path}: sha256 {digest} != {meta['weights']['sha256']} recorded in {CONFIG} "
-                          "(the file is damaged or was replaced)")  # fmt: skip
+        raise ExportError(
+            f"{w_path}: sha256 {digest} != {meta['weights']['sha256']} recorded in {CONFIG} "
+            "(the file is damaged or was replaced)"
+        )
     _check_embedded(cfg_path, w_path, meta, data)
     bad = non_finite(tensors)
     if bad:
@@ -125,9 +129,13 @@ def _check_fields(cfg_path: Path, meta: dict) -> None:
     if len(set(names)) != len(names):
         raise ExportError(f"{cfg_path}: field teachers: teacher names repeat ({', '.join(names)})")
     need(meta, "weights", "", lambda v: isinstance(v, dict), "an object")
-    need(meta["weights"], "sha256", "weights.",
-         lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v),
-         "64 lowercase hex digits")  # fmt: skip
+    need(
+        meta["weights"],
+        "sha256",
+        "weights.",
+        lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v),
+        "64 lowercase hex digits",
+    )
 
 
 def _check_embedded(cfg_path: Path, w_path: Path, meta: dict, data: bytes) -> None:
@@ -140,8 +148,10 @@ def _check_embedded(cfg_path: Path, w_path: Path, meta: dict, data: bytes) -> No
     diff = first_difference(json.loads(embedded), described)
     if diff is not None:
         field, was, now = diff
-        raise ExportError(f"{cfg_path}: field {field} is {json.dumps(now)[:60]}, but the export was written with "
-                          f"{json.dumps(was)[:60]} ({CONFIG} was edited)")  # fmt: skip
+        raise ExportError(
+            f"{cfg_path}: field {field} is {json.dumps(now)[:60]}, but the export was written with "
+            f"{json.dumps(was)[:60]} ({CONFIG} was edited)"
+        )
 
 
 def first_difference(a: Any, b: Any, where: str = "") -> tuple[str, Any, Any] | None:
@@ -179,8 +189,9 @@ def check_tensors(w_path: Path, tensors: dict[str, torch.Tensor], expected: dict
         if name not in tensors:
             raise ExportError(f"{w_path}: missing tensor {name} (shape {list(shape)})")
         if tuple(tensors[name].shape) != tuple(shape):
-            raise ExportError(f"{w_path}: tensor {name} has shape {list(tensors[name].shape)}, "
-                              f"the config says {list(shape)}")  # fmt: skip
+            raise ExportError(
+                f"{w_path}: tensor {name} has shape {list(tensors[name].shape)}, the config says {list(shape)}"
+            )
     extra = sorted(set(tensors) - set(expected))
     if extra:
         more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""

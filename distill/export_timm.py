@@ -30,8 +30,12 @@ from .checkpoint import save_weights
 TIMM_FILE = "timm.safetensors"
 PREFIX = "radio_model.model."
 # Our size names → timm's variant, and the facts the two must share.
-TIMM_VARIANTS = {"b": "vit_base_patch16_radio_v3", "l": "vit_large_patch16_radio_v3",
-                 "h": "vit_huge_patch16_radio_v3", "g": "vit_giant_patch16_radio_v3"}  # fmt: skip
+TIMM_VARIANTS = {
+    "b": "vit_base_patch16_radio_v3",
+    "l": "vit_large_patch16_radio_v3",
+    "h": "vit_huge_patch16_radio_v3",
+    "g": "vit_giant_patch16_radio_v3",
+}
 LAYER_SCALE = {"b", "l"}  # variants built with init_values (LayerScale params that must exist)
 
 

@@ -63,12 +63,17 @@ def export_payload(store, config, stage: int) -> tuple[dict[str, torch.Tensor], 
         teachers.append(entry)
     s = config.student
     meta = {
-        "student": {"size": s.size, "patch": s.patch, "cpe_max_size": s.cpe_max_size,
-                    "register_multiple": s.register_multiple, "adaptor_hidden": s.adaptor_hidden,
-                    "adaptor_inner": s.adaptor_inner},
+        "student": {
+            "size": s.size,
+            "patch": s.patch,
+            "cpe_max_size": s.cpe_max_size,
+            "register_multiple": s.register_multiple,
+            "adaptor_hidden": s.adaptor_hidden,
+            "adaptor_inner": s.adaptor_inner,
+        },
         "teachers": teachers,
         "stage": stage,
-    }  # fmt: skip
+    }
     return tensors, meta
 
 

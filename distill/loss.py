@@ -44,7 +44,9 @@ def align_features(pred: torch.Tensor, grid: tuple[int, int], exact: bool, key: 
     if (h, w) == tuple(grid):
         return pred.float()
     if exact:
-        raise GridMismatch(f"{key}: student grid {h}x{w} != target grid {grid[0]}x{grid[1]} (SAM targets are never interpolated)")
+        raise GridMismatch(
+            f"{key}: student grid {h}x{w} != target grid {grid[0]}x{grid[1]} (SAM targets are never interpolated)"
+        )
     shrink = grid[0] < h or grid[1] < w
     x = pred.permute(0, 3, 1, 2).float()
     x = F.interpolate(x, size=tuple(grid), mode="bilinear", align_corners=False, antialias=shrink)
@@ -64,8 +66,12 @@ class DistillLoss(nn.Module):
     Keys in ``prenormalized`` (compact keys, decoded straight into PHI-S space) skip ``normalize``.
     """
 
-    def __init__(self, partitions: list[tuple[int, list[KeyTarget]]], normalizers: Mapping[str, nn.Module],
-                 prenormalized: frozenset[str] = frozenset()):  # fmt: skip
+    def __init__(
+        self,
+        partitions: list[tuple[int, list[KeyTarget]]],
+        normalizers: Mapping[str, nn.Module],
+        prenormalized: frozenset[str] = frozenset(),
+    ):
         super().__init__()
         self.partitions = partitions
         self.normalizers = nn.ModuleDict(normalizers)

@@ -157,7 +157,9 @@ class Student(nn.Module):
             Block(spec.dim, spec.heads, spec.mlp_ratio, qkv_bias=True, norm_layer=norm)  # type: ignore[arg-type]
             for _ in range(spec.depth)  # (timm types norm_layer as a class; it takes any callable)
         )
-        self.adaptors = nn.ModuleDict({t.name: TeacherAdaptor(t, spec.dim, adaptor_hidden, adaptor_inner) for t in self.teachers})
+        self.adaptors = nn.ModuleDict(
+            {t.name: TeacherAdaptor(t, spec.dim, adaptor_hidden, adaptor_inner) for t in self.teachers}
+        )
         self._init_weights()
 
     def _init_weights(self) -> None:

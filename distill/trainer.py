@@ -62,9 +62,15 @@ def build_student(store: FeatureStore, config: PipelineConfig, seed: int = 0) ->
     s = config.student
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return Student(s.size, adaptor_specs(store, config), cpe_max_size=s.cpe_max_size,
-                       register_multiple=s.register_multiple, adaptor_hidden=s.adaptor_hidden,
-                       adaptor_inner=s.adaptor_inner, pos_dropout=s.pos_dropout)  # fmt: skip
+        return Student(
+            s.size,
+            adaptor_specs(store, config),
+            cpe_max_size=s.cpe_max_size,
+            register_multiple=s.register_multiple,
+            adaptor_hidden=s.adaptor_hidden,
+            adaptor_inner=s.adaptor_inner,
+            pos_dropout=s.pos_dropout,
+        )
 
 
 def build_normalizers(store: FeatureStore, keys: list[str], mode: str) -> dict[str, Normalizer]:
@@ -157,22 +163,32 @@ def _load_student_weights(student: Student, path: Path) -> None:
 def fit_state(student: nn.Module, state: dict, path: Path) -> None:
     """Load ``state`` into ``student`` or say in one line why it does not fit (names or shapes)."""
     own = student.state_dict()
-    bad = [f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}" for k, v in state.items()
-           if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape]  # fmt: skip
+    bad = [
+        f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape
+    ]
     if bad:
-        raise DistillError(f"{path}: weights do not fit this student ({len(bad)} tensors of another shape: "
-                           f"{', '.join(bad[:3])})")  # fmt: skip
+        raise DistillError(
+            f"{path}: weights do not fit this student ({len(bad)} tensors of another shape: {', '.join(bad[:3])})"
+        )
     missing, unexpected = student.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise DistillError(f"{path}: weights do not fit this student (missing {list(missing)[:5]}, "
-                           f"unexpected {list(unexpected)[:5]})")  # fmt: skip
+        raise DistillError(
+            f"{path}: weights do not fit this student (missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})"
+        )
 
 
-def _non_finite(stage: int, step: int, batches: list[dict], out: dict, grad_norm, ckpt: Path, kept: int) -> NonFiniteError:
+def _non_finite(
+    stage: int, step: int, batches: list[dict], out: dict, grad_norm, ckpt: Path, kept: int
+) -> NonFiniteError:
     """The one line for a step whose values are not finite: which key (and store rows) or which
     loss; called only on that path, so its per-row reductions cost nothing in a healthy run."""
-    where = (f"stopped without writing weights; the last good checkpoint {ckpt} (step {kept}) is kept"
-             if kept else "stopped without writing weights (no checkpoint yet)")  # fmt: skip
+    where = (
+        f"stopped without writing weights; the last good checkpoint {ckpt} (step {kept}) is kept"
+        if kept
+        else "stopped without writing weights (no checkpoint yet)"
+    )
     for b in batches:
         rows = b["row"].cpu()
         for key, streams in b["targets"].items():
@@ -181,12 +197,16 @@ def _non_finite(stage: int, step: int, batches: list[dict], out: dict, grad_norm
                 if not bool(ok.all()):
                     bad = rows[~ok].tolist()
                     shown = ", ".join(map(str, bad[:8])) + (f", ... ({len(bad)} rows)" if len(bad) > 8 else "")
-                    return NonFiniteError(f"stage {stage} step {step}: target {key}/{stream} is not finite (NaN or inf) "
-                                          f"in store rows {shown}; {where}")  # fmt: skip
+                    return NonFiniteError(
+                        f"stage {stage} step {step}: target {key}/{stream} is not finite (NaN or inf) "
+                        f"in store rows {shown}; {where}"
+                    )
     for name, v in out.items():
         if not bool(torch.isfinite(v.detach()).all()):
-            return NonFiniteError(f"stage {stage} step {step}: loss {name} is not finite with finite targets "
-                                  f"(training diverged: lower the learning rate or clip gradients); {where}")  # fmt: skip
+            return NonFiniteError(
+                f"stage {stage} step {step}: loss {name} is not finite with finite targets "
+                f"(training diverged: lower the learning rate or clip gradients); {where}"
+            )
     if grad_norm is not None and not bool(torch.isfinite(grad_norm)):
         return NonFiniteError(f"stage {stage} step {step}: the gradient norm is not finite; {where}")
     return NonFiniteError(f"stage {stage} step {step}: a value on another rank is not finite (NaN or inf); {where}")
@@ -219,8 +239,17 @@ def train_stage(
         distributed.teardown(d)
 
 
-def _train(config: PipelineConfig, stage: int, d: distributed.Dist, steps: int | None, run: Path, init: Path | None,
-           workers: int, flip: bool, on_step: Callable[[dict], None] | None) -> StageResult:
+def _train(
+    config: PipelineConfig,
+    stage: int,
+    d: distributed.Dist,
+    steps: int | None,
+    run: Path,
+    init: Path | None,
+    workers: int,
+    flip: bool,
+    on_step: Callable[[dict], None] | None,
+) -> StageResult:
     # ---- set-up: store, targets, student, loss, optimizer ------------------------------------
     cfg = config.stages[stage - 1]
     store = FeatureStore(config.store.path)
@@ -238,10 +267,13 @@ def _train(config: PipelineConfig, stage: int, d: distributed.Dist, steps: int |
     if len(decoders) and config.normalization != "phis":
         dropped = [k for k in decoders if raw_dropped(store, k)]
         if dropped:
-            raise DistillError(f"{', '.join(dropped)}: only stored compact in PHI-S space; train with normalization: phis")
+            raise DistillError(
+                f"{', '.join(dropped)}: only stored compact in PHI-S space; train with normalization: phis"
+            )
         decoders = type(decoders)()  # another normalization trains on the raw targets still there
-    loss_fn = DistillLoss(partitions, build_normalizers(store, keys, config.normalization),
-                          prenormalized=frozenset(decoders)).to(d.device)  # fmt: skip
+    loss_fn = DistillLoss(
+        partitions, build_normalizers(store, keys, config.normalization), prenormalized=frozenset(decoders)
+    ).to(d.device)
     init_from = _initial_weights(run, stage, init)
 
     # ---- resume --------------------------------------------------------------------------------
@@ -251,9 +283,11 @@ def _train(config: PipelineConfig, stage: int, d: distributed.Dist, steps: int |
     if state:
         # The cosine schedule is a function of the total: another --steps would continue on another curve.
         if int(state.get("total_steps", total)) != total:
-            raise DistillError(f"stage {stage}: the checkpoint {ckpt_path} is of a run of {state['total_steps']} steps "
-                               f"(at step {start}), not {total}; resume with --steps {state['total_steps']}, "
-                               "or remove the checkpoint to start over with another step count")  # fmt: skip
+            raise DistillError(
+                f"stage {stage}: the checkpoint {ckpt_path} is of a run of {state['total_steps']} steps "
+                f"(at step {start}), not {total}; resume with --steps {state['total_steps']}, "
+                "or remove the checkpoint to start over with another step count"
+            )
         fit_state(student, state["model"], ckpt_path)
     elif init_from is not None:
         _load_student_weights(student, init_from)
@@ -265,9 +299,10 @@ def _train(config: PipelineConfig, stage: int, d: distributed.Dist, steps: int |
     model: nn.Module = Partitions(student)
     if d.enabled:
         model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.device.index] if d.device.type == "cuda" else None,
+            model,
+            device_ids=[d.device.index] if d.device.type == "cuda" else None,
             find_unused_parameters=used != set(student.adaptors.keys()),  # a teacher absent from this stage
-        )  # fmt: skip
+        )
     if cfg.compile:
         model = cast(nn.Module, torch.compile(model))
 
@@ -284,16 +319,37 @@ def _train(config: PipelineConfig, stage: int, d: distributed.Dist, steps: int |
         part = cfg.partitions[p]
         dataset = PartitionRows(str(store.path), resolution, ts, limits, manifest_dir, compact=frozenset(decoders))
         try:
-            sampler = StepBatches(split.train, part.batch_size, cfg.seed * 1000 + stage, p, start, total,
-                                  d.rank, d.world, flip, cfg.sampling, store.plan.shard_rows)  # fmt: skip
+            sampler = StepBatches(
+                split.train,
+                part.batch_size,
+                cfg.seed * 1000 + stage,
+                p,
+                start,
+                total,
+                d.rank,
+                d.world,
+                flip,
+                cfg.sampling,
+                store.plan.shard_rows,
+            )
         except ValueError as e:
             raise DistillError(f"stage {stage} partition {resolution} px: {e}") from None
         # forkserver, not fork: tensorstore's threads do not survive a fork of a process that used
         # it (it aborts), and the workers get the manifest as a path to memory-map, not a copy.
-        loaders.append(iter(DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-                                       pin_memory=d.device.type == "cuda", persistent_workers=workers > 0,
-                                       multiprocessing_context="forkserver" if workers > 0 else None,
-                                       worker_init_fn=WorkerEnvironment() if workers > 0 else None)))  # fmt: skip
+        loaders.append(
+            iter(
+                DataLoader(
+                    dataset,
+                    batch_sampler=sampler,
+                    num_workers=workers,
+                    collate_fn=collate,
+                    pin_memory=d.device.type == "cuda",
+                    persistent_workers=workers > 0,
+                    multiprocessing_context="forkserver" if workers > 0 else None,
+                    worker_init_fn=WorkerEnvironment() if workers > 0 else None,
+                )
+            )
+        )
 
     # ---- bookkeeping: run folder, metrics (rank 0) ----------------------------------------------
     metrics_path = sdir.metrics
@@ -309,8 +365,16 @@ def _train(config: PipelineConfig, stage: int, d: distributed.Dist, steps: int |
         nonlocal saved
         saved = step
         if d.main:
-            save_checkpoint(ckpt_path, {"model": student.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "step": step, "stage": stage, "total_steps": total})  # fmt: skip
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "model": student.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step,
+                    "stage": stage,
+                    "total_steps": total,
+                },
+            )
 
     # ---- the loop --------------------------------------------------------------------------------
     losses: list[float] = []
@@ -354,8 +418,13 @@ def _train(config: PipelineConfig, stage: int, d: distributed.Dist, steps: int |
                 raise _non_finite(stage, step, batches, out, grad_norm, ckpt_path, saved)
             dt = time.perf_counter() - t0
             images = sum(p.batch_size for p in cfg.partitions)
-            record = {"step": step, "lr": lr, **{n: float(v) for n, v in zip(names, values)},
-                      "images_per_s": images / dt, "data_wait": t_data / dt}  # fmt: skip
+            record = {
+                "step": step,
+                "lr": lr,
+                **{n: float(v) for n, v in zip(names, values)},
+                "images_per_s": images / dt,
+                "data_wait": t_data / dt,
+            }
             losses.append(record["total"])
             if log is not None:  # rank 0 only
                 log.write(json.dumps(record) + "\n")
@@ -372,8 +441,11 @@ def _train(config: PipelineConfig, stage: int, d: distributed.Dist, steps: int |
         # The final weights carry what export needs (dims, normalizers, provenance): a run can be
         # exported where the store is not.
         extra, meta = export_payload(store, config, stage)
-        save_weights(student.state_dict() | extra, sdir.weights,
-                     {"stage": str(stage), "steps": str(total)} | final_metadata(meta))  # fmt: skip
+        save_weights(
+            student.state_dict() | extra,
+            sdir.weights,
+            {"stage": str(stage), "steps": str(total)} | final_metadata(meta),
+        )
     return StageResult(stage, run, start, step, total, stopped_by, losses)
 
 

@@ -69,8 +69,10 @@ class TeacherEncoder:
     def __init__(self, teacher, name: str | None = None):
         spec = teacher.spec
         if spec.canvas:
-            raise EvalError(f"{spec.name} runs only on its fixed {spec.input_size}x{spec.input_size} canvas; "
-                            "evaluate a teacher that runs at any resolution (DINOv2, CLIP, SigLIP)")  # fmt: skip
+            raise EvalError(
+                f"{spec.name} runs only on its fixed {spec.input_size}x{spec.input_size} canvas; "
+                "evaluate a teacher that runs at any resolution (DINOv2, CLIP, SigLIP)"
+            )
         self.teacher = teacher
         self.name = name or spec.name
         self.device = next(teacher.parameters()).device

@@ -110,8 +110,15 @@ class FidelityResult:
     geometric_mean: dict[str, float]
 
 
-def measure_fidelity(model: RadioModel, store: FeatureStore, config: PipelineConfig, rows: str = "held-out",
-                     stage: int | None = None, max_rows: int | None = None, batch_size: int = 8) -> FidelityResult:  # fmt: skip
+def measure_fidelity(
+    model: RadioModel,
+    store: FeatureStore,
+    config: PipelineConfig,
+    rows: str = "held-out",
+    stage: int | None = None,
+    max_rows: int | None = None,
+    batch_size: int = 8,
+) -> FidelityResult:
     """F[X] of an exported ``model`` (``radio.load``) on the store rows of ``config``.
 
     Keys and resolutions are the partitions of ``stage`` (default: the stage the export was
@@ -168,9 +175,17 @@ def measure_fidelity(model: RadioModel, store: FeatureStore, config: PipelineCon
                 acc[t.key].add(batch["targets"][t.key]["features"], pred)
         for t in targets:
             f = acc[t.key].result()
-            results.append({"resolution": resolution, "key": t.key, "teacher": t.teacher, "fidelity": f.fidelity,
-                            "variance_ratio": f.variance_ratio, "mse": f.mse,
-                            "mse_normalized": f.mse_normalized})  # fmt: skip
+            results.append(
+                {
+                    "resolution": resolution,
+                    "key": t.key,
+                    "teacher": t.teacher,
+                    "fidelity": f.fidelity,
+                    "variance_ratio": f.variance_ratio,
+                    "mse": f.mse,
+                    "mse_normalized": f.mse_normalized,
+                }
+            )
     gm = {name: geometric_mean([r[name] for r in results]) for name in ("fidelity", "variance_ratio")}
     return FidelityResult(stage, rows, [int(r) for r in chosen], config.normalization, results, gm)
 
@@ -192,16 +207,33 @@ class KnnResult:
     top5: float
 
 
-def measure_knn(encoder: Encoder, train: LabeledSplit, val: LabeledSplit, resolution: int, k: int = 20,
-                temperature: float = 0.07, batch_size: int = 32) -> KnnResult:  # fmt: skip
+def measure_knn(
+    encoder: Encoder,
+    train: LabeledSplit,
+    val: LabeledSplit,
+    resolution: int,
+    k: int = 20,
+    temperature: float = 0.07,
+    batch_size: int = 32,
+) -> KnnResult:
     """Weighted kNN of ``val`` summaries among ``train`` summaries (:func:`radio.evaluate.knn.knn_scores`)."""
     size = encoder.input_size(resolution)
     bank = encode_in_batches(encoder.summary, list(train.paths), size, batch_size)
     queries = encode_in_batches(encoder.summary, list(val.paths), size, batch_size)
     scores = knn_scores(bank, torch.from_numpy(train.labels), queries, len(train.classes), k, temperature)
     acc = topk_accuracy(scores, torch.from_numpy(val.labels), (1, 5))
-    return KnnResult(encoder.name, str(train.root.parent), resolution, k, temperature, list(train.classes),
-                     len(train.paths), len(val.paths), acc[1], acc[5])  # fmt: skip
+    return KnnResult(
+        encoder.name,
+        str(train.root.parent),
+        resolution,
+        k,
+        temperature,
+        list(train.classes),
+        len(train.paths),
+        len(val.paths),
+        acc[1],
+        acc[5],
+    )
 
 
 # ---- zero-shot (§2.10) ---------------------------------------------------------------------------------
@@ -234,7 +266,9 @@ def export_teacher_model(model_config: dict, teacher: str) -> tuple[str, str | N
     try:
         p = TargetProvenance.from_json(prov)
     except StoreError as e:
-        raise EvalError(f"the export's provenance of {teacher!r} is {e}; pass --teacher-model (and --weights)") from None
+        raise EvalError(
+            f"the export's provenance of {teacher!r} is {e}; pass --teacher-model (and --weights)"
+        ) from None
     return p.model, None if p.weights == "random-init" else p.weights
 
 
@@ -248,8 +282,15 @@ def open_clip_tokenizer(teacher):
         raise EvalError(f"{teacher.spec.name}: cannot load its open_clip tokenizer ({type(e).__name__}: {e})") from None
 
 
-def measure_zero_shot(encoder: StudentEncoder, text_teacher, tokenizer, split: LabeledSplit, resolution: int,
-                      templates: Sequence[str] = DEFAULT_TEMPLATES, batch_size: int = 32) -> ZeroShotResult:  # fmt: skip
+def measure_zero_shot(
+    encoder: StudentEncoder,
+    text_teacher,
+    tokenizer,
+    split: LabeledSplit,
+    resolution: int,
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    batch_size: int = 32,
+) -> ZeroShotResult:
     """Classify ``split`` by the encoder's (adaptor) summary against ``text_teacher``'s text
     embeddings of the class prompts (:mod:`radio.evaluate.zero_shot`)."""
     if not hasattr(text_teacher, "encode_text"):
@@ -267,12 +308,25 @@ def measure_zero_shot(encoder: StudentEncoder, text_teacher, tokenizer, split: L
     classifier = text_classifier(encode_text, prompts)
     images = encode_in_batches(encoder.summary, list(split.paths), encoder.input_size(resolution), batch_size)
     if images.shape[-1] != classifier.shape[-1]:
-        raise EvalError(f"the {encoder.name} summary has {images.shape[-1]} dims, {text_teacher.spec.name}'s text "
-                        f"embeddings {classifier.shape[-1]}: use the head distilled from that teacher")  # fmt: skip
+        raise EvalError(
+            f"the {encoder.name} summary has {images.shape[-1]} dims, {text_teacher.spec.name}'s text "
+            f"embeddings {classifier.shape[-1]}: use the head distilled from that teacher"
+        )
     scores = zero_shot_scores(images, classifier)
     acc = topk_accuracy(scores, torch.from_numpy(split.labels), (1, 5))
-    return ZeroShotResult(encoder.name, encoder.adaptor or "", text_teacher.spec.name, str(split.root), resolution,
-                          list(templates), prompts, list(split.classes), len(split.paths), acc[1], acc[5])  # fmt: skip
+    return ZeroShotResult(
+        encoder.name,
+        encoder.adaptor or "",
+        text_teacher.spec.name,
+        str(split.root),
+        resolution,
+        list(templates),
+        prompts,
+        list(split.classes),
+        len(split.paths),
+        acc[1],
+        acc[5],
+    )
 
 
 # ---- PCA pictures (Fig. 3, A1) ---------------------------------------------------------------------------
@@ -288,8 +342,14 @@ def image_labels(paths: Sequence[Path]) -> list[str]:
     return [str(Path(p).resolve().relative_to(common)) for p in paths]
 
 
-def pca_picture(encoder: Encoder, paths: Sequence[Path], resolutions: Sequence[int], out: Path,
-                cell: int = 160, show_input: bool = True) -> dict:  # fmt: skip
+def pca_picture(
+    encoder: Encoder,
+    paths: Sequence[Path],
+    resolutions: Sequence[int],
+    out: Path,
+    cell: int = 160,
+    show_input: bool = True,
+) -> dict:
     """Write ``out`` (PNG: a row per image, a column per resolution, :mod:`radio.evaluate.pca`)
     and ``out`` with suffix ``.json`` (the layout); returns the layout."""
     import json
@@ -308,8 +368,13 @@ def pca_picture(encoder: Encoder, paths: Sequence[Path], resolutions: Sequence[i
         cells.append(([load_square(path, cell)] if show_input else []) + row)
     columns = (["input"] if show_input else []) + [f"{r} px" for r in rs]
     image, layout = render_grid(cells, image_labels(paths), columns, cell=cell)
-    layout |= {"model": encoder.name, "resolutions": rs, "input_sizes": sizes, "png": out.name,
-               "images": [str(p) for p in paths]}  # fmt: skip
+    layout |= {
+        "model": encoder.name,
+        "resolutions": rs,
+        "input_sizes": sizes,
+        "png": out.name,
+        "images": [str(p) for p in paths],
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out)
     out.with_suffix(".json").write_text(json.dumps(layout, indent=2))

@@ -71,8 +71,9 @@ def render_grid(
     font = ImageFont.load_default(size=14)
     boxes = []
     for c, label in enumerate(col_labels):
-        draw.text((label_width + gap + c * (cell + gap) + cell // 2, header // 2), label, fill="black", font=font,
-                  anchor="mm")  # fmt: skip
+        draw.text(
+            (label_width + gap + c * (cell + gap) + cell // 2, header // 2), label, fill="black", font=font, anchor="mm"
+        )
     for r, label in enumerate(row_labels):
         y = header + gap + r * (cell + gap)
         short = label if len(label) <= 24 else "…" + label[-23:]  # the file name is the telling end
@@ -85,6 +86,14 @@ def render_grid(
             canvas.paste(Image.fromarray(a).resize((cell, cell), Image.Resampling.NEAREST), (x, y))
             row_boxes.append([x, y, x + cell, y + cell])
         boxes.append(row_boxes)
-    layout = {"rows": list(row_labels), "columns": list(col_labels), "cell": cell, "gap": gap,
-              "label_width": label_width, "header": header, "size": [width, height], "boxes": boxes}  # fmt: skip
+    layout = {
+        "rows": list(row_labels),
+        "columns": list(col_labels),
+        "cell": cell,
+        "gap": gap,
+        "label_width": label_width,
+        "header": header,
+        "size": [width, height],
+        "boxes": boxes,
+    }
     return canvas, layout

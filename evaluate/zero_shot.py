@@ -44,6 +44,7 @@ def text_classifier(encode_text: Callable[[list[str]], torch.Tensor], prompts: l
 def zero_shot_scores(image_embeddings: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
     """Cosine similarities ``[N, K]`` of image embeddings ``[N, E]`` to class embeddings ``[K, E]``."""
     if image_embeddings.shape[-1] != classifier.shape[-1]:
-        raise ValueError(f"image embeddings have {image_embeddings.shape[-1]} dims, "
-                         f"the text embeddings {classifier.shape[-1]}")  # fmt: skip
+        raise ValueError(
+            f"image embeddings have {image_embeddings.shape[-1]} dims, the text embeddings {classifier.shape[-1]}"
+        )
     return F.normalize(image_embeddings.double(), dim=-1) @ classifier.double().T

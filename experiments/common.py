@@ -50,8 +50,18 @@ class Outcome:
     smoke: bool = False
 
 
-def pipeline(name: str, root: Path, teachers: dict, stages: list[dict], *, normalization: str = "phis",
-             held_out: int = 8, shard_rows: int = 8, batch_size: int = 8, student: dict | None = None) -> PipelineConfig:  # fmt: skip
+def pipeline(
+    name: str,
+    root: Path,
+    teachers: dict,
+    stages: list[dict],
+    *,
+    normalization: str = "phis",
+    held_out: int = 8,
+    shard_rows: int = 8,
+    batch_size: int = 8,
+    student: dict | None = None,
+) -> PipelineConfig:
     """A :class:`PipelineConfig` (the pipelines.yaml schema, validated the same way) rooted at ``root``."""
     from pydantic import ValidationError
 
@@ -180,8 +190,10 @@ def write_outputs(outcome: Outcome, out: Path) -> None:
 
 def section(outcome: Outcome, picture: str) -> str:
     status = "reproduced" if outcome.agrees else "**not reproduced**"
-    return (f"**Claim.** {outcome.claim}\n\n{markdown_table(outcome.table)}\n\n"
-            f"**Result ({status}).** {outcome.verdict}\n\n![{outcome.name}]({picture})\n")  # fmt: skip
+    return (
+        f"**Claim.** {outcome.claim}\n\n{markdown_table(outcome.table)}\n\n"
+        f"**Result ({status}).** {outcome.verdict}\n\n![{outcome.name}]({picture})\n"
+    )
 
 
 def update_readme(outcome: Outcome, out: Path, readme: Path, pictures: Path) -> None:

@@ -24,17 +24,25 @@ from . import common
 from .common import Outcome, Scale
 
 NAME = "mosaic"
-CLAIM = ("Tiling k×k images into one SAM canvas cuts SAM forward passes, and SAM time per image, by k², "
-         "while each tile's features stay close to a per-image run at the same placement (paper §4.3).")  # fmt: skip
+CLAIM = (
+    "Tiling k×k images into one SAM canvas cuts SAM forward passes, and SAM time per image, by k², "
+    "while each tile's features stay close to a per-image run at the same placement (paper §4.3)."
+)
 RESOLUTION = 64
 CANVAS = 256
 KS = (1, 2, 4)
 
 
 def build(root: Path, k: int, scale: Scale):
-    teachers = {"sam": {"model": "sam_tiny", "targets": {f"sam@{RESOLUTION}": {"resolution": RESOLUTION, "mosaic": k,
-                                                                                "canvas": CANVAS}}}}  # fmt: skip
-    stages = [{"steps": 1, "partitions": [{"resolution": RESOLUTION, "batch_size": 1, "targets": [f"sam@{RESOLUTION}"]}]}]
+    teachers = {
+        "sam": {
+            "model": "sam_tiny",
+            "targets": {f"sam@{RESOLUTION}": {"resolution": RESOLUTION, "mosaic": k, "canvas": CANVAS}},
+        }
+    }
+    stages = [
+        {"steps": 1, "partitions": [{"resolution": RESOLUTION, "batch_size": 1, "targets": [f"sam@{RESOLUTION}"]}]}
+    ]
     config = common.pipeline(NAME, root, teachers, stages, held_out=0, shard_rows=16, batch_size=16)
     return common.with_changes(config, store=config.store.model_dump() | {"path": str(root / f"store-k{k}.zarr")})
 
@@ -52,42 +60,74 @@ def run(out: Path, scale: Scale) -> Outcome:
         forwards = sum(r.teacher_inputs.get(key, 0) for r in report.results)
         seconds = sum(r.compute_seconds.get(key, 0.0) for r in report.results)
         checks[k] = tile_check(config, key, k, scale.pick(8, 2))
-        per_k[k] = {"images": images, "forwards": forwards, "expected_forwards": expected_forwards(config, k),
-                    "featurize_seconds": seconds, "wall_seconds": t.seconds}  # fmt: skip
+        per_k[k] = {
+            "images": images,
+            "forwards": forwards,
+            "expected_forwards": expected_forwards(config, k),
+            "featurize_seconds": seconds,
+            "wall_seconds": t.seconds,
+        }
     forward_ms = sam_forward_ms(build(work, 1, scale), scale.pick(64, 16))
     load = os.getloadavg()[0]  # timings on a shared machine: say how shared
     base = per_k[1]
     for k in KS:
         p = per_k[k]
         p["sam_forward_ms_per_image"] = forward_ms[k]
-        table.append({"mosaic k": k, "images": p["images"], "SAM forwards": p["forwards"],
-                      "expected": p["expected_forwards"], "forwards saved": base["forwards"] / max(1, p["forwards"]),
-                      "ideal k²": k * k, "featurize ms / image": 1000 * p["featurize_seconds"] / max(1, p["images"]),
-                      "SAM forward ms / image": forward_ms[k], "SAM speed-up": forward_ms[1] / forward_ms[k],
-                      "tile vs alone: rel. error": checks[k]["relative_error"], "cosine": checks[k]["cosine"]})  # fmt: skip
+        table.append(
+            {
+                "mosaic k": k,
+                "images": p["images"],
+                "SAM forwards": p["forwards"],
+                "expected": p["expected_forwards"],
+                "forwards saved": base["forwards"] / max(1, p["forwards"]),
+                "ideal k²": k * k,
+                "featurize ms / image": 1000 * p["featurize_seconds"] / max(1, p["images"]),
+                "SAM forward ms / image": forward_ms[k],
+                "SAM speed-up": forward_ms[1] / forward_ms[k],
+                "tile vs alone: rel. error": checks[k]["relative_error"],
+                "cosine": checks[k]["cosine"],
+            }
+        )
     forwards_ok = all(per_k[k]["forwards"] == per_k[k]["expected_forwards"] for k in KS)
     speed = [forward_ms[1] / forward_ms[k] for k in KS]
     agrees = forwards_ok and speed[1] > 1 and speed[2] > speed[1]
-    verdict = (f"SAM forwards for {base['images']} images: " + ", ".join(f"k={k}: {per_k[k]['forwards']}" for k in KS)
-               + f" (= Σ over store windows of ⌈valid / k²⌉: {'yes' if forwards_ok else 'NO'}). SAM forward time per "
-               f"image falls {speed[1]:.1f}× at k=2 and {speed[2]:.1f}× at k=4 (ideal 4× and 16×; best of 3 interleaved runs, "
-               f"1-minute load average {load:.1f} on {os.cpu_count()} cores). Tile features "
-               "against a per-image canvas at the same placement: relative error " + ", ".join(
-                   f"k={k}: {checks[k]['relative_error']:.2g}" for k in KS) + ". ")  # fmt: skip
-    verdict += ("k=1 matches up to fp16 storage; for k>1 the other tiles reach each image through SAM's global-attention "
-                "blocks, so tiles are close to, not equal to, per-image runs (the paper's claim is that this costs "
-                "little; we can only measure it with random-init SAM weights here, whose attention is not SAM's). ")
+    verdict = (
+        f"SAM forwards for {base['images']} images: "
+        + ", ".join(f"k={k}: {per_k[k]['forwards']}" for k in KS)
+        + f" (= Σ over store windows of ⌈valid / k²⌉: {'yes' if forwards_ok else 'NO'}). SAM forward time per "
+        f"image falls {speed[1]:.1f}× at k=2 and {speed[2]:.1f}× at k=4 (ideal 4× and 16×; best of 3 interleaved runs, "
+        f"1-minute load average {load:.1f} on {os.cpu_count()} cores). Tile features "
+        "against a per-image canvas at the same placement: relative error "
+        + ", ".join(f"k={k}: {checks[k]['relative_error']:.2g}" for k in KS)
+        + ". "
+    )
+    verdict += (
+        "k=1 matches up to fp16 storage; for k>1 the other tiles reach each image through SAM's global-attention "
+        "blocks, so tiles are close to, not equal to, per-image runs (the paper's claim is that this costs "
+        "little; we can only measure it with random-init SAM weights here, whose attention is not SAM's). "
+    )
     if load > (os.cpu_count() or 1):
-        verdict += ("With the machine this oversubscribed the per-image times are noisy (a ratio beyond its ideal k² "
-                    "is noise, not a gain); the forward counts are exact. ")
+        verdict += (
+            "With the machine this oversubscribed the per-image times are noisy (a ratio beyond its ideal k² "
+            "is noise, not a gain); the forward counts are exact. "
+        )
     if speed[2] < 12:
-        verdict += ("The time saving is below k² because the tiny SAM's forward on a 256 px canvas is cheap enough on CPU "
-                    "that fixed per-call costs weigh in; with SAM at 1024 px the forward dominates (README benchmark, "
-                    "SAM-B: 14.8× at k=4). The whole featurize time per image (crop, resize, moments, writes) falls less, "
-                    "because those costs do not shrink with k. ")
+        verdict += (
+            "The time saving is below k² because the tiny SAM's forward on a 256 px canvas is cheap enough on CPU "
+            "that fixed per-call costs weigh in; with SAM at 1024 px the forward dominates (README benchmark, "
+            "SAM-B: 14.8× at k=4). The whole featurize time per image (crop, resize, moments, writes) falls less, "
+            "because those costs do not shrink with k. "
+        )
     _picture(out / f"{NAME}.png", per_k, checks)
-    return Outcome(NAME, CLAIM, table, agrees, verdict, f"{NAME}.png",
-                   extra={"per_k": per_k, "tile_check": checks, "load_average": load})
+    return Outcome(
+        NAME,
+        CLAIM,
+        table,
+        agrees,
+        verdict,
+        f"{NAME}.png",
+        extra={"per_k": per_k, "tile_check": checks, "load_average": load},
+    )
 
 
 def sam_forward_ms(config, n: int, repeats: int = 3) -> dict[int, float]:
@@ -143,7 +183,9 @@ def expected_forwards(config, k: int) -> int:
     from radio.store.layout import FeatureStore
 
     fs = FeatureStore(config.store.path)
-    windows = Counter((r["tar_index"], r["ordinal"] // fs.plan.shard_rows) for r in fs.manifest().to_pylist() if r["valid"])
+    windows = Counter(
+        (r["tar_index"], r["ordinal"] // fs.plan.shard_rows) for r in fs.manifest().to_pylist() if r["valid"]
+    )
     return sum(-(-n // (k * k)) for n in windows.values())
 
 
@@ -180,9 +222,15 @@ def tile_check(config, key: str, k: int, n: int) -> dict:
         alone = mosaic.split(grid, slot + 1, k, CANVAS, RESOLUTION, offsets)[slot].double()
         tile = torch.from_numpy(np.asarray(stored[row["row"]], dtype=np.float64))
         errors.append(float(((tile - alone) ** 2).sum() / (alone**2).sum()))
-        cosines.append(float(torch.nn.functional.cosine_similarity(tile.flatten(0, 1), alone.flatten(0, 1), dim=-1).mean()))
-    return {"rows": [r["row"] for r in window[:n]], "relative_error": float(np.mean(errors)),
-            "cosine": float(np.mean(cosines)), "per_image_relative_error": errors}  # fmt: skip
+        cosines.append(
+            float(torch.nn.functional.cosine_similarity(tile.flatten(0, 1), alone.flatten(0, 1), dim=-1).mean())
+        )
+    return {
+        "rows": [r["row"] for r in window[:n]],
+        "relative_error": float(np.mean(errors)),
+        "cosine": float(np.mean(cosines)),
+        "per_image_relative_error": errors,
+    }
 
 
 def _picture(path: Path, per_k: dict, checks: dict) -> None:

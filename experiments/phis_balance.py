@@ -21,9 +21,11 @@ from . import common
 from .common import Outcome, Scale
 
 NAME = "phis_balance"
-CLAIM = ("PHI-S raises the geometric-mean fidelity F[X] = Var(teacher)/MSE of the teachers over "
-         "training on raw targets (`normalization: none`) when their variances differ by orders of magnitude "
-         "(paper §4.4, Table 3).")  # fmt: skip
+CLAIM = (
+    "PHI-S raises the geometric-mean fidelity F[X] = Var(teacher)/MSE of the teachers over "
+    "training on raw targets (`normalization: none`) when their variances differ by orders of magnitude "
+    "(paper §4.4, Table 3)."
+)
 LOUD_SCALE = 100.0  # DINOv2's outputs ×100: variance ×10⁴, like SAM among the real teachers
 MODES = ("none", "standardize", "phis")
 
@@ -34,13 +36,21 @@ def build(root: Path, scale: Scale):
         "siglip": {"model": "siglip_tiny", "targets": {"siglip@112": {"resolution": 112}}},
         "dinov2": {"model": "dinov2_tiny", "output_scale": LOUD_SCALE, "targets": {"dinov2@112": {"resolution": 112}}},
     }
-    stages = [{
-        "steps": scale.pick(300, 3),
-        "partitions": [{"resolution": 128, "batch_size": scale.pick(16, 4), "targets": ["clip@112", "siglip@112", "dinov2@112"]}],
-        "optimizer": {"name": "adamw", "lr": 1.0e-3, "weight_decay": 0.0},
-        "schedule": {"warmup_steps": scale.pick(20, 1)},
-        "checkpoint_every": 1000,
-    }]  # fmt: skip
+    stages = [
+        {
+            "steps": scale.pick(300, 3),
+            "partitions": [
+                {
+                    "resolution": 128,
+                    "batch_size": scale.pick(16, 4),
+                    "targets": ["clip@112", "siglip@112", "dinov2@112"],
+                }
+            ],
+            "optimizer": {"name": "adamw", "lr": 1.0e-3, "weight_decay": 0.0},
+            "schedule": {"warmup_steps": scale.pick(20, 1)},
+            "checkpoint_every": 1000,
+        }
+    ]
     return common.pipeline(NAME, root, teachers, stages, held_out=scale.pick(32, 4))
 
 
@@ -66,20 +76,37 @@ def run(out: Path, scale: Scale) -> Outcome:
         table.append(row)
     gm = {m: results[m].geometric_mean["fidelity"] for m in MODES}
     agrees = gm["phis"] > gm["none"]
-    verdict = (f"Geometric-mean F: none {gm['none']:.3f}, standardize {gm['standardize']:.3f}, PHI-S {gm['phis']:.3f} "
-               f"({'PHI-S above none, as in the paper' if agrees else 'PHI-S NOT above none'}). Teacher variance "
-               "(mean per-channel, stored targets): " + ", ".join(f"{t} {v:.3g}" for t, v in variances.items()) + ". ")  # fmt: skip
+    verdict = (
+        f"Geometric-mean F: none {gm['none']:.3f}, standardize {gm['standardize']:.3f}, PHI-S {gm['phis']:.3f} "
+        f"({'PHI-S above none, as in the paper' if agrees else 'PHI-S NOT above none'}). Teacher variance "
+        "(mean per-channel, stored targets): " + ", ".join(f"{t} {v:.3g}" for t, v in variances.items()) + ". "
+    )
     if gm["standardize"] > gm["phis"]:
-        verdict += ("Per-channel standardization scores slightly above PHI-S here (the paper finds PHI-S best); with "
-                    "random-init teachers the channels are nearly isotropic, so PHI-S's rotation adds nothing over "
-                    "per-channel scaling. ")
+        verdict += (
+            "Per-channel standardization scores slightly above PHI-S here (the paper finds PHI-S best); with "
+            "random-init teachers the channels are nearly isotropic, so PHI-S's rotation adds nothing over "
+            "per-channel scaling. "
+        )
     if not agrees:
-        verdict += ("In this toy set-up the student is tiny and trains for a few hundred steps on ~160 images, "
-                    "so every teacher is far from fitted and the loss balance matters less than in the paper.")
+        verdict += (
+            "In this toy set-up the student is tiny and trains for a few hundred steps on ~160 images, "
+            "so every teacher is far from fitted and the loss balance matters less than in the paper."
+        )
     _picture(out / f"{NAME}.png", results, variances)
-    return Outcome(NAME, CLAIM, table, agrees, verdict, f"{NAME}.png",
-                   extra={"teacher_variance": variances, "geometric_mean": gm, "output_scale": {"dinov2": LOUD_SCALE},
-                          "fidelity": {m: results[m].__dict__ for m in MODES}})  # fmt: skip
+    return Outcome(
+        NAME,
+        CLAIM,
+        table,
+        agrees,
+        verdict,
+        f"{NAME}.png",
+        extra={
+            "teacher_variance": variances,
+            "geometric_mean": gm,
+            "output_scale": {"dinov2": LOUD_SCALE},
+            "fidelity": {m: results[m].__dict__ for m in MODES},
+        },
+    )
 
 
 def _teacher_variances(config) -> dict[str, float]:
@@ -88,8 +115,12 @@ def _teacher_variances(config) -> dict[str, float]:
     from radio.store.moments import merge_all
 
     fs = FeatureStore(config.store.path)
-    return {teacher: float(merge_all([m for key in tc.targets for m in fs.moments(key, "features")]).covariance
-                           .diagonal().mean()) for teacher, tc in config.teachers.items()}  # fmt: skip
+    return {
+        teacher: float(
+            merge_all([m for key in tc.targets for m in fs.moments(key, "features")]).covariance.diagonal().mean()
+        )
+        for teacher, tc in config.teachers.items()
+    }
 
 
 def _picture(path: Path, results: dict, variances: dict[str, float]) -> None:

@@ -83,12 +83,26 @@ class TarDecoder:
             if pending is None:
                 pending = self._group(item, tp, index, [], res, [], Counter())
                 index += 1
-        end = TarEnd(index, len(manifest), reasons["valid"], {k: v for k, v in reasons.items() if k != "valid"},
-                     reader.error if reader.truncated else None, error)
+        end = TarEnd(
+            index,
+            len(manifest),
+            reasons["valid"],
+            {k: v for k, v in reasons.items() if k != "valid"},
+            reader.error if reader.truncated else None,
+            error,
+        )
         yield pending | to_batch([end.columns()])
 
-    def _group(self, item: TarItem, tp: TarPlan, index: int, samples: list[Sample], res: list[int],
-               manifest: list[dict[str, Any]], reasons: Counter[str]) -> dict[str, np.ndarray]:  # fmt: skip
+    def _group(
+        self,
+        item: TarItem,
+        tp: TarPlan,
+        index: int,
+        samples: list[Sample],
+        res: list[int],
+        manifest: list[dict[str, Any]],
+        reasons: Counter[str],
+    ) -> dict[str, np.ndarray]:
         r, n = self.store.plan.shard_rows, self.group * self.store.plan.shard_rows
         row_start = tp.row_start + index * n
         valid = np.zeros(n, bool)
@@ -121,11 +135,22 @@ class TarDecoder:
 def _manifest_row(tp: TarPlan, row: int, x: Sample, box: CropBox | None) -> dict[str, Any]:
     h, w = x.pixels.shape[:2] if x.pixels is not None else (None, None)
     return {
-        "row": row, "key": x.key, "uid": x.uid, "tar": tp.path, "tar_index": tp.index, "ordinal": x.ordinal,
-        "offset": x.image.offset if x.image else None, "size": x.image.size if x.image else None,
-        "valid": x.valid, "reason": x.reason, "width": w, "height": h,
-        "crop_x": box.x if box else None, "crop_y": box.y if box else None, "crop_size": box.size if box else None,
-    }  # fmt: skip
+        "row": row,
+        "key": x.key,
+        "uid": x.uid,
+        "tar": tp.path,
+        "tar_index": tp.index,
+        "ordinal": x.ordinal,
+        "offset": x.image.offset if x.image else None,
+        "size": x.image.size if x.image else None,
+        "valid": x.valid,
+        "reason": x.reason,
+        "width": w,
+        "height": h,
+        "crop_x": box.x if box else None,
+        "crop_y": box.y if box else None,
+        "crop_size": box.size if box else None,
+    }
 
 
 __all__ = ["TarDecoder", "windows_per_group"]

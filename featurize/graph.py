@@ -61,8 +61,9 @@ def stage_specs(items: list[WorkItem]) -> list[StageSpec]:
         model, weights, keys = teachers[name]
         later = {k.resolution for n in names[i + 1 :] for k in teachers[n][2].values()}
         mine = {k.resolution for k in keys.values()}
-        out.append(StageSpec(name, model, weights, tuple(keys.values()),
-                             tuple(pixel_column(s) for s in sorted(mine - later))))  # fmt: skip
+        out.append(
+            StageSpec(name, model, weights, tuple(keys.values()), tuple(pixel_column(s) for s in sorted(mine - later)))
+        )
     return out
 
 
@@ -79,8 +80,9 @@ def teacher_size(model: str) -> tuple[int, int]:
     return sum(p.numel() for p in t.parameters()), width
 
 
-def teacher_memory(model: str, keys: tuple[KeyJob, ...], batch_size: int, on_gpu: bool = True,
-                   loads_weights: bool = True) -> tuple[int, int]:  # fmt: skip
+def teacher_memory(
+    model: str, keys: tuple[KeyJob, ...], batch_size: int, on_gpu: bool = True, loads_weights: bool = True
+) -> tuple[int, int]:
     """(host bytes, accelerator bytes) one actor of this teacher needs.
 
     Activations of the largest forward: ~16 live ``[tokens, width]`` tensors per image (attention
@@ -145,7 +147,9 @@ class ClusterMemory:
         return cls(sum(mem), max(mem, default=0.0), sum(float(r.get("GPU", 0.0)) for r in nodes))
 
 
-def plan_passes(specs: list[StageSpec], needs: list[tuple[int, float]], cluster: ClusterMemory) -> list[list[StageSpec]]:
+def plan_passes(
+    specs: list[StageSpec], needs: list[tuple[int, float]], cluster: ClusterMemory
+) -> list[list[StageSpec]]:
     """Split the stages, in graph order, into passes whose actors (one per teacher) fit together.
 
     ``needs[i]``: (host bytes, GPUs) one actor of ``specs[i]`` reserves. A pass is closed when the
@@ -155,9 +159,12 @@ def plan_passes(specs: list[StageSpec], needs: list[tuple[int, float]], cluster:
         if host > cluster.largest:
             raise ClusterTooSmall(
                 f"teacher {s.teacher} ({s.model}) needs {host / GiB:.1f} GiB of host memory per actor; the largest "
-                f"Ray node offers {cluster.largest / GiB:.1f} GiB: add a node with more memory")
+                f"Ray node offers {cluster.largest / GiB:.1f} GiB: add a node with more memory"
+            )
         if gpu > cluster.gpus:
-            raise ClusterTooSmall(f"teacher {s.teacher} ({s.model}) needs {gpu:g} GPUs per actor; the cluster has {cluster.gpus:g}")
+            raise ClusterTooSmall(
+                f"teacher {s.teacher} ({s.model}) needs {gpu:g} GPUs per actor; the cluster has {cluster.gpus:g}"
+            )
     passes: list[list[StageSpec]] = []
     host_sum, gpu_sum = 0.0, 0.0
     for s, (host, gpu) in zip(specs, needs):
@@ -193,16 +200,41 @@ def prefetch(it: Iterator[Any], depth: int = 2) -> Iterator[Any]:
         yield x
 
 
-def build_stages(store: FeatureStore, items: list[WorkItem], settings: FeaturizeSettings, batch_size: int,
-                 threads: int | None = None, device: str | None = None) -> list[TeacherStage]:  # fmt: skip
+def build_stages(
+    store: FeatureStore,
+    items: list[WorkItem],
+    settings: FeaturizeSettings,
+    batch_size: int,
+    threads: int | None = None,
+    device: str | None = None,
+) -> list[TeacherStage]:
     """The teacher stages of ``items``, in graph order (each loads its teacher)."""
-    return [TeacherStage(str(store.path), settings, s.teacher, s.model, s.weights, s.keys, batch_size,
-                         device=device, threads=threads, drop=s.drop) for s in stage_specs(items)]  # fmt: skip
+    return [
+        TeacherStage(
+            str(store.path),
+            settings,
+            s.teacher,
+            s.model,
+            s.weights,
+            s.keys,
+            batch_size,
+            device=device,
+            threads=threads,
+            drop=s.drop,
+        )
+        for s in stage_specs(items)
+    ]
 
 
-def run_local(store: FeatureStore, items: list[WorkItem], settings: FeaturizeSettings, batch_size: int,
-              threads: int | None = None, device: str | None = None,
-              stages: list[TeacherStage] | None = None) -> Iterator[TarResult]:  # fmt: skip
+def run_local(
+    store: FeatureStore,
+    items: list[WorkItem],
+    settings: FeaturizeSettings,
+    batch_size: int,
+    threads: int | None = None,
+    device: str | None = None,
+    stages: list[TeacherStage] | None = None,
+) -> Iterator[TarResult]:
     """The same graph in this process: decoding runs ahead in a thread, teachers in turn.
     ``stages``: prebuilt by :func:`build_stages` (a benchmark keeps loading out of its clock)."""
     decoder = TarDecoder(str(store.path), settings, batch_size)
@@ -222,14 +254,22 @@ def run_local(store: FeatureStore, items: list[WorkItem], settings: FeaturizeSet
 # ---- on Ray -------------------------------------------------------------------------------------
 
 
-def _decode(batch: dict[str, np.ndarray], store_path: str, settings: FeaturizeSettings,
-            batch_size: int) -> Iterator[dict[str, np.ndarray]]:  # fmt: skip
+def _decode(
+    batch: dict[str, np.ndarray], store_path: str, settings: FeaturizeSettings, batch_size: int
+) -> Iterator[dict[str, np.ndarray]]:
     yield from TarDecoder(store_path, settings, batch_size)(batch)
 
 
-def run_on_ray(store: FeatureStore, items: list[WorkItem], settings: FeaturizeSettings, batch_size: int,
-               workers: int | None, gpus: int, cluster: ClusterMemory | None = None,
-               on_note: Callable[[str], None] | None = None) -> Iterator[TarResult]:  # fmt: skip
+def run_on_ray(
+    store: FeatureStore,
+    items: list[WorkItem],
+    settings: FeaturizeSettings,
+    batch_size: int,
+    workers: int | None,
+    gpus: int,
+    cluster: ClusterMemory | None = None,
+    on_note: Callable[[str], None] | None = None,
+) -> Iterator[TarResult]:
     """Build and run the Ray Data graph (one per pass, see :func:`plan_passes`); yields results as
     tars finish. ``cluster``: what actors may reserve (default: the attached cluster's)."""
     cluster = cluster or ClusterMemory.of_ray()
@@ -242,13 +282,17 @@ def run_on_ray(store: FeatureStore, items: list[WorkItem], settings: FeaturizeSe
     passes = plan_passes(specs, [needs[s.teacher] for s in specs], cluster)
     if len(passes) > 1 and on_note:
         need = sum(h for h, _ in needs.values()) / GiB
-        on_note(f"one actor of each teacher needs {need:.1f} GiB of host memory and the cluster offers "
-                f"{cluster.total / GiB:.1f} GiB: the teachers run in {len(passes)} passes ("
-                + "; ".join(", ".join(s.teacher for s in p) for p in passes) + "), each decoding the tars again")  # fmt: skip
+        on_note(
+            f"one actor of each teacher needs {need:.1f} GiB of host memory and the cluster offers "
+            f"{cluster.total / GiB:.1f} GiB: the teachers run in {len(passes)} passes ("
+            + "; ".join(", ".join(s.teacher for s in p) for p in passes)
+            + "), each decoding the tars again"
+        )
     for p in passes:
         names = {s.teacher for s in p}
-        yield from _run_pass(store, [it for it in items if it.teacher in names], settings, batch_size, workers, gpus,
-                             needs)  # fmt: skip
+        yield from _run_pass(
+            store, [it for it in items if it.teacher in names], settings, batch_size, workers, gpus, needs
+        )
 
 
 def _gpu_share(gpu_bytes: int, gpu_total: int) -> float:
@@ -256,8 +300,15 @@ def _gpu_share(gpu_bytes: int, gpu_total: int) -> float:
     return min(1.0, max(0.05, round(gpu_bytes / gpu_total + 0.005, 2)))
 
 
-def _run_pass(store: FeatureStore, items: list[WorkItem], settings: FeaturizeSettings, batch_size: int,
-              workers: int | None, gpus: int, needs: dict[str, tuple[int, float]]) -> Iterator[TarResult]:  # fmt: skip
+def _run_pass(
+    store: FeatureStore,
+    items: list[WorkItem],
+    settings: FeaturizeSettings,
+    batch_size: int,
+    workers: int | None,
+    gpus: int,
+    needs: dict[str, tuple[int, float]],
+) -> Iterator[TarResult]:
     """One Ray Data graph over ``items``; ``needs``: teacher → (host bytes, GPUs) of one actor."""
     import ray
 
@@ -274,9 +325,13 @@ def _run_pass(store: FeatureStore, items: list[WorkItem], settings: FeaturizeSet
 
     ds: ray.data.Dataset = ray.data.from_items([{"item": t.encode()} for t in tars], override_num_blocks=len(tars))
     # ray's stubs type map_batches' fn as taking the batch alone; fn_kwargs supplies the rest
-    ds = ds.map_batches(_decode, batch_size=1, num_cpus=decode_cpus,  # type: ignore[arg-type]
-                        compute=ray.data.TaskPoolStrategy(size=decoders),
-                        fn_kwargs=dict(store_path=str(store.path), settings=settings, batch_size=batch_size))  # fmt: skip
+    ds = ds.map_batches(
+        _decode,  # type: ignore[arg-type]
+        batch_size=1,
+        num_cpus=decode_cpus,
+        compute=ray.data.TaskPoolStrategy(size=decoders),
+        fn_kwargs=dict(store_path=str(store.path), settings=settings, batch_size=batch_size),
+    )
     for s in specs:
         host, gpu_share = needs[s.teacher]
         gpu_kwargs: dict[str, Any] = {"num_gpus": gpu_share} if gpus else {}
@@ -286,14 +341,34 @@ def _run_pass(store: FeatureStore, items: list[WorkItem], settings: FeaturizeSet
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=n),  # grows as memory allows
             num_cpus=teacher_cpus,
             memory=host,
-            fn_constructor_kwargs=dict(store_path=str(store.path), settings=settings, teacher=s.teacher,
-                                       model=s.model, weights=s.weights, keys=s.keys, batch_size=batch_size,
-                                       threads=threads, drop=s.drop),
+            fn_constructor_kwargs=dict(
+                store_path=str(store.path),
+                settings=settings,
+                teacher=s.teacher,
+                model=s.model,
+                weights=s.weights,
+                keys=s.keys,
+                batch_size=batch_size,
+                threads=threads,
+                drop=s.drop,
+            ),
             **gpu_kwargs,
-        )  # fmt: skip
+        )
     fin = Finalizer(store)
     for row in ds.iter_rows():
         yield from fin.add(row)
 
 
-__all__ = ["ClusterMemory", "ClusterTooSmall", "StageSpec", "build_stages", "plan_passes", "prefetch", "run_local", "run_on_ray", "stage_specs", "teacher_memory", "teacher_size"]
+__all__ = [
+    "ClusterMemory",
+    "ClusterTooSmall",
+    "StageSpec",
+    "build_stages",
+    "plan_passes",
+    "prefetch",
+    "run_local",
+    "run_on_ray",
+    "stage_specs",
+    "teacher_memory",
+    "teacher_size",
+]

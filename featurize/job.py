@@ -85,11 +85,15 @@ def select(config: PipelineConfig, names: list[str] | None = None, mosaic: int |
     notes: list[str] = []
     if mosaic is not None:
         if not applied:
-            why = f"; too large for its tiles: {', '.join(unfit)}" if unfit else "; no selected key is a canvas (SAM) key"
+            why = (
+                f"; too large for its tiles: {', '.join(unfit)}" if unfit else "; no selected key is a canvas (SAM) key"
+            )
             raise FeaturizeError(f"--mosaic {mosaic} fits no selected target key{why}")
         if unfit:
-            notes.append(f"--mosaic {mosaic} applies to {', '.join(applied)}; left at their configured mosaic "
-                         f"(resolution too large for {mosaic}x{mosaic} tiles): {', '.join(unfit)}")  # fmt: skip
+            notes.append(
+                f"--mosaic {mosaic} applies to {', '.join(applied)}; left at their configured mosaic "
+                f"(resolution too large for {mosaic}x{mosaic} tiles): {', '.join(unfit)}"
+            )
     selection = Selection(chosen, tuple(notes), mosaic)
     validate_geometry(config, selection)
     return selection
@@ -188,7 +192,9 @@ def provenance(config: PipelineConfig, teacher: str, job: KeyJob) -> TargetProve
     if why is InputMisfit.OTHER_CANVAS:
         raise FeaturizeError(f"{job.key}: canvas {job.canvas} but {tc.model} takes {spec.input_size}")
     if why is InputMisfit.OFF_PATCH:
-        raise FeaturizeError(f"{job.key}: resolution {job.resolution} is not a multiple of {tc.model}'s patch {spec.patch}")
+        raise FeaturizeError(
+            f"{job.key}: resolution {job.resolution} is not a multiple of {tc.model}'s patch {spec.patch}"
+        )
     grid = spec.grid(job.resolution)
     return TargetProvenance(
         target_key=job.key,
@@ -212,12 +218,14 @@ def provenance(config: PipelineConfig, teacher: str, job: KeyJob) -> TargetProve
 
 def _settings(config: PipelineConfig) -> FeaturizeSettings:
     f = config.featurize
-    return FeaturizeSettings(f.seed, f.crop.kind, tuple(f.crop.scale), config.data.min_image_size,
-                             config.data.max_image_pixels)  # fmt: skip
+    return FeaturizeSettings(
+        f.seed, f.crop.kind, tuple(f.crop.scale), config.data.min_image_size, config.data.max_image_pixels
+    )
 
 
-def prepare(config: PipelineConfig, selection: Selection, overwrite: bool = False,
-            notes: list[str] | None = None) -> tuple[FeatureStore, list[WorkItem]]:  # fmt: skip
+def prepare(
+    config: PipelineConfig, selection: Selection, overwrite: bool = False, notes: list[str] | None = None
+) -> tuple[FeatureStore, list[WorkItem]]:
     """Plan (or re-open) the store, pre-allocate the selected keys, list the incomplete work.
 
     Without ``--mosaic``, a SAM key already featurized with another mosaic resumes with the
@@ -237,17 +245,25 @@ def prepare(config: PipelineConfig, selection: Selection, overwrite: bool = Fals
         for job in jobs:
             spec = get_spec(model)
             prov = provs[job.key]
-            store.create_target(job.key, grid=prov.grid, feature_dim=spec.feature_dim,
-                                summary_dim=spec.summary_dim, provenance=prov,
-                                compressor=config.store.compressor, overwrite=overwrite)  # fmt: skip
+            store.create_target(
+                job.key,
+                grid=prov.grid,
+                feature_dim=spec.feature_dim,
+                summary_dim=spec.summary_dim,
+                provenance=prov,
+                compressor=config.store.compressor,
+                overwrite=overwrite,
+            )
         done = {job.key: store.completed(job.key) for job in jobs}
         for job in jobs:
             if not done[job.key].all():
                 # A normalizer fitted on these teacher outputs → the worker writes int8, not fp16.
                 if compact.direct_compact(store, job.key) is None and compact.fitted_on_key(store, job.key) is False:
                     if notes is not None:
-                        notes.append(f"{job.key}: its PHI-S was fitted on other teacher outputs; written raw fp16 "
-                                     "(run `radio fit-phis` again, then `radio store compact`)")  # fmt: skip
+                        notes.append(
+                            f"{job.key}: its PHI-S was fitted on other teacher outputs; written raw fp16 "
+                            "(run `radio fit-phis` again, then `radio store compact`)"
+                        )
         for tp in plan.tars:
             todo = tuple(j for j in jobs if not done[j.key][tp.index])
             if todo:
@@ -255,8 +271,9 @@ def prepare(config: PipelineConfig, selection: Selection, overwrite: bool = Fals
     return store, items
 
 
-def _stored_mosaic(config: PipelineConfig, store: FeatureStore, teacher: str, job: KeyJob,
-                   notes: list[str] | None) -> KeyJob:  # fmt: skip
+def _stored_mosaic(
+    config: PipelineConfig, store: FeatureStore, teacher: str, job: KeyJob, notes: list[str] | None
+) -> KeyJob:
     """``job`` with the mosaic its key was featurized with, when only the mosaic differs and some
     tar is complete (with none, the key is re-planned with the config's: nothing is lost)."""
     if job.mosaic is None or job.key not in store.target_keys or not store.completed(job.key).any():
@@ -269,8 +286,10 @@ def _stored_mosaic(config: PipelineConfig, store: FeatureStore, teacher: str, jo
     if stored != provenance(config, teacher, other):
         return job  # more than the mosaic differs: create_target decides
     if notes is not None:
-        notes.append(f"{job.key} keeps the mosaic {k} it was featurized with (the config says {job.mosaic}); "
-                     "--overwrite recomputes it with the config's")  # fmt: skip
+        notes.append(
+            f"{job.key} keeps the mosaic {k} it was featurized with (the config says {job.mosaic}); "
+            "--overwrite recomputes it with the config's"
+        )
     return other
 
 
@@ -312,15 +331,22 @@ def run_featurize(
         return _featurize(config, selection, start, address, workers, overwrite, verbose, on_result, on_note)
 
 
-def _featurize(config: PipelineConfig, selection: Selection, start: float, address: str | None, workers: int | None,
-               overwrite: bool, verbose: bool, on_result: ProgressFn | None,
-               on_note: Callable[[str], None] | None) -> FeaturizeReport:  # fmt: skip
+def _featurize(
+    config: PipelineConfig,
+    selection: Selection,
+    start: float,
+    address: str | None,
+    workers: int | None,
+    overwrite: bool,
+    verbose: bool,
+    on_result: ProgressFn | None,
+    on_note: Callable[[str], None] | None,
+) -> FeaturizeReport:
     later: list[str] = []
     store, items = prepare(config, selection, overwrite, later)
     for note in later:
         (on_note or print)(note)
-    report = FeaturizeReport(str(store.path), len(store.plan.tars), len(items), 0,
-                             notes=[*selection.notes, *later])  # fmt: skip
+    report = FeaturizeReport(str(store.path), len(store.plan.tars), len(items), 0, notes=[*selection.notes, *later])
     report.unreadable = {t.path: t.error for t in store.plan.tars if t.error and t.samples == 0}
     total_keys = sum(len(k) for _, _, k in selection.teachers.values()) * len(store.plan.tars)
     report.skipped = total_keys - sum(len(i.keys) for i in items)
@@ -337,8 +363,15 @@ def _featurize(config: PipelineConfig, selection: Selection, start: float, addre
     return report
 
 
-def _run_on_ray(config: PipelineConfig, store: FeatureStore, items: list[WorkItem], address: str | None,
-                workers: int | None, verbose: bool = False, on_note: Callable[[str], None] | None = None):  # fmt: skip
+def _run_on_ray(
+    config: PipelineConfig,
+    store: FeatureStore,
+    items: list[WorkItem],
+    address: str | None,
+    workers: int | None,
+    verbose: bool = False,
+    on_note: Callable[[str], None] | None = None,
+):
     import logging
 
     import ray
@@ -351,8 +384,7 @@ def _run_on_ray(config: PipelineConfig, store: FeatureStore, items: list[WorkIte
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the driver shows its own, per tar
     ctx.execution_options.preserve_order = False
-    yield from run_on_ray(store, items, _settings(config), config.featurize.batch_size, workers, gpus,
-                          on_note=on_note)  # fmt: skip
+    yield from run_on_ray(store, items, _settings(config), config.featurize.batch_size, workers, gpus, on_note=on_note)
 
 
 def _init_ray(address: str | None, verbose: bool = False) -> int:
@@ -390,7 +422,6 @@ def summarize(report: FeaturizeReport) -> dict:
             d["compute_seconds"] += r.compute_seconds.get(k, 0.0)
             d["bytes"] += r.bytes_written.get(k, 0)
     return {"reasons": dict(reasons), "per_key": per_key}
-
 
 
 __all__ = ["FeaturizeError", "FeaturizeReport", "prepare", "run_featurize", "select", "summarize", "validate_geometry"]

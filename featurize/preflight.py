@@ -60,8 +60,10 @@ def _reachable(repo: str) -> str | None:
 
 
 def _cache_hint(teacher: str) -> str:
-    return (f"download it into the hub cache {_hub_cache()} (HF_HUB_CACHE / HF_HOME select the cache), "
-            f"or set teachers.{teacher}.weights in the pipelines file to a local checkpoint file")  # fmt: skip
+    return (
+        f"download it into the hub cache {_hub_cache()} (HF_HUB_CACHE / HF_HOME select the cache), "
+        f"or set teachers.{teacher}.weights in the pipelines file to a local checkpoint file"
+    )
 
 
 def _open_clip_repos(tag: str) -> list[str]:
@@ -88,7 +90,11 @@ def weights_problem(teacher: str, model: str, weights: str | None) -> str | None
         if _offline():
             return f"{weights} is not in the hub cache and HF_HUB_OFFLINE is set; {_cache_hint(teacher)}"
         why = _reachable(repo)
-        return None if why is None else f"{weights} is not in the hub cache and the hub did not answer ({why}); {_cache_hint(teacher)}"
+        return (
+            None
+            if why is None
+            else f"{weights} is not in the hub cache and the hub did not answer ({why}); {_cache_hint(teacher)}"
+        )
     path = Path(weights)
     if path.is_file():
         return None

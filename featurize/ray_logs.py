@@ -42,8 +42,14 @@ def ray_output_to(path: Path | None) -> Iterator[Path | None]:
     original = sys.stderr
     with open(path, "ab") as log:
         os.dup2(log.fileno(), 2)
-    sys.stderr = open(terminal, "w", buffering=1, encoding=getattr(original, "encoding", None) or "utf-8",
-                      errors="backslashreplace", closefd=False)  # fmt: skip
+    sys.stderr = open(
+        terminal,
+        "w",
+        buffering=1,
+        encoding=getattr(original, "encoding", None) or "utf-8",
+        errors="backslashreplace",
+        closefd=False,
+    )
     # Ray's Python handlers may hold a stream that is not descriptor 2 (e.g. rich's proxy while a
     # progress bar is live): point them at descriptor 2 too, and back afterwards.
     fd2 = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)

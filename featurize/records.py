@@ -65,8 +65,12 @@ def _text(v: Any) -> str | None:
 def to_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """A Ray Data batch of ``rows`` (same columns each): strings as object columns, numbers and
     arrays stacked (``[n, ...]``)."""
-    return {c: np.array([r[c] for r in rows], dtype=object) if isinstance(rows[0][c], str)
-            else np.stack([np.asarray(r[c]) for r in rows]) for c in rows[0]}
+    return {
+        c: np.array([r[c] for r in rows], dtype=object)
+        if isinstance(rows[0][c], str)
+        else np.stack([np.asarray(r[c]) for r in rows])
+        for c in rows[0]
+    }
 
 
 # ---- work ---------------------------------------------------------------------------------------
@@ -129,8 +133,17 @@ class TarItem:
     @classmethod
     def decode(cls, s: str) -> TarItem:
         d = json.loads(s)
-        work = tuple(WorkItem(w["tar_index"], w["teacher"], w["model"], w["weights"],
-                              tuple(KeyJob(**k) for k in w["keys"]), w["output_scale"]) for w in d["work"])
+        work = tuple(
+            WorkItem(
+                w["tar_index"],
+                w["teacher"],
+                w["model"],
+                w["weights"],
+                tuple(KeyJob(**k) for k in w["keys"]),
+                w["output_scale"],
+            )
+            for w in d["work"]
+        )
         return cls(d["tar_index"], work)
 
 
@@ -157,13 +170,23 @@ class GroupHeader:
     keys: tuple[str, ...]
 
     def columns(self) -> dict[str, Any]:
-        return {"item": self.item.encode(), "group": self.group, "row_start": self.row_start,
-                "windows": self.windows, "keys": "\0".join(self.keys)}
+        return {
+            "item": self.item.encode(),
+            "group": self.group,
+            "row_start": self.row_start,
+            "windows": self.windows,
+            "keys": "\0".join(self.keys),
+        }
 
     @classmethod
     def from_row(cls, row: Row) -> GroupHeader:
-        return cls(TarItem.decode(str(row["item"])), int(row["group"]), int(row["row_start"]), int(row["windows"]),
-                   tuple(str(row["keys"]).split("\0")))
+        return cls(
+            TarItem.decode(str(row["item"])),
+            int(row["group"]),
+            int(row["row_start"]),
+            int(row["windows"]),
+            tuple(str(row["keys"]).split("\0")),
+        )
 
 
 @dataclass(frozen=True)
@@ -178,23 +201,40 @@ class TarEnd:
     error: str | None  # why the tar failed, if it did
 
     def columns(self) -> dict[str, Any]:
-        return {"end:groups": self.groups, "end:samples": self.samples, "end:valid": self.valid,
-                "end:reasons": json.dumps(self.reasons), "end:truncated": self.truncated or "",
-                "end:error": self.error or ""}
+        return {
+            "end:groups": self.groups,
+            "end:samples": self.samples,
+            "end:valid": self.valid,
+            "end:reasons": json.dumps(self.reasons),
+            "end:truncated": self.truncated or "",
+            "end:error": self.error or "",
+        }
 
     @staticmethod
     def absent() -> dict[str, Any]:
         """The columns of a group that is not its tar's last."""
-        return {"end:groups": 0, "end:samples": 0, "end:valid": 0, "end:reasons": "{}", "end:truncated": "",
-                "end:error": ""}
+        return {
+            "end:groups": 0,
+            "end:samples": 0,
+            "end:valid": 0,
+            "end:reasons": "{}",
+            "end:truncated": "",
+            "end:error": "",
+        }
 
     @classmethod
     def from_row(cls, row: Row) -> TarEnd | None:
         """The totals, or None for a group that is not its tar's last (a tar has at least one group)."""
         if not int(row["end:groups"]):
             return None
-        return cls(int(row["end:groups"]), int(row["end:samples"]), int(row["end:valid"]),
-                   json.loads(str(row["end:reasons"])), _text(row["end:truncated"]), _text(row["end:error"]))
+        return cls(
+            int(row["end:groups"]),
+            int(row["end:samples"]),
+            int(row["end:valid"]),
+            json.loads(str(row["end:reasons"])),
+            _text(row["end:truncated"]),
+            _text(row["end:error"]),
+        )
 
 
 @dataclass
@@ -221,9 +261,13 @@ class GroupResult:
         for k in keys:
             o = self.keys.get(k, KeyOutcome())
             ce = o.compact_errors
-            out |= {f"res:{k}:compute_seconds": o.compute_seconds, f"res:{k}:bytes": o.bytes,
-                    f"res:{k}:teacher_inputs": o.teacher_inputs, f"res:{k}:compact": ce is not None,
-                    f"res:{k}:compact_errors": np.array(ce or (0.0, 0.0), np.float64)}
+            out |= {
+                f"res:{k}:compute_seconds": o.compute_seconds,
+                f"res:{k}:bytes": o.bytes,
+                f"res:{k}:teacher_inputs": o.teacher_inputs,
+                f"res:{k}:compact": ce is not None,
+                f"res:{k}:compact_errors": np.array(ce or (0.0, 0.0), np.float64),
+            }
         return out
 
     @classmethod
@@ -231,9 +275,12 @@ class GroupResult:
         out = cls(_text(row[f"res:{teacher}:error"]), float(row[f"res:{teacher}:seconds"]))
         for k in keys:
             ce = row[f"res:{k}:compact_errors"]
-            out.keys[k] = KeyOutcome(float(row[f"res:{k}:compute_seconds"]), int(row[f"res:{k}:bytes"]),
-                                     int(row[f"res:{k}:teacher_inputs"]),
-                                     (float(ce[0]), float(ce[1])) if bool(row[f"res:{k}:compact"]) else None)
+            out.keys[k] = KeyOutcome(
+                float(row[f"res:{k}:compute_seconds"]),
+                int(row[f"res:{k}:bytes"]),
+                int(row[f"res:{k}:teacher_inputs"]),
+                (float(ce[0]), float(ce[1])) if bool(row[f"res:{k}:compact"]) else None,
+            )
         return out
 
 
@@ -258,6 +305,20 @@ class TarResult:
     error: str | None = None
 
 
-__all__ = ["FeaturizeSettings", "GroupHeader", "GroupResult", "KeyJob", "KeyOutcome", "TarEnd", "TarItem",
-           "TarResult", "WorkItem", "by_tar", "moments_column", "pack_moments", "pixel_column", "to_batch",
-           "unpack_moments"]
+__all__ = [
+    "FeaturizeSettings",
+    "GroupHeader",
+    "GroupResult",
+    "KeyJob",
+    "KeyOutcome",
+    "TarEnd",
+    "TarItem",
+    "TarResult",
+    "WorkItem",
+    "by_tar",
+    "moments_column",
+    "pack_moments",
+    "pixel_column",
+    "to_batch",
+    "unpack_moments",
+]

@@ -121,8 +121,15 @@ class TeacherStage:
             rows.append(row)
         return out | to_batch(rows)
 
-    def group(self, header: GroupHeader, valid: np.ndarray, pixels: dict[str, np.ndarray], todo: list[KeyJob],
-              res: GroupResult, output_scale: float = 1.0) -> dict[tuple[str, str], Moments]:  # fmt: skip
+    def group(
+        self,
+        header: GroupHeader,
+        valid: np.ndarray,
+        pixels: dict[str, np.ndarray],
+        todo: list[KeyJob],
+        res: GroupResult,
+        output_scale: float = 1.0,
+    ) -> dict[tuple[str, str], Moments]:
         """Targets of one group for each key in ``todo``: whole-shard writes; returns the moments
         of the valid rows' fp16 targets per (key, stream). ``output_scale`` multiplies both outputs.
 
@@ -166,12 +173,23 @@ class TeacherStage:
                     sl = slice(w * r, (w + 1) * r)
                     part = summ[sl] if summ is not None else None
                     if direct is None:
-                        writes.append(writer.submit(self.store.write_shard, job.key, row_start + w * r, feats[sl], part))
+                        writes.append(
+                            writer.submit(self.store.write_shard, job.key, row_start + w * r, feats[sl], part)
+                        )
                     else:  # encoded right before its write
                         rows = [int(i) - w * r for i in idx if w * r <= i < (w + 1) * r]
-                        direct_writes.setdefault(job.key, []).append(writer.submit(
-                            compact.write_direct_window, self.store, direct[0], row_start + w * r, feats[sl], part,
-                            rows, direct[1]))  # fmt: skip
+                        direct_writes.setdefault(job.key, []).append(
+                            writer.submit(
+                                compact.write_direct_window,
+                                self.store,
+                                direct[0],
+                                row_start + w * r,
+                                feats[sl],
+                                part,
+                                rows,
+                                direct[1],
+                            )
+                        )
             for w in writes:
                 w.result()  # durable before the row moves on (the driver marks completion after)
             for key, futures in direct_writes.items():

@@ -64,10 +64,14 @@ def pipeline_yaml(mode: dict, root: Path, steps: int) -> Path:
         "teachers": mode["teachers"],
         "student": mode["student"],
         "normalization": "phis",
-        "stages": [{"steps": steps, "checkpoint_every": steps,
-                    "partitions": [{"resolution": mode["resolution"], "batch_size": mode["train_batch"],
-                                    "targets": keys}],
-                    "optimizer": {"name": "adamw", "lr": 1.0e-3, "weight_decay": 0.0}}],  # fmt: skip
+        "stages": [
+            {
+                "steps": steps,
+                "checkpoint_every": steps,
+                "partitions": [{"resolution": mode["resolution"], "batch_size": mode["train_batch"], "targets": keys}],
+                "optimizer": {"name": "adamw", "lr": 1.0e-3, "weight_decay": 0.0},
+            }
+        ],
         "out": str(root / "run"),
     }
     path = root / "pipelines.yaml"
@@ -75,8 +79,9 @@ def pipeline_yaml(mode: dict, root: Path, steps: int) -> Path:
     return path
 
 
-def bare_forward(model: str, resolution: int, mosaic: int | None, canvas: int, batch: int, device: torch.device,
-                 seconds: float) -> float:  # fmt: skip
+def bare_forward(
+    model: str, resolution: int, mosaic: int | None, canvas: int, batch: int, device: torch.device, seconds: float
+) -> float:
     """Images/s of the teacher alone on random pixels already at its input geometry (bf16 on GPU)."""
     from radio.featurize.teachers import create_teacher
     from radio.featurize.worker import autocast_for
@@ -162,9 +167,15 @@ def main() -> None:
     for t in mode["teachers"].values():
         for key, target in t["targets"].items():
             spec = get_spec(t["model"])
-            bare[key] = bare_forward(t["model"], target["resolution"], target.get("mosaic"),
-                                     target.get("canvas", spec.input_size), mode["featurize_batch"], device,
-                                     seconds=2.0 if args.tiny else 10.0)  # fmt: skip
+            bare[key] = bare_forward(
+                t["model"],
+                target["resolution"],
+                target.get("mosaic"),
+                target.get("canvas", spec.input_size),
+                mode["featurize_batch"],
+                device,
+                seconds=2.0 if args.tiny else 10.0,
+            )
     bare_peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else 0
     combined = 1.0 / sum(1.0 / r for r in bare.values())
 
@@ -187,8 +198,10 @@ def main() -> None:
         "data_wait_fraction": statistics.mean(r["data_wait"] for r in steady),
         "train_steps": len(records),
         "loader_workers": workers,
-        "peak_gpu_bytes": {"bare_forward": bare_peak,
-                           "trainer": torch.cuda.max_memory_allocated() if device.type == "cuda" else 0},  # fmt: skip
+        "peak_gpu_bytes": {
+            "bare_forward": bare_peak,
+            "trainer": torch.cuda.max_memory_allocated() if device.type == "cuda" else 0,
+        },
     }
     print(json.dumps(result))
 

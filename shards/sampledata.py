@@ -34,15 +34,32 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 PHOTOS = (
-    "astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry",
-    "hubble_deep_field", "camera", "coins", "moon", "page", "text", "horse", "brick", "grass",
-)  # fmt: skip
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "camera",
+    "coins",
+    "moon",
+    "page",
+    "text",
+    "horse",
+    "brick",
+    "grass",
+)
 """scikit-image photos shipped inside the package (no download)."""
 
 EXOTIC_KINDS = ("cmyk", "grayscale", "rgba", "i16", "palette", "la", "exif_rotated")
 CORRUPT_KINDS = (
-    "corrupt_image", "truncated_image", "missing_image", "empty_image", "too_small", "decompression_bomb",
-)  # fmt: skip
+    "corrupt_image",
+    "truncated_image",
+    "missing_image",
+    "empty_image",
+    "too_small",
+    "decompression_bomb",
+)
 
 PARQUET_SCHEMA = pa.schema(
     [
@@ -228,8 +245,19 @@ def _write_shard(
         name = PHOTOS[item.photo]
         url = f"https://example.org/{name}/{uid[:8]}.jpg"
         caption = f"a photo of {name.replace('_', ' ')}"
-        row = dict(key=key, uid=uid, url=url, caption=caption, status="success", error_message=None,
-                   width=None, height=None, original_width=None, original_height=None, sha256=None)  # fmt: skip
+        row = dict(
+            key=key,
+            uid=uid,
+            url=url,
+            caption=caption,
+            status="success",
+            error_message=None,
+            width=None,
+            height=None,
+            original_width=None,
+            original_height=None,
+            sha256=None,
+        )
         if item.kind == "failed_to_download":
             row.update(status="failed_to_download", error_message="HTTP Error 404: Not Found")
             rows.append(row)
@@ -241,8 +269,13 @@ def _write_shard(
             data, suffix = _exotic(img, item.kind)
         else:
             data, suffix = _corrupt(img, item.kind, rng), "jpg"
-        row.update(width=img.width, height=img.height, original_width=ow, original_height=oh,
-                   sha256=hashlib.sha256(data or b"").hexdigest())  # fmt: skip
+        row.update(
+            width=img.width,
+            height=img.height,
+            original_width=ow,
+            original_height=oh,
+            sha256=hashlib.sha256(data or b"").hexdigest(),
+        )
         rows.append(row)
         members.append((key, data, suffix, row))
     order = rng.permutation(len(members))  # img2dataset writes in download-completion order
@@ -264,9 +297,8 @@ def _write_shard(
         "duration": end - start,
         "start_time": start,
         "end_time": end,
-        "status_dict": {k: v for k, v in
-                        {"success": ok, "HTTP Error 404: Not Found": len(rows) - ok}.items() if v},
-    }  # fmt: skip
+        "status_dict": {k: v for k, v in {"success": ok, "HTTP Error 404: Not Found": len(rows) - ok}.items() if v},
+    }
     (out / f"{shard:08d}_stats.json").write_text(json.dumps(stats, indent=4))
     return len(members)
 

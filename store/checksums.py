@@ -52,8 +52,9 @@ def compressors(compressor: str | Sequence[BytesBytesCodec] | None = None) -> li
     return [*chain, Crc32cCodec()]
 
 
-def create_array(group: zarr.Group, name: str, *, compressor: str | Sequence[BytesBytesCodec] | None = None,
-                 **kwargs: Any) -> zarr.Array:  # fmt: skip
+def create_array(
+    group: zarr.Group, name: str, *, compressor: str | Sequence[BytesBytesCodec] | None = None, **kwargs: Any
+) -> zarr.Array:
     """``group.create_array(name, ...)`` with the store's codec chain (``compressor`` then crc32c)."""
     return group.create_array(name, compressors=compressors(compressor), **kwargs)
 

@@ -72,8 +72,9 @@ def rank_for_variance(eigenvalues: np.ndarray, variance: float) -> int:
     return int(min(len(eigenvalues), int(np.searchsorted(share, variance - 1e-12)) + 1))
 
 
-def fit_codec(phis: PhiS, name: str = "int8", rank: int | None = None, variance: float | None = None,
-              clip: float = DEFAULT_CLIP) -> Codec:  # fmt: skip
+def fit_codec(
+    phis: PhiS, name: str = "int8", rank: int | None = None, variance: float | None = None, clip: float = DEFAULT_CLIP
+) -> Codec:
     """The codec for a stream normalized by ``phis``; ``rank`` or ``variance`` selects rank truncation."""
     if name not in CODECS:
         raise CodecError(f"unknown codec {name!r} (known: {', '.join(CODECS)})")

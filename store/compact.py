@@ -34,7 +34,7 @@ from .normalizers import (
     load_phis,
     load_teacher_phis,
     normalizer_info,
-    provenance_fingerprint,  # fmt: skip
+    provenance_fingerprint,
     teacher_of,
 )
 from .phis import PhiS
@@ -59,8 +59,13 @@ def _normalizer_attrs(store: FeatureStore, key: str, stream: str) -> dict[str, A
     """Which normalizer the codec's values live in (the current one): its fingerprint, and the tars it was fitted from."""
     g = _phis_group(store, teacher_of(store, key), stream)
     tars = g.attrs["tars"]  # per key of the teacher: the tars its moments came from
-    return {"fingerprint": g.attrs["fingerprint"], "keys": g.attrs.get("keys"), "count": g.attrs["count"],
-            "tars": len(set().union(*tars.values())), "tar_indices": tars.get(key)}  # fmt: skip
+    return {
+        "fingerprint": g.attrs["fingerprint"],
+        "keys": g.attrs.get("keys"),
+        "count": g.attrs["count"],
+        "tars": len(set().union(*tars.values())),
+        "tar_indices": tars.get(key),
+    }
 
 
 def compact_fingerprint(ck: CompactKey, stream: str = "features") -> str | None:
@@ -133,8 +138,9 @@ def compact_key(store: FeatureStore, key: str) -> CompactKey | None:
         return None
     c = g[GROUP]
     attrs = dict(c.attrs)
-    return CompactKey(key, attrs, _codec_from(c, "features", attrs),
-                      _codec_from(c, "summary", attrs) if attrs["summary"] else None)  # fmt: skip
+    return CompactKey(
+        key, attrs, _codec_from(c, "features", attrs), _codec_from(c, "summary", attrs) if attrs["summary"] else None
+    )
 
 
 def compact_complete(store: FeatureStore, key: str) -> np.ndarray:
@@ -154,18 +160,28 @@ def reads_compact(store: FeatureStore, key: str) -> bool:
     return bool(done[store.completed(key)].all()) and bool(done.any())
 
 
-def _fit(key: str, features: PhiS, summary: PhiS | None, codec: str, rank: int | None, variance: float | None,
-         clip: float) -> tuple[Codec, Codec | None]:  # fmt: skip
+def _fit(
+    key: str, features: PhiS, summary: PhiS | None, codec: str, rank: int | None, variance: float | None, clip: float
+) -> tuple[Codec, Codec | None]:
     try:
-        return (fit_codec(features, codec, rank, variance, clip),
-                fit_codec(summary, codec, None, None, clip) if summary is not None else None)  # fmt: skip
+        return (
+            fit_codec(features, codec, rank, variance, clip),
+            fit_codec(summary, codec, None, None, clip) if summary is not None else None,
+        )
     except CodecError as e:
         raise StoreError(f"{key}: {e}") from None
 
 
-def plan_compact(store: FeatureStore, key: str, codec: str = "int8", rank: int | None = None,
-                 variance: float | None = None, clip: float = 4.0, summary: bool = False,
-                 overwrite: bool = False) -> tuple[str, CompactKey | None]:  # fmt: skip
+def plan_compact(
+    store: FeatureStore,
+    key: str,
+    codec: str = "int8",
+    rank: int | None = None,
+    variance: float | None = None,
+    clip: float = 4.0,
+    summary: bool = False,
+    overwrite: bool = False,
+) -> tuple[str, CompactKey | None]:
     """What :func:`prepare_compact` would do with ``key``, writing nothing (one-line
     :class:`StoreError` for a request it refuses): ``("resume", ck)`` the existing group,
     ``("new", ck or None)`` a group in the current normalizer (replacing ``ck``), or
@@ -181,18 +197,29 @@ def plan_compact(store: FeatureStore, key: str, codec: str = "int8", rank: int |
     phis_s = current_phis(store, key, "summary") if summary else None
     _fit(key, phis_f, phis_s, codec, rank, variance, clip)  # the request is valid in the current normalizer
     if fitted_on_key(store, key) is False:
-        raise StoreError(f"{key}: its PHI-S was fitted on other teacher outputs (featurized again since); "
-                         "run `radio fit-phis` before compacting")  # fmt: skip
+        raise StoreError(
+            f"{key}: its PHI-S was fitted on other teacher outputs (featurized again since); "
+            "run `radio fit-phis` before compacting"
+        )
     ck = compact_key(store, key)
     if ck is None:
         return "new", None
     # The request in the existing group's own normalizers (a stream it did not compact: the current one).
     own_s = compact_phis(store, ck, "summary") if summary and ck.summary is not None else phis_s
     cf, _ = _fit(key, compact_phis(store, ck, "features"), own_s, codec, rank, variance, clip)
-    want = {"codec": codec, "rank": cf.rank, "variance": variance, "clip": clip, "summary": bool(summary),
-            "normalizer": ck.attrs.get("normalizer"),
-            "summary_normalizer": (ck.attrs.get("summary_normalizer") if ck.summary is not None
-                                   else _normalizer_attrs(store, key, "summary")) if summary else None}  # fmt: skip
+    want = {
+        "codec": codec,
+        "rank": cf.rank,
+        "variance": variance,
+        "clip": clip,
+        "summary": bool(summary),
+        "normalizer": ck.attrs.get("normalizer"),
+        "summary_normalizer": (
+            ck.attrs.get("summary_normalizer") if ck.summary is not None else _normalizer_attrs(store, key, "summary")
+        )
+        if summary
+        else None,
+    }
     changed = sorted(k for k in ck.attrs.keys() | want.keys() if k != "raw_dropped" and ck.attrs.get(k) != want.get(k))
     stale = not all(is_current(store, ck, st) for st in ("features", "summary") if ck.attrs.get(STREAM_ATTR[st]))
     if not changed and not (overwrite and stale):
@@ -202,9 +229,16 @@ def plan_compact(store: FeatureStore, key: str, codec: str = "int8", rank: int |
     return ("restore" if raw_missing(store, key)[store.completed(key)].any() else "new"), ck
 
 
-def prepare_compact(store: FeatureStore, key: str, codec: str = "int8", rank: int | None = None,
-                    variance: float | None = None, clip: float = 4.0, summary: bool = False,
-                    overwrite: bool = False) -> CompactKey:  # fmt: skip
+def prepare_compact(
+    store: FeatureStore,
+    key: str,
+    codec: str = "int8",
+    rank: int | None = None,
+    variance: float | None = None,
+    clip: float = 4.0,
+    summary: bool = False,
+    overwrite: bool = False,
+) -> CompactKey:
     """Fit the codec from the key's current normalizer and allocate its compact arrays (idempotent:
     the same request on an existing group resumes it; another one needs ``overwrite``, which
     first restores raw targets that are only stored compact, see :func:`plan_compact`)."""
@@ -220,9 +254,15 @@ def prepare_compact(store: FeatureStore, key: str, codec: str = "int8", rank: in
     phis_f = current_phis(store, key, "features")
     phis_s = current_phis(store, key, "summary") if summary else None
     cf, cs = _fit(key, phis_f, phis_s, codec, rank, variance, clip)
-    attrs = {"codec": codec, "rank": cf.rank, "variance": variance, "clip": clip, "summary": bool(summary),
-             "normalizer": _normalizer_attrs(store, key, "features"),
-             "summary_normalizer": _normalizer_attrs(store, key, "summary") if summary else None}  # fmt: skip
+    attrs = {
+        "codec": codec,
+        "rank": cf.rank,
+        "variance": variance,
+        "clip": clip,
+        "summary": bool(summary),
+        "normalizer": _normalizer_attrs(store, key, "features"),
+        "summary_normalizer": _normalizer_attrs(store, key, "summary") if summary else None,
+    }
     g = store.root["targets"][key]
     if GROUP in g:
         store.location.remove_prefix(f"targets/{key}/{GROUP}")
@@ -236,18 +276,38 @@ def prepare_compact(store: FeatureStore, key: str, codec: str = "int8", rank: in
     # serves uncompressed shards with one positioned read per run of rows. crc32c ends every chain.
     compressor = checksums.plain_compressors(store.array(key, "features"))
     make = checksums.create_array
-    make(c, "features", shape=(n, h, w, k), dtype=cf.dtype, chunks=(1, h, w, k), shards=(r, h, w, k),
-         compressor=compressor, fill_value=0, dimension_names=("row", "y", "x", "channel"))  # fmt: skip
+    make(
+        c,
+        "features",
+        shape=(n, h, w, k),
+        dtype=cf.dtype,
+        chunks=(1, h, w, k),
+        shards=(r, h, w, k),
+        compressor=compressor,
+        fill_value=0,
+        dimension_names=("row", "y", "x", "channel"),
+    )
     if cs is not None:
-        make(c, "summary", shape=(n, cs.stored_channels), dtype=cs.dtype, chunks=(r, cs.stored_channels),
-             compressor=compressor, fill_value=0, dimension_names=("row", "channel"))  # fmt: skip
+        make(
+            c,
+            "summary",
+            shape=(n, cs.stored_channels),
+            dtype=cs.dtype,
+            chunks=(r, cs.stored_channels),
+            compressor=compressor,
+            fill_value=0,
+            dimension_names=("row", "channel"),
+        )
     for stream, cd in (("features", cf), ("summary", cs)):
         if cd is None:
             continue
-        make(c, f"{stream}_scale", shape=cd.scale.shape, dtype="float32", chunks=cd.scale.shape, fill_value=0)[...] = cd.scale
+        make(c, f"{stream}_scale", shape=cd.scale.shape, dtype="float32", chunks=cd.scale.shape, fill_value=0)[...] = (
+            cd.scale
+        )
         if cd.basis is not None:
-            make(c, f"{stream}_basis", shape=cd.basis.shape, dtype="float32", chunks=cd.basis.shape,
-                 fill_value=0)[...] = cd.basis  # fmt: skip
+            make(c, f"{stream}_basis", shape=cd.basis.shape, dtype="float32", chunks=cd.basis.shape, fill_value=0)[
+                ...
+            ] = cd.basis
     for name in ("sse", "ssy"):
         make(c, name, shape=(t,), dtype="float64", chunks=(1,), fill_value=0)
     make(c, "direct", shape=(t,), dtype="uint8", chunks=(1,), fill_value=0)  # written compact by featurize
@@ -263,8 +323,13 @@ def prepare_compact(store: FeatureStore, key: str, codec: str = "int8", rank: in
 
 def _record_provenance(store: FeatureStore, key: str, ck: CompactKey) -> None:
     """The key's ``compact`` provenance entry (one write, only when it is not already there)."""
-    entry = {"codec": ck.attrs["codec"], "rank": ck.attrs["rank"], "clip": ck.attrs["clip"],
-             "summary": bool(ck.attrs["summary"]), "normalizer_tars": ck.attrs["normalizer"]["tars"]}  # fmt: skip
+    entry = {
+        "codec": ck.attrs["codec"],
+        "rank": ck.attrs["rank"],
+        "clip": ck.attrs["clip"],
+        "summary": bool(ck.attrs["summary"]),
+        "normalizer_tars": ck.attrs["normalizer"]["tars"],
+    }
     g = store.root["targets"][key]
     if g.attrs.get("compact") != entry:
         g.update_attributes({"compact": entry})
@@ -298,8 +363,10 @@ def _valid_local_rows(store: FeatureStore, tar_index: int) -> np.ndarray:
     try:  # only complete tars are compacted: a missing manifest is damage, never "no valid rows"
         data = store.location.read_bytes(name)
     except FileNotFoundError:
-        raise StoreError(f"{store.location.url_of(name)}: missing, but tar {tar_index} ({tp.path}) is marked complete; "
-                         "run `radio store verify`") from None  # fmt: skip
+        raise StoreError(
+            f"{store.location.url_of(name)}: missing, but tar {tar_index} ({tp.path}) is marked complete; "
+            "run `radio store verify`"
+        ) from None
     m = checksums.read_parquet(data, f"{store.path}/{name}", ["row", "valid"]).to_pydict()
     rows = np.asarray(m["row"], np.int64)
     return rows[np.asarray(m["valid"], bool)] - tp.row_start
@@ -329,12 +396,16 @@ def compact_tar(store: FeatureStore, ck: CompactKey, tar_index: int) -> None:
     for start in range(0, tp.rows, r):
         rows = slice(tp.row_start + start, tp.row_start + start + r)
         local = valid[(valid >= start) & (valid < start + r)] - start
-        raw = checksums.read(store.array(key, "features"), rows, f"{store.path}: {key} tar {tar_index}: targets/{key}/features")
+        raw = checksums.read(
+            store.array(key, "features"), rows, f"{store.path}: {key} tar {tar_index}: targets/{key}/features"
+        )
         q, e, s = encode_rows(phis_f, ck.features, raw, local)
         g["features"][rows] = q
         sse, ssy = sse + e, ssy + s
         if phis_s is not None:
-            raw_s = checksums.read(store.array(key, "summary"), rows, f"{store.path}: {key} tar {tar_index}: targets/{key}/summary")
+            raw_s = checksums.read(
+                store.array(key, "summary"), rows, f"{store.path}: {key} tar {tar_index}: targets/{key}/summary"
+            )
             qs, _, _ = encode_rows(phis_s, ck.summary, raw_s, local)
             g["summary"][rows] = qs
     g["sse"][tar_index] = sse
@@ -386,8 +457,15 @@ def fitted_on_key(store: FeatureStore, key: str) -> bool | None:
     return None if recorded is None else recorded.get(key) == provenance_fingerprint(store, key)
 
 
-def write_direct_window(store: FeatureStore, ck: CompactKey, row_start: int, features: np.ndarray,
-                        summary: np.ndarray | None, valid: list[int], phis: PhiS) -> tuple[float, float]:  # fmt: skip
+def write_direct_window(
+    store: FeatureStore,
+    ck: CompactKey,
+    row_start: int,
+    features: np.ndarray,
+    summary: np.ndarray | None,
+    valid: list[int],
+    phis: PhiS,
+) -> tuple[float, float]:
     """Worker side: one whole shard of rows written compact (features, in ``phis`` =
     ``compact_phis(store, ck)``) and raw (summary, unless the codec compacts it too); returns
     Σ(y-ŷ)², Σy² of the valid rows. ``features [R, h, w, C]`` fp16."""
@@ -398,7 +476,9 @@ def write_direct_window(store: FeatureStore, ck: CompactKey, row_start: int, fea
     if summary is not None:
         if ck.summary is not None:
             p = compact_phis(store, ck, "summary")
-            g["summary"][row_start : row_start + r] = encode_rows(p, ck.summary, summary, np.asarray(valid, np.int64))[0]
+            g["summary"][row_start : row_start + r] = encode_rows(p, ck.summary, summary, np.asarray(valid, np.int64))[
+                0
+            ]
         else:
             store.array(ck.key, "summary")[row_start : row_start + r] = summary
     return sse, ssy

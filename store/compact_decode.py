@@ -26,7 +26,7 @@ from radio.store.compact import (
     compact_complete,
     compact_key,
     compact_phis,
-    current_phis,  # fmt: skip
+    current_phis,
     is_current,
     raw_missing,
     reads_compact,
@@ -50,8 +50,10 @@ def compact_keys(store: FeatureStore, keys: list[str]) -> dict[str, CompactKey]:
             check_normalizer(store, out[k])
         elif raw_missing(store, k)[store.completed(k)].any():
             left = int((store.completed(k) & ~compact_complete(store, k)).sum())
-            raise StoreError(f"{k}: some tars are stored only compact and {left} only raw; "
-                             "run `radio store compact` to compact the rest")  # fmt: skip
+            raise StoreError(
+                f"{k}: some tars are stored only compact and {left} only raw; "
+                "run `radio store compact` to compact the rest"
+            )
     return out
 
 

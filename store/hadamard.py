@@ -114,8 +114,10 @@ def describe(n: int) -> str:
 
 
 def _refusal(n: int) -> str:
-    return (f"no exact Hadamard matrix of order {n}: Sylvester, Paley I/II and their Kronecker products "
-            f"do not reach it (PHI-S needs one of the feature width)")  # fmt: skip
+    return (
+        f"no exact Hadamard matrix of order {n}: Sylvester, Paley I/II and their Kronecker products "
+        f"do not reach it (PHI-S needs one of the feature width)"
+    )
 
 
 @lru_cache(maxsize=32)

@@ -59,8 +59,9 @@ def store_info(path: str | Path) -> dict[str, Any]:
             cbase = f"{base}/{compact_mod.GROUP}"
             cdisk = sum(store.location.sizes(f"{cbase}/{n}") for n in ("features", "summary"))
             info.codec, info.rank, info.compact_tars = ck.features.name, ck.features.rank, int(cdone.sum())
-            info.compact_bytes_per_sample = (t.grid[0] * t.grid[1] * ck.features.stored_channels
-                                             + (ck.summary.stored_channels if ck.summary else (t.summary_dim or 0) * 2))
+            info.compact_bytes_per_sample = t.grid[0] * t.grid[1] * ck.features.stored_channels + (
+                ck.summary.stored_channels if ck.summary else (t.summary_dim or 0) * 2
+            )
             info.compact_stored_bytes_per_sample = cdisk / max(1, cvalid)
             info.variance_retained = compact_mod.variance_retained(store, key)
             info.raw_dropped = ck.raw_dropped
@@ -107,8 +108,10 @@ def verify_store(path: str | Path, keys: list[str] | None = None) -> list[str]:
 
 def repair_commands(path: str | Path, report: VerifyReport) -> list[str]:
     """The commands that redo exactly the damaged (tar, key) pairs: mark them incomplete, then featurize."""
-    lines = [f"radio store invalidate {path} --key {key} --tars {','.join(map(str, sorted(tars)))}"
-             for key, tars in sorted(report.damaged.items())]  # fmt: skip
+    lines = [
+        f"radio store invalidate {path} --key {key} --tars {','.join(map(str, sorted(tars)))}"
+        for key, tars in sorted(report.damaged.items())
+    ]
     return lines + ["radio featurize (the same config and --store) to redo them"] if lines else []
 
 
@@ -138,8 +141,9 @@ def verify_report(path: str | Path, keys: list[str] | None = None) -> VerifyRepo
                 bad_manifests[tp.index] = str(e)
     for key in keys or store.target_keys:
         if not checksums.has_checksums(store.array(key, "features")):
-            report.notes.append(f"{key}: written before data checksums (no crc32c on its chunks); "
-                                "only consistency was checked")  # fmt: skip
+            report.notes.append(
+                f"{key}: written before data checksums (no crc32c on its chunks); only consistency was checked"
+            )
         done_all = _markers(store, key, report)
         for t in np.flatnonzero(done_all):
             if int(t) in bad_manifests:
@@ -154,7 +158,9 @@ def verify_report(path: str | Path, keys: list[str] | None = None) -> VerifyRepo
         feats = store.array(key, "features")
         summ = store.array(key, "summary") if info.summary_dim else None
         streams = ("features", "summary") if info.summary_dim else ("features",)
-        moments = {f"moments/{s}_{n}": store.array(key, f"moments/{s}_{n}") for s in streams for n in ("count", "mean", "m2")}
+        moments = {
+            f"moments/{s}_{n}": store.array(key, f"moments/{s}_{n}") for s in streams for n in ("count", "mean", "m2")
+        }
         for tp in store.plan.tars:
             if not done_all[tp.index] or tp.index in bad_manifests:
                 continue
@@ -192,9 +198,17 @@ def verify_report(path: str | Path, keys: list[str] | None = None) -> VerifyRepo
                 arr = arr.reshape(arr.shape[0], -1)
                 good = arr[local[valid]]
                 if not np.isfinite(good).all():
-                    report.tar(key, tp.index, f"{where}: non-finite {name} in {int((~np.isfinite(good).all(axis=1)).sum())} valid rows")
+                    report.tar(
+                        key,
+                        tp.index,
+                        f"{where}: non-finite {name} in {int((~np.isfinite(good).all(axis=1)).sum())} valid rows",
+                    )
                 if len(good) and (np.abs(good).max(axis=1) == 0).any():
-                    report.tar(key, tp.index, f"{where}: {int((np.abs(good).max(axis=1) == 0).sum())} valid rows have all-zero {name}")
+                    report.tar(
+                        key,
+                        tp.index,
+                        f"{where}: {int((np.abs(good).max(axis=1) == 0).sum())} valid rows have all-zero {name}",
+                    )
                 if (arr[local[~valid]] != 0).any():
                     report.tar(key, tp.index, f"{where}: invalid rows hold {name}")
             tokens = int(valid.sum()) * info.grid[0] * info.grid[1]
@@ -245,8 +259,9 @@ def _verify_normalizers(store: FeatureStore, report: VerifyReport) -> None:
                         report.problems.append(f"{e}; run `radio fit-phis` to refit it")
 
 
-def _verify_compact(store: FeatureStore, key: str, manifests: dict[int, Any], report: VerifyReport,
-                    raw_done: np.ndarray) -> None:  # fmt: skip
+def _verify_compact(
+    store: FeatureStore, key: str, manifests: dict[int, Any], report: VerifyReport, raw_done: np.ndarray
+) -> None:
     try:
         ck = compact_mod.compact_key(store, key)
         done = compact_mod.compact_complete(store, key)
@@ -269,7 +284,9 @@ def _verify_compact(store: FeatureStore, key: str, manifests: dict[int, Any], re
         if codec.basis is not None and not np.isfinite(codec.basis).all():
             problems.append(f"{key} compact: {stream} basis has non-finite values")
         if g[stream].shape[-1] != codec.stored_channels:
-            problems.append(f"{key} compact: {stream} stores {g[stream].shape[-1]} values, codec says {codec.stored_channels}")
+            problems.append(
+                f"{key} compact: {stream} stores {g[stream].shape[-1]} values, codec says {codec.stored_channels}"
+            )
     if ck.raw_dropped and (raw_done & ~done).any():
         problems.append(f"{key} compact: raw targets dropped but {int((raw_done & ~done).sum())} tars not compacted")
     for tp in store.plan.tars:
@@ -290,7 +307,9 @@ def _verify_compact(store: FeatureStore, key: str, manifests: dict[int, Any], re
             continue
         if valid.any() and sse == 0 and ssy == 0:
             # compacting valid rows always leaves some signal (Σy² > 0): zeros mean no data was written
-            report.tar(key, tp.index, f"{where}: sse and ssy are 0 for {int(valid.sum())} valid rows (compact data are zeros)")
+            report.tar(
+                key, tp.index, f"{where}: sse and ssy are 0 for {int(valid.sum())} valid rows (compact data are zeros)"
+            )
         for stream, codec in (("features", ck.features), ("summary", ck.summary)):
             if codec is None:
                 continue

@@ -142,7 +142,9 @@ class FeatureStore:
         if "radio_store" not in attrs:
             raise StoreError(f"{self.path}: not a radio store (zarr.json has no radio_store attribute)")
         if attrs["radio_store"] != STORE_FORMAT:
-            raise StoreError(f"{self.path}: store format {attrs['radio_store']!r}; this radio reads format {STORE_FORMAT}")
+            raise StoreError(
+                f"{self.path}: store format {attrs['radio_store']!r}; this radio reads format {STORE_FORMAT}"
+            )
         try:
             self.plan = Plan.from_json(attrs["plan"])
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -156,6 +158,7 @@ class FeatureStore:
     def _open_root(self) -> zarr.Group:
         writable = self.location.writable()
         zstore = self.location.zarr_store(read_only=not writable)
+
         def open_root() -> zarr.Group:
             return zarr.open_group(store=zstore, mode="r+" if writable else "r")
 
@@ -180,8 +183,9 @@ class FeatureStore:
                     "use a new --store or --overwrite"
                 )
             if store.settings != settings:
-                changed = sorted(k for k in settings.keys() | store.settings.keys()
-                                 if settings.get(k) != store.settings.get(k))  # fmt: skip
+                changed = sorted(
+                    k for k in settings.keys() | store.settings.keys() if settings.get(k) != store.settings.get(k)
+                )
                 raise StoreError(
                     f"{path}: the store was featurized with other settings ({', '.join(changed)}); "
                     "use a new --store or --overwrite"
@@ -237,13 +241,29 @@ class FeatureStore:
         h, w = grid
         # Every chunk carries crc32c (store/checksums.py): a flipped bit is an error, never a target.
         make = checksums.create_array
-        make(g, "features", shape=(n, h, w, feature_dim), dtype="float16", chunks=(1, h, w, feature_dim),
-             shards=(r, h, w, feature_dim), compressor=compressor, fill_value=0,
-             dimension_names=("row", "y", "x", "channel"))  # fmt: skip
+        make(
+            g,
+            "features",
+            shape=(n, h, w, feature_dim),
+            dtype="float16",
+            chunks=(1, h, w, feature_dim),
+            shards=(r, h, w, feature_dim),
+            compressor=compressor,
+            fill_value=0,
+            dimension_names=("row", "y", "x", "channel"),
+        )
         streams = {"features": feature_dim}
         if summary_dim is not None:
-            make(g, "summary", shape=(n, summary_dim), dtype="float16", chunks=(r, summary_dim),
-                 compressor=compressor, fill_value=0, dimension_names=("row", "channel"))  # fmt: skip
+            make(
+                g,
+                "summary",
+                shape=(n, summary_dim),
+                dtype="float16",
+                chunks=(r, summary_dim),
+                compressor=compressor,
+                fill_value=0,
+                dimension_names=("row", "channel"),
+            )
             streams["summary"] = summary_dim
         m = g.create_group("moments")
         for stream, c in streams.items():
@@ -271,7 +291,9 @@ class FeatureStore:
 
     def completed(self, key: str) -> np.ndarray:
         """``[T] bool``: which tars are complete for ``key``."""
-        return checksums.read(self.array(key, "complete"), slice(None), f"{self.path}: targets/{key}/complete").astype(bool)
+        return checksums.read(self.array(key, "complete"), slice(None), f"{self.path}: targets/{key}/complete").astype(
+            bool
+        )
 
     def moments(self, key: str, stream: str = "features", max_tars: int | None = None) -> list[Moments]:
         """Per-tar moments of a stream (``features`` or ``summary``), complete tars only; with
@@ -311,13 +333,17 @@ class FeatureStore:
         :class:`StoreError`: its rows must never read as "no rows"."""
         need = self.marked_complete() if required is None else required
         found = self.location.read_many([self.manifest_name(t.index) for t in self.plan.tars])
-        out = {t.index: found[self.manifest_name(t.index)] for t in self.plan.tars if self.manifest_name(t.index) in found}
+        out = {
+            t.index: found[self.manifest_name(t.index)] for t in self.plan.tars if self.manifest_name(t.index) in found
+        }
         missing = [t for t in self.plan.tars if need[t.index] and t.index not in out]
         if missing:
             t = missing[0]
             more = f" (and {len(missing) - 1} more tars)" if len(missing) > 1 else ""
-            raise StoreError(f"{self.location.url_of(self.manifest_name(t.index))}: missing, but tar {t.index} "
-                             f"({t.path}) is marked complete{more}; run `radio store verify`")  # fmt: skip
+            raise StoreError(
+                f"{self.location.url_of(self.manifest_name(t.index))}: missing, but tar {t.index} "
+                f"({t.path}) is marked complete{more}; run `radio store verify`"
+            )
         return out
 
     def manifest(self) -> pa.Table:
@@ -383,8 +409,10 @@ def check_empty(location: Location) -> None:
     held = [e for e in location.entries() if e not in CREATE_IGNORES and not TEMP_NAME.search(e)]
     if held:
         shown = ", ".join(held[:3]) + (f", ... ({len(held)} entries)" if len(held) > 3 else "")
-        raise StoreError(f"{location.url}: exists and is not a radio store (no zarr.json; it holds {shown}); "
-                         "nothing was touched: give a new or empty --store")  # fmt: skip
+        raise StoreError(
+            f"{location.url}: exists and is not a radio store (no zarr.json; it holds {shown}); "
+            "nothing was touched: give a new or empty --store"
+        )
 
 
 def settings_json(settings: dict[str, Any]) -> dict[str, Any]:

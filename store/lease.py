@@ -72,7 +72,9 @@ class LeaseInfo:
 
     def describe(self) -> str:
         what = f"{self.holder} ({self.kind}{', destructive' if self.destructive else ''})"
-        return f"{what} on host {self.host}, pid {self.pid}, since {_utc(self.since)}, lease expires {_utc(self.expires)}"
+        return (
+            f"{what} on host {self.host}, pid {self.pid}, since {_utc(self.since)}, lease expires {_utc(self.expires)}"
+        )
 
 
 def _utc(t: float) -> str:
@@ -105,8 +107,16 @@ def leases(location: Location) -> list[LeaseInfo]:
 class Lease:
     """A lease on the store at ``path``, held inside ``with`` (renewed in a background thread)."""
 
-    def __init__(self, path: str | Path | Location, kind: str, holder: str, *, destructive: bool = False,
-                 wait: bool = False, ttl: float = TTL):  # fmt: skip
+    def __init__(
+        self,
+        path: str | Path | Location,
+        kind: str,
+        holder: str,
+        *,
+        destructive: bool = False,
+        wait: bool = False,
+        ttl: float = TTL,
+    ):
         if kind not in ("reader", "writer"):
             raise ValueError(f"lease kind {kind!r}")
         self.location = path if isinstance(path, Location) else Location(path)
@@ -126,8 +136,16 @@ class Lease:
             blocker = self._blocker(found)
             if blocker is None:
                 now = time.time()
-                self.info = LeaseInfo(self.kind, self.holder, socket.gethostname(), os.getpid(), now, now + self.ttl,
-                                      uuid.uuid4().hex[:12], self.destructive)  # fmt: skip
+                self.info = LeaseInfo(
+                    self.kind,
+                    self.holder,
+                    socket.gethostname(),
+                    os.getpid(),
+                    now,
+                    now + self.ttl,
+                    uuid.uuid4().hex[:12],
+                    self.destructive,
+                )
                 try:
                     self._write()
                 except StoreReadOnly:
@@ -162,7 +180,9 @@ class Lease:
     def __enter__(self) -> Lease:
         return self.acquire()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.release()
 
     # ---- internals --------------------------------------------------------------------------
@@ -208,8 +228,10 @@ class Lease:
     def _refusal(self, other: LeaseInfo) -> str:
         where = self.location.url
         if other.kind == "reader":
-            return (f"{where}: in use by {other.describe()}; {self.holder} would delete or rewrite what it reads: "
-                    "stop that run or wait for it to finish")  # fmt: skip
+            return (
+                f"{where}: in use by {other.describe()}; {self.holder} would delete or rewrite what it reads: "
+                "stop that run or wait for it to finish"
+            )
         if self.kind == "reader":
             return f"{where}: {other.describe()} is deleting or rewriting the store; wait for it to finish"
         hint = "; pass --wait to wait for it" if self.holder == "featurize" else "; wait for it to finish"

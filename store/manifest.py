@@ -57,7 +57,9 @@ class Manifest:
             table = read_parquet(data, f"{store.path}/{store.manifest_name(t)}", names)  # page checksums verified
             rows = table.column("row").to_numpy()
             for name in COLUMNS:
-                cols[name][rows] = table.column(name).fill_null(COLUMNS[name].type(0)).to_numpy(zero_copy_only=False)  # invalid rows: no crop
+                cols[name][rows] = (
+                    table.column(name).fill_null(COLUMNS[name].type(0)).to_numpy(zero_copy_only=False)
+                )  # invalid rows: no crop
         return cls(cols, *_tars(plan))
 
     @classmethod

@@ -162,8 +162,20 @@ def fit_store(
                 damaged = True
             if not unchanged:
                 _write_phis(store, teacher, stream, phis, merged.count, tars, fp, provenance, damaged)
-            reports.append(FitReport(teacher, tuple(tkeys), stream, len(every), merged.count, phis,
-                                     describe(len(phis.mean)), unchanged, tuple(spectra), fp))  # fmt: skip
+            reports.append(
+                FitReport(
+                    teacher,
+                    tuple(tkeys),
+                    stream,
+                    len(every),
+                    merged.count,
+                    phis,
+                    describe(len(phis.mean)),
+                    unchanged,
+                    tuple(spectra),
+                    fp,
+                )
+            )
     return reports
 
 
@@ -207,8 +219,17 @@ def normalizer_versions(store: FeatureStore, teacher: str, stream: str = "featur
     return sorted(found)
 
 
-def _write_phis(store: FeatureStore, teacher: str, stream: str, p: PhiS, count: int,
-                tars: dict[str, list[int]], fp: str, provenance: dict[str, str], damaged: bool = False) -> None:  # fmt: skip
+def _write_phis(
+    store: FeatureStore,
+    teacher: str,
+    stream: str,
+    p: PhiS,
+    count: int,
+    tars: dict[str, list[int]],
+    fp: str,
+    provenance: dict[str, str],
+    damaged: bool = False,
+) -> None:
     """Add normalizer ``fp`` (unless the store has it) and make it current. Never rewrites an
     existing normalizer (compact targets may be expressed in it), except one whose checksums
     failed (``damaged``): it is rewritten from the same moments, hence the same values."""
@@ -223,13 +244,23 @@ def _write_phis(store: FeatureStore, teacher: str, stream: str, p: PhiS, count: 
             value = getattr(p, name)
             create_array(g, name, shape=value.shape, dtype="float64", chunks=value.shape, fill_value=0)[...] = value
         # Attributes after the arrays and in one write of zarr.json: a fingerprint names arrays that are fully written.
-        g.update_attributes({"phi": p.phi, "count": count, "keys": sorted(tars), "tars": tars, "provenance": provenance,
-                             "hadamard": describe(len(p.mean)), "fingerprint": fp})  # fmt: skip
+        g.update_attributes(
+            {
+                "phi": p.phi,
+                "count": count,
+                "keys": sorted(tars),
+                "tars": tars,
+                "provenance": provenance,
+                "hadamard": describe(len(p.mean)),
+                "fingerprint": fp,
+            }
+        )
     s.update_attributes({"current": fp})  # last: the pointer moves only to a complete normalizer
 
 
-def normalizer_info(store: FeatureStore, teacher: str, stream: str = "features",
-                    fingerprint: str | None = None) -> dict | None:  # fmt: skip
+def normalizer_info(
+    store: FeatureStore, teacher: str, stream: str = "features", fingerprint: str | None = None
+) -> dict | None:
     """The attributes (``keys``, ``tars``, ``count``, ``fingerprint``, ...) of the normalizer
     ``fingerprint`` (default: the current one), or None."""
     g = _phis_group(store, teacher, stream, fingerprint)
@@ -238,16 +269,19 @@ def normalizer_info(store: FeatureStore, teacher: str, stream: str = "features",
     return {k: v for k, v in g.attrs.items() if k != "current"}
 
 
-def load_teacher_phis(store: FeatureStore, teacher: str, stream: str = "features",
-                      fingerprint: str | None = None) -> PhiS:  # fmt: skip
+def load_teacher_phis(
+    store: FeatureStore, teacher: str, stream: str = "features", fingerprint: str | None = None
+) -> PhiS:
     """The teacher's normalizer ``fingerprint`` (default: the current one)."""
     g = _phis_group(store, teacher, stream, fingerprint)
     if g is None:
         if fingerprint is not None and current_fingerprint(store, teacher, stream) is not None:
             raise StoreError(f"{teacher}: the store has no PHI-S {fingerprint} for {stream}")
         raise StoreError(f"{teacher}: no PHI-S for {stream}; run `radio fit-phis`")
-    arrays = {n: read(g[n], ..., f"{store.path}: {g.path}/{n}")
-              for n in ("mean", "transform", "inverse", "eigenvalues", "std")}  # fmt: skip
+    arrays = {
+        n: read(g[n], ..., f"{store.path}: {g.path}/{n}")
+        for n in ("mean", "transform", "inverse", "eigenvalues", "std")
+    }
     return PhiS(phi=float(g.attrs["phi"]), **arrays)
 
 
@@ -260,8 +294,14 @@ def load_phis(store: FeatureStore, key: str, stream: str = "features") -> PhiS:
     return load_teacher_phis(store, teacher, stream)
 
 
-def normalizer_for(store: FeatureStore, *, teacher: str | None = None, key: str | None = None,
-                   stream: str = "features", mode: str = "phis") -> Normalizer:  # fmt: skip
+def normalizer_for(
+    store: FeatureStore,
+    *,
+    teacher: str | None = None,
+    key: str | None = None,
+    stream: str = "features",
+    mode: str = "phis",
+) -> Normalizer:
     """The :class:`Normalizer` of a teacher, or of a target key (its teacher's), in ``mode``
     (``none`` needs no fit: identity of the key's / teacher's width)."""
     if (teacher is None) == (key is None):
@@ -285,8 +325,14 @@ class Normalizer(nn.Module):
     input's dtype). Its buffers travel with a model's state dict, so an export carries them.
     """
 
-    def __init__(self, mode: str, mean: np.ndarray, matrix: np.ndarray | None = None,
-                 inverse: np.ndarray | None = None, std: np.ndarray | None = None):  # fmt: skip
+    def __init__(
+        self,
+        mode: str,
+        mean: np.ndarray,
+        matrix: np.ndarray | None = None,
+        inverse: np.ndarray | None = None,
+        std: np.ndarray | None = None,
+    ):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown normalization {mode!r} (known: {', '.join(MODES)})")

@@ -247,7 +247,9 @@ class Location:
             except FileNotFoundError:
                 pass
             except OSError as e:
-                raise StoreError(f"{path}: cannot remove ({e.strerror or _one_line(e)}); is the store read-only?") from None
+                raise StoreError(
+                    f"{path}: cannot remove ({e.strerror or _one_line(e)}); is the store read-only?"
+                ) from None
             return
         key = self._key(name)
 

@@ -45,8 +45,15 @@ def _crc(data: np.ndarray) -> int:
 class ShardRuns:
     """Reads ``[start, stop)`` rows of one array into a caller's buffer (``[stop-start, ...]``)."""
 
-    def __init__(self, path: Path, shard_rows: int, row_shape: tuple[int, ...], dtype: np.dtype, max_index: int = 4096,
-                 crc: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        path: Path,
+        shard_rows: int,
+        row_shape: tuple[int, ...],
+        dtype: np.dtype,
+        max_index: int = 4096,
+        crc: bool = False,
+    ):
         self.path, self.shard_rows, self.row_shape, self.dtype = path, shard_rows, row_shape, dtype
         self.row_bytes = int(np.prod(row_shape)) * dtype.itemsize
         self.crc = crc  # inner chunks are row bytes + 4 bytes of crc32c
@@ -67,13 +74,23 @@ class ShardRuns:
         inner, outer = conf["chunk_shape"], meta["chunk_grid"]["configuration"]["chunk_shape"]
         # one-byte types (int8 compact arrays) are written without an endian: the same bytes
         inner_codecs = [BYTES if c == {"name": "bytes"} else c for c in conf["codecs"]]
-        if (inner_codecs not in ([BYTES], [BYTES, CRC]) or conf.get("index_codecs", [BYTES, CRC]) != [BYTES, CRC]
-                or conf.get("index_location", "end") != "end" or inner[0] != 1
-                or inner[1:] != outer[1:] or meta["chunk_key_encoding"]["name"] != "default"
-                or meta["chunk_key_encoding"].get("configuration", {}).get("separator", "/") != "/"):  # fmt: skip
+        if (
+            inner_codecs not in ([BYTES], [BYTES, CRC])
+            or conf.get("index_codecs", [BYTES, CRC]) != [BYTES, CRC]
+            or conf.get("index_location", "end") != "end"
+            or inner[0] != 1
+            or inner[1:] != outer[1:]
+            or meta["chunk_key_encoding"]["name"] != "default"
+            or meta["chunk_key_encoding"].get("configuration", {}).get("separator", "/") != "/"
+        ):
             return None
-        return cls(path, outer[0], tuple(inner[1:]), np.dtype(meta["data_type"]).newbyteorder("<"),
-                   crc=inner_codecs == [BYTES, CRC])  # fmt: skip
+        return cls(
+            path,
+            outer[0],
+            tuple(inner[1:]),
+            np.dtype(meta["data_type"]).newbyteorder("<"),
+            crc=inner_codecs == [BYTES, CRC],
+        )
 
     def _shard_file(self, shard: int) -> Path:
         return self.path / "c" / str(shard) / Path(*["0"] * len(self.row_shape))
@@ -131,6 +148,8 @@ class ShardRuns:
                 return False
             for i in range(a, b):
                 if _crc(rows[i]) != int(want[i]):
-                    raise CorruptError(f"{self._shard_file(shard)}: row {shard * self.shard_rows + first + i} "
-                                       "does not match its crc32c")  # fmt: skip
+                    raise CorruptError(
+                        f"{self._shard_file(shard)}: row {shard * self.shard_rows + first + i} "
+                        "does not match its crc32c"
+                    )
         return True

@@ -50,7 +50,11 @@ def target_array_path(store_path: str | Path, key: str, name: str, compact: bool
     base = f"targets/{key}"
     if compact and loc.exists(f"{base}/{COMPACT}/{name}/zarr.json"):
         base = f"{base}/{COMPACT}"
-    return str(loc.local_path(f"{base}/{name}")) if loc.local is not None else f"{str(store_path).rstrip('/')}/{base}/{name}"
+    return (
+        str(loc.local_path(f"{base}/{name}"))
+        if loc.local is not None
+        else f"{str(store_path).rstrip('/')}/{base}/{name}"
+    )
 
 
 def kvstore_spec(path: str) -> dict:
@@ -61,8 +65,12 @@ def kvstore_spec(path: str) -> dict:
     scheme, rest = path.split("://", 1)
     bucket, _, prefix = rest.partition("/")
     if scheme == "s3":
-        spec = {"driver": "s3", "bucket": bucket, "path": prefix + "/",
-                "aws_region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+        spec = {
+            "driver": "s3",
+            "bucket": bucket,
+            "path": prefix + "/",
+            "aws_region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        }
         if os.environ.get("AWS_ENDPOINT_URL"):
             spec["endpoint"] = os.environ["AWS_ENDPOINT_URL"]
         return spec
@@ -75,8 +83,11 @@ def open_target_array(store_path: str | Path, key: str, name: str, compact: bool
     """Open ``targets/KEY/NAME`` (or its compact array) of a store read-only. The one place a
     store location becomes a kvstore spec."""
     # Absent chunks are errors, not zeros: readers ask only for rows the store marks complete.
-    spec = {"driver": "zarr3", "kvstore": kvstore_spec(target_array_path(store_path, key, name, compact)),
-            "fill_missing_data_reads": False}  # fmt: skip
+    spec = {
+        "driver": "zarr3",
+        "kvstore": kvstore_spec(target_array_path(store_path, key, name, compact)),
+        "fill_missing_data_reads": False,
+    }
     return ts.open(spec, read=True, open=True).result()
 
 
@@ -99,8 +110,10 @@ def read_error(store_path: str, key: str, name: str, row: int, error: BaseExcept
         tar = "a tar"
     where = f"{key}: {name} of {tar}, row {row}, shard {shard or '?'}"
     if isinstance(error, MissingDataError) or "NOT_FOUND" in text:
-        return MissingDataError(f"{where} is missing though the store marks the tar complete (removed by a writer: "
-                                "featurize --overwrite or store compact --drop-raw?); not training on fill values")  # fmt: skip
+        return MissingDataError(
+            f"{where} is missing though the store marks the tar complete (removed by a writer: "
+            "featurize --overwrite or store compact --drop-raw?); not training on fill values"
+        )
     if isinstance(error, StoreError):
         detail = text.split(": ", 1)[-1]
     else:  # tensorstore's "CODE: ... in local file "PATH": what went wrong": the path is named above
@@ -145,7 +158,9 @@ class TargetReader:
             for key, summary in self.keys:
                 for name in ("features", "summary") if summary else ("features",):
                     self._arrays[(key, name)] = open_target_array(self.store_path, key, name, key in self.compact)
-                self._direct[key] = ShardRuns.open(target_array_path(self.store_path, key, "features", key in self.compact))
+                self._direct[key] = ShardRuns.open(
+                    target_array_path(self.store_path, key, "features", key in self.compact)
+                )
             self._pool = ThreadPoolExecutor(self.threads)
         return self._arrays
 
@@ -173,12 +188,22 @@ class TargetReader:
                         job = self._pool.submit(direct.read, start, stop, feats[pos : pos + stop - start])
                         direct_jobs.append((job, a, feats, pos, start, stop, key))
                     else:
-                        pending += [(feats, pos + r - start, a[r : r + 1].read(batch=batch), key, "features", r)
-                                    for r in range(start, stop)]  # fmt: skip
+                        pending += [
+                            (feats, pos + r - start, a[r : r + 1].read(batch=batch), key, "features", r)
+                            for r in range(start, stop)
+                        ]
                     pos += stop - start
                 if summary:
-                    pending.append((None, key, arrays[(key, "summary")][ordered].read(batch=batch), key, "summary",
-                                    int(ordered[0]) if len(ordered) else 0))  # fmt: skip
+                    pending.append(
+                        (
+                            None,
+                            key,
+                            arrays[(key, "summary")][ordered].read(batch=batch),
+                            key,
+                            "summary",
+                            int(ordered[0]) if len(ordered) else 0,
+                        )
+                    )
         for job, a, feats, pos, start, stop, key in direct_jobs:
             try:
                 if not job.result():  # not a plain run of stored chunks: ask tensorstore

@@ -32,8 +32,14 @@ def ray_session():
     import ray
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-             object_store_memory=200 * 1024 * 1024)  # fmt: skip
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        logging_level="ERROR",
+        log_to_driver=False,
+        object_store_memory=200 * 1024 * 1024,
+    )
     yield ray
     ray.shutdown()
 
@@ -63,8 +69,13 @@ def tiny_store(tmp_path_factory, repo):
 
     root = tmp_path_factory.mktemp("tiny")
     write_sample_data(root / "shards", images=40, shard_size=16, seed=11, corrupt=2)
-    config = load_pipeline(repo / "pipelines.yaml", "tiny", data=str(root / "shards" / "*.tar"),
-                           store=str(root / "store.zarr"), out=str(root / "run"))  # fmt: skip
+    config = load_pipeline(
+        repo / "pipelines.yaml",
+        "tiny",
+        data=str(root / "shards" / "*.tar"),
+        store=str(root / "store.zarr"),
+        out=str(root / "run"),
+    )
     featurize_in_process(config)
     return config, root / "store.zarr"
 

@@ -41,10 +41,14 @@ def test_every_command_has_help():
 def test_console_entry_point_exits_2_without_traceback(tmp_path):
     bad = tmp_path / "p.yaml"
     bad.write_text("default: x\npipelines: {}\n")
-    proc = subprocess.run([sys.executable, "-m", "radio.cli", "config", "validate", "--config", str(bad)],
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "radio.cli", "config", "validate", "--config", str(bad)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"error: {bad}: pipelines: Dictionary should have at least 1 item after validation, not 0"
+    assert (
+        proc.stderr.strip()
+        == f"error: {bad}: pipelines: Dictionary should have at least 1 item after validation, not 0"
+    )
     assert "Traceback" not in proc.stderr
 
 

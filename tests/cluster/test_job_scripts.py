@@ -71,9 +71,20 @@ def _run(script: str, tmp_path: Path, **env: str) -> tuple[subprocess.CompletedP
     log = tmp_path / "log"
     log.write_text("")
     fake = _bin(tmp_path, srun=_SRUN, scontrol=_SCONTROL, radio=_LOGGER, python=_LOGGER, ray=_LOGGER)
-    full = os.environ | {"PATH": f"{fake}:{os.environ['PATH']}", "FAKE_LOG": str(log), "FAKE_NODES": " ".join(NODES),
-                         "SLURM_JOB_ID": "1234", "SLURM_JOB_NODELIST": "node-[a-c]", "SLURM_CPUS_PER_TASK": "16",
-                         "RADIO_ENV": str(tmp_path / "env"), "RAY_ADDRESS": "10.9.9.9:6379"} | env  # fmt: skip
+    full = (
+        os.environ
+        | {
+            "PATH": f"{fake}:{os.environ['PATH']}",
+            "FAKE_LOG": str(log),
+            "FAKE_NODES": " ".join(NODES),
+            "SLURM_JOB_ID": "1234",
+            "SLURM_JOB_NODELIST": "node-[a-c]",
+            "SLURM_CPUS_PER_TASK": "16",
+            "RADIO_ENV": str(tmp_path / "env"),
+            "RAY_ADDRESS": "10.9.9.9:6379",
+        }
+        | env
+    )
     proc = subprocess.run(["bash", str(SCRIPTS / script)], capture_output=True, text=True, env=full, timeout=120)
     return proc, log.read_text().splitlines()
 
@@ -115,13 +126,20 @@ def _torchrun_args(log: list[str]) -> list[str]:
 
 
 def test_distill_sbatch_finished_stage_is_not_requeued(tmp_path):
-    proc, log = _run("distill.sbatch", tmp_path, FAKE_OUTCOME="finish", RUN=str(tmp_path / "run"), STAGE="2",
-                     GPUS_PER_NODE="4")  # fmt: skip
+    proc, log = _run(
+        "distill.sbatch", tmp_path, FAKE_OUTCOME="finish", RUN=str(tmp_path / "run"), STAGE="2", GPUS_PER_NODE="4"
+    )
     assert proc.returncode == 0, proc.stderr
     args = _torchrun_args(log)
     assert args[:5] == ["srun", "--nodes=3", "--ntasks-per-node=1", "--kill-on-bad-exit=1", "torchrun"]
-    for a in ("--nnodes=3", "--nproc-per-node=4", "--rdzv-backend=c10d", "--rdzv-endpoint=node-a:29500",
-              "--rdzv-id=radio-1234", "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"):  # fmt: skip
+    for a in (
+        "--nnodes=3",
+        "--nproc-per-node=4",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=node-a:29500",
+        "--rdzv-id=radio-1234",
+        "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
+    ):
         assert a in args, a
     i = args.index("-m")
     assert args[i + 1 : i + 3] == ["radio.cli", "distill"] and args[args.index("--stage") + 1] == "2"
@@ -135,8 +153,9 @@ def test_distill_sbatch_requeues_a_stage_stopped_by_the_signal(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert log[-1] == "scontrol requeue 1234"
     # ... but not for ever: after MAX_REQUEUES restarts it fails instead.
-    proc, log = _run("distill.sbatch", tmp_path, FAKE_OUTCOME="signal", RUN=str(tmp_path / "run"),
-                     SLURM_RESTART_COUNT="20")  # fmt: skip
+    proc, log = _run(
+        "distill.sbatch", tmp_path, FAKE_OUTCOME="signal", RUN=str(tmp_path / "run"), SLURM_RESTART_COUNT="20"
+    )
     assert proc.returncode == 1 and not any(line.startswith("scontrol requeue") for line in log)
     assert proc.stderr.strip() == "stage 1 not finished after 20 requeues (last exit 1)"
 
@@ -153,8 +172,13 @@ ls "$wd" > {seen}
     log = tmp_path / "log"
     fake = _bin(tmp_path, ray=ray)
     env = os.environ | {"PATH": f"{fake}:{Path(sys.executable).parent}:{os.environ['PATH']}", "FAKE_LOG": str(log)}
-    proc = subprocess.run(["bash", str(SCRIPTS / "ray_job.sh"), "http://head:8265", "--pipeline", "tiny"],
-                          capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        ["bash", str(SCRIPTS / "ray_job.sh"), "http://head:8265", "--pipeline", "tiny"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     args = shlex.split(log.read_text().strip())
     assert args[:4] == ["ray", "job", "submit", "--address"] and args[4] == "http://head:8265"

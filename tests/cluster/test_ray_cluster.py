@@ -23,8 +23,13 @@ pytestmark = pytest.mark.slow  # its own cluster, not the session's local Ray in
 
 RAY = str(Path(sys.executable).with_name("ray"))
 # Ray 2.60 turns token auth on for local clusters; every node and driver must agree, so all are off.
-ENV = os.environ | {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": "",
-                    "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "OMP_NUM_THREADS": "1"}  # fmt: skip
+ENV = os.environ | {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ADDRESS": "",
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    "OMP_NUM_THREADS": "1",
+}
 
 _NODES = """
 import json, sys, time, ray
@@ -44,8 +49,9 @@ def _free_port() -> int:
 
 
 def _nodes(address: str, expect: int) -> dict:
-    proc = subprocess.run([sys.executable, "-c", _NODES, address, str(expect)], capture_output=True, text=True,
-                          env=ENV, timeout=180)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", _NODES, address, str(expect)], capture_output=True, text=True, env=ENV, timeout=180
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -67,16 +73,42 @@ def two_node_cluster():
     dirs = [tempfile.mkdtemp(prefix="rayh", dir="/tmp"), tempfile.mkdtemp(prefix="rayw", dir="/tmp")]
     port = _free_port()
     address = f"127.0.0.1:{port}"
-    common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--num-gpus=0", "--disable-usage-stats",
-              f"--object-store-memory={150 * 2**20}"]  # fmt: skip
+    common = [
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=2",
+        "--num-gpus=0",
+        "--disable-usage-stats",
+        f"--object-store-memory={150 * 2**20}",
+    ]
     procs: list[subprocess.Popen] = []
     try:
-        procs.append(subprocess.Popen([RAY, "start", "--head", f"--port={port}", "--include-dashboard=false",
-                                       f"--temp-dir={dirs[0]}", *common], env=ENV, start_new_session=True,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
-        procs.append(subprocess.Popen([RAY, "start", f"--address={address}", f"--temp-dir={dirs[1]}", *common],
-                                      env=ENV, start_new_session=True,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [
+                    RAY,
+                    "start",
+                    "--head",
+                    f"--port={port}",
+                    "--include-dashboard=false",
+                    f"--temp-dir={dirs[0]}",
+                    *common,
+                ],
+                env=ENV,
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        procs.append(
+            subprocess.Popen(
+                [RAY, "start", f"--address={address}", f"--temp-dir={dirs[1]}", *common],
+                env=ENV,
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         assert _nodes(address, 2)["nodes"] == 2
         yield address, procs
     finally:
@@ -93,14 +125,27 @@ def test_featurize_attaches_to_a_two_node_cluster_and_the_store_verifies(two_nod
     write_sample_data(tmp_path / "shards", images=16, shard_size=8, seed=5, corrupt=0)
     store = tmp_path / "store.zarr"
     radio = str(Path(sys.executable).with_name("radio"))
-    base = [radio, "featurize", "--config", str(repo / "pipelines.yaml"), "--pipeline", "tiny",
-            "--data", str(tmp_path / "shards" / "*.tar"), "--store", str(store)]  # fmt: skip
+    base = [
+        radio,
+        "featurize",
+        "--config",
+        str(repo / "pipelines.yaml"),
+        "--pipeline",
+        "tiny",
+        "--data",
+        str(tmp_path / "shards" / "*.tar"),
+        "--store",
+        str(store),
+    ]
     # One teacher through --address, another through RAY_ADDRESS alone: either attaches.
     drivers = []
-    for extra, env in ((["--teacher", "dinov2", "--address", address], ENV),
-                       (["--teacher", "clip"], ENV | {"RAY_ADDRESS": address})):  # fmt: skip
-        run = subprocess.Popen([*base, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                               cwd=tmp_path)  # fmt: skip
+    for extra, env in (
+        (["--teacher", "dinov2", "--address", address], ENV),
+        (["--teacher", "clip"], ENV | {"RAY_ADDRESS": address}),
+    ):
+        run = subprocess.Popen(
+            [*base, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+        )
         out, err = run.communicate(timeout=600)
         assert run.returncode == 0, out[-2000:] + err[-3000:]
         drivers.append(run.pid)
@@ -108,8 +153,7 @@ def test_featurize_attaches_to_a_two_node_cluster_and_the_store_verifies(two_nod
     after = _nodes(address, 2)
     assert after["nodes"] == 2 and all(p.poll() is None for p in procs)  # the cluster is untouched
     assert set(drivers) <= set(after["driver_pids"])  # both featurize drivers were this cluster's jobs
-    verify = subprocess.run([radio, "store", "verify", str(store)],
-                            capture_output=True, text=True, env=ENV)  # fmt: skip
+    verify = subprocess.run([radio, "store", "verify", str(store)], capture_output=True, text=True, env=ENV)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     from radio.store.layout import FeatureStore
 

@@ -42,19 +42,39 @@ def _free_port() -> int:
 
 def test_two_node_torchrun_with_c10d_rendezvous_equals_one_process(pipelines, tmp_path):
     distill = ["-m", "radio.cli", "distill", "--config", str(pipelines), "--stage", "1"]
-    one = subprocess.run([sys.executable, *distill, "--out", str(tmp_path / "one")], capture_output=True, text=True,
-                         env=ENV, timeout=600)  # fmt: skip
+    one = subprocess.run(
+        [sys.executable, *distill, "--out", str(tmp_path / "one")], capture_output=True, text=True, env=ENV, timeout=600
+    )
     assert one.returncode == 0, one.stderr[-2000:]
 
     endpoint = f"127.0.0.1:{_free_port()}"
     nodes = []
     for node in range(2):
         # is_host: both "nodes" have the endpoint's address; on a cluster only the first one does.
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-               "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "radio-test",
-               "--rdzv-conf", f"is_host={'true' if node == 0 else 'false'}", "--max-restarts", "0",
-               "--signals-to-handle", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
-               *distill, "--out", str(tmp_path / "two")]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--nproc-per-node",
+            "1",
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            endpoint,
+            "--rdzv-id",
+            "radio-test",
+            "--rdzv-conf",
+            f"is_host={'true' if node == 0 else 'false'}",
+            "--max-restarts",
+            "0",
+            "--signals-to-handle",
+            "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
+            *distill,
+            "--out",
+            str(tmp_path / "two"),
+        ]
         nodes.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV))
     outputs = [p.communicate(timeout=600) for p in nodes]
     for p, (_, err) in zip(nodes, outputs):

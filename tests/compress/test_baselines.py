@@ -9,15 +9,18 @@ import torch.nn.functional as F
 from radio.compress import avg_pool_tokens, pixel_shuffle_tokens, pixel_unshuffle_tokens, pool_grid, unmerge
 
 
-@pytest.mark.parametrize(("grid", "tokens", "pooled"), [
-    ((27, 27), 196, (14, 14)),  # factors nicely: exactly T
-    ((64, 64), 256, (16, 16)),
-    ((12, 20), 50, (5, 10)),    # the input's aspect
-    ((16, 16), 30, (6, 5)),
-    ((64, 64), 512, (23, 22)),  # 16x32 is 2x too wide: the closest grid below, 506
-    ((16, 16), 200, (14, 14)),  # 10x20 does not fit in 16 columns
-    ((1, 100), 10, (1, 10)),    # no grid has the strip's aspect: the bound is dropped
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("grid", "tokens", "pooled"),
+    [
+        ((27, 27), 196, (14, 14)),  # factors nicely: exactly T
+        ((64, 64), 256, (16, 16)),
+        ((12, 20), 50, (5, 10)),  # the input's aspect
+        ((16, 16), 30, (6, 5)),
+        ((64, 64), 512, (23, 22)),  # 16x32 is 2x too wide: the closest grid below, 506
+        ((16, 16), 200, (14, 14)),  # 10x20 does not fit in 16 columns
+        ((1, 100), 10, (1, 10)),  # no grid has the strip's aspect: the bound is dropped
+    ],
+)
 def test_pool_grid(grid, tokens, pooled):
     assert pool_grid(grid, tokens) == pooled
     assert pooled[0] * pooled[1] <= tokens

@@ -69,12 +69,30 @@ def test_compress_two_images(app, export, images, tmp_path):
     from safetensors import safe_open
 
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["compress", "--model", str(export), "--images", str(images), "--tokens", "50",
-                                      "--resolution", "160", "--out", str(out), "--picture"], terminal_width=200)  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "compress",
+            "--model",
+            str(export),
+            "--images",
+            str(images),
+            "--tokens",
+            "50",
+            "--resolution",
+            "160",
+            "--out",
+            str(out),
+            "--picture",
+        ],
+        terminal_width=200,
+    )
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    rows = {name: next(line for line in lines if line.lstrip("│ ").startswith(name))
-            for name in ("ToMe strided", "ToMe random dest", "avg pool", "pixel unshuffle")}  # fmt: skip
+    rows = {
+        name: next(line for line in lines if line.lstrip("│ ").startswith(name))
+        for name in ("ToMe strided", "ToMe random dest", "avg pool", "pixel unshuffle")
+    }
     assert "astronaut" in result.stdout and "page" in result.stdout  # a column per image
     tome = rows["ToMe strided"].split("│")
     assert tome[2].strip() == "50" and tome[3].strip() == "64"  # tokens, channels
@@ -97,10 +115,26 @@ def test_compress_two_images(app, export, images, tmp_path):
 
 def test_one_round_picks_coarser_windows_and_the_table_reports_rounds(app, export, images):
     def tome_row(*extra: str) -> list[str]:
-        result = CliRunner().invoke(app, ["compress", "--model", str(export), "--images", str(images), "--tokens", "10",
-                                          "--resolution", "160", *extra], terminal_width=200)  # fmt: skip
+        result = CliRunner().invoke(
+            app,
+            [
+                "compress",
+                "--model",
+                str(export),
+                "--images",
+                str(images),
+                "--tokens",
+                "10",
+                "--resolution",
+                "160",
+                *extra,
+            ],
+            terminal_width=200,
+        )
         assert result.exit_code == 0, result.output
-        return next(line for line in result.stdout.splitlines() if line.lstrip("│ ").startswith("ToMe strided")).split("│")
+        return next(line for line in result.stdout.splitlines() if line.lstrip("│ ").startswith("ToMe strided")).split(
+            "│"
+        )
 
     # 10x10 → 10: 2x2 windows (25 destinations) need two rounds; 3x3 windows (9 ≤ 10) need one.
     default, one = tome_row(), tome_row("--one-round")
@@ -108,12 +142,17 @@ def test_one_round_picks_coarser_windows_and_the_table_reports_rounds(app, expor
     assert one[10].strip() == "1" and "3x3 windows, 100 → 10" in one[11]
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--tokens", "100", "--resolution", "160"],
-     "error: --tokens 100 must be smaller than the 100 tokens of the 10x10 grid at --resolution 160"),
-    (["--resolution", "150"], "error: --resolution 150 is not a multiple of 16"),
-    (["--picture"], "error: --picture needs --out (the folder to write the PNGs into)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--tokens", "100", "--resolution", "160"],
+            "error: --tokens 100 must be smaller than the 100 tokens of the 10x10 grid at --resolution 160",
+        ),
+        (["--resolution", "150"], "error: --resolution 150 is not a multiple of 16"),
+        (["--picture"], "error: --picture needs --out (the folder to write the PNGs into)"),
+    ],
+)
 def test_bad_arguments_are_one_line_errors(app, export, images, args, message):
     result = CliRunner().invoke(app, ["compress", "--model", str(export), "--images", str(images), *args])
     assert result.exit_code == 2
@@ -124,10 +163,13 @@ def test_bad_arguments_are_one_line_errors(app, export, images, args, message):
 def test_unreadable_and_missing_images(app, export, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not a jpeg")
-    result = CliRunner().invoke(app, ["compress", "--model", str(export), "--images", str(bad), "--resolution", "160",
-                                      "--tokens", "50"])  # fmt: skip
+    result = CliRunner().invoke(
+        app, ["compress", "--model", str(export), "--images", str(bad), "--resolution", "160", "--tokens", "50"]
+    )
     assert result.exit_code == 2
-    assert result.stderr.startswith(f"error: cannot read image {bad}: ") and len(result.stderr.strip().splitlines()) == 1
+    assert (
+        result.stderr.startswith(f"error: cannot read image {bad}: ") and len(result.stderr.strip().splitlines()) == 1
+    )
     result = CliRunner().invoke(app, ["compress", "--model", str(export), "--images", str(tmp_path / "nope.png")])
     assert result.exit_code == 2 and result.stderr.strip() == f"error: {tmp_path / 'nope.png'}: no such file or folder"
     result = CliRunner().invoke(app, ["compress", "--model", str(tmp_path), "--images", str(bad)])

@@ -63,20 +63,27 @@ def _error(x, res) -> float:
     return reconstruction_error(x, unmerge(res.tokens, res.group)).mean_relative_mse
 
 
-@pytest.mark.parametrize(("name", "grid", "tokens", "vs_random"), [
-    ("page", 27, 196, False),
-    ("text", 27, 196, False),
-    ("astronaut", 27, 196, False),
-    ("page", 64, 512, True),
-    ("astronaut", 64, 512, True),
-    ("astronaut", 64, 256, True),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "grid", "tokens", "vs_random"),
+    [
+        ("page", 27, 196, False),
+        ("text", 27, 196, False),
+        ("astronaut", 27, 196, False),
+        ("page", 64, 512, True),
+        ("astronaut", 64, 512, True),
+        ("astronaut", 64, 256, True),
+    ],
+)
 def test_tome_beats_pooling_and_random_destinations(teacher, name, grid, tokens, vs_random):
     x = _features(teacher, name, grid)
     strided = _error(x, merge_tokens(x, (grid, grid), tokens))
     pooled = _error(x, avg_pool_tokens(x, (grid, grid), tokens))
     assert strided < 0.5 * pooled
     if vs_random:
-        random = [_error(x, merge_tokens(x, (grid, grid), tokens, layout="random",
-                                         generator=torch.Generator().manual_seed(s))) for s in RANDOM_SEEDS]  # fmt: skip
+        random = [
+            _error(
+                x, merge_tokens(x, (grid, grid), tokens, layout="random", generator=torch.Generator().manual_seed(s))
+            )
+            for s in RANDOM_SEEDS
+        ]
         assert strided < min(random), (strided, random)

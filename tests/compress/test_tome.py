@@ -47,10 +47,18 @@ def test_exact_target_count_and_a_consistent_map(h, w, t, layout):
             assert torch.allclose(res.positions[b, g], pos[res.group[b] == g].mean(0))
 
 
-@pytest.mark.parametrize(("h", "w", "t", "stride"), [
-    (27, 27, 196, (2, 2)), (27, 27, 169, (2, 2)), (16, 16, 200, (2, 2)), (12, 20, 60, (2, 2)),
-    (12, 20, 100, (2, 2)), (27, 27, 81, (3, 3)), (13, 14, 40, (3, 2)),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("h", "w", "t", "stride"),
+    [
+        (27, 27, 196, (2, 2)),
+        (27, 27, 169, (2, 2)),
+        (16, 16, 200, (2, 2)),
+        (12, 20, 60, (2, 2)),
+        (12, 20, 100, (2, 2)),
+        (27, 27, 81, (3, 3)),
+        (13, 14, 40, (3, 2)),
+    ],
+)
 def test_every_window_keeps_its_destination_when_the_budget_allows(h, w, t, stride):
     dst = stride_destinations((h, w), stride)
     assert len(dst) == (h // stride[0]) * (w // stride[1]) <= t
@@ -176,14 +184,17 @@ def test_half_precision_inputs():
     assert res.tokens.dtype == torch.float16 and res.tokens.shape == (1, 30, 8)
 
 
-@pytest.mark.parametrize(("grid", "t", "k"), [
-    ((48, 48), 256, 3),  # the paper's r = 2048: 2304 → 256 in one round needs 3x3 windows (256 destinations)
-    ((64, 64), 512, 3),  # r = 3584: 441 destinations
-    ((64, 64), 256, 4),  # r = 3840
-    ((48, 48), 196, 4),  # r = 2108: 144 destinations (3x3 would give 256 > 196)
-    ((32, 32), 256, 2),  # r = 768
-    ((27, 27), 196, 2),  # 169 destinations
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("grid", "t", "k"),
+    [
+        ((48, 48), 256, 3),  # the paper's r = 2048: 2304 → 256 in one round needs 3x3 windows (256 destinations)
+        ((64, 64), 512, 3),  # r = 3584: 441 destinations
+        ((64, 64), 256, 4),  # r = 3840
+        ((48, 48), 196, 4),  # r = 2108: 144 destinations (3x3 would give 256 > 196)
+        ((32, 32), 256, 2),  # r = 768
+        ((27, 27), 196, 2),  # 169 destinations
+    ],
+)
 def test_the_stride_is_chosen_so_one_round_reaches_the_budget(grid, t, k):
     from radio.compress.tome import auto_stride
 

@@ -83,11 +83,15 @@ def test_valid_file_exits_zero(tmp_path, raw):
             "pipelines.tiny.stages.1.partitions.0.resolution: resolution 200 is not a positive multiple of 16",
         ),
         (
-            lambda t: t["teachers"]["sam"]["targets"].update({"sam@144": {"resolution": 144, "mosaic": 2, "canvas": 256}}),
+            lambda t: t["teachers"]["sam"]["targets"].update(
+                {"sam@144": {"resolution": 144, "mosaic": 2, "canvas": 256}}
+            ),
             "pipelines.tiny.teachers.sam.targets.sam@144: mosaic 2 tiles are 128 px and cannot hold resolution 144",
         ),
         (
-            lambda t: t["teachers"]["sam"]["targets"].update({"sam@100": {"resolution": 100, "mosaic": 1, "canvas": 256}}),
+            lambda t: t["teachers"]["sam"]["targets"].update(
+                {"sam@100": {"resolution": 100, "mosaic": 1, "canvas": 256}}
+            ),
             "pipelines.tiny.teachers.sam.targets.sam@100: resolution 100 is not a positive multiple of 16",
         ),
         (
@@ -95,8 +99,15 @@ def test_valid_file_exits_zero(tmp_path, raw):
             "pipelines.tiny.teachers.clip.targets: target key 'clip@140' names resolution 140 but sets 112",
         ),
     ],
-    ids=["unknown-key", "wrong-type", "unknown-target-key", "resolution-not-16", "mosaic-too-small",
-         "mosaic-resolution-not-16", "key-resolution-mismatch"],  # fmt: skip
+    ids=[
+        "unknown-key",
+        "wrong-type",
+        "unknown-target-key",
+        "resolution-not-16",
+        "mosaic-too-small",
+        "mosaic-resolution-not-16",
+        "key-resolution-mismatch",
+    ],
 )
 def test_each_config_error_is_one_line_exit_2(tmp_path, raw, mutate, message):
     bad = _tiny(raw)

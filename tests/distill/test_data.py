@@ -43,7 +43,11 @@ def test_flip_mirrors_image_and_target_grids_together(tiny_store):
     split = split_rows(store, keys, config.eval.held_out)
     assert len(split.held_out) == config.eval.held_out
     assert not set(split.train) & set(split.held_out)
-    ds = PartitionRows(str(path), 128, [KeyTarget("clip@112", "clip", (8, 8), False, True), KeyTarget("sam@128", "sam", (8, 8), True, False)])
+    ds = PartitionRows(
+        str(path),
+        128,
+        [KeyTarget("clip@112", "clip", (8, 8), False, True), KeyTarget("sam@128", "sam", (8, 8), True, False)],
+    )
     row = int(split.train[0])
     plain, flipped = ds[(row, False)], ds[(row, True)]
     assert torch.equal(flipped["image"], plain["image"].flip(2))
@@ -54,13 +58,19 @@ def test_flip_mirrors_image_and_target_grids_together(tiny_store):
 
 
 def test_blocks_sampling_takes_whole_shards_and_visits_every_row_once_per_epoch():
-    rows = np.concatenate([np.arange(0, 6), np.arange(8, 16), np.arange(16, 21), np.arange(40, 48)])  # gaps: invalid rows
+    rows = np.concatenate(
+        [np.arange(0, 6), np.arange(8, 16), np.arange(16, 21), np.arange(40, 48)]
+    )  # gaps: invalid rows
     order = EpochOrder(rows, 9, 5, 0, "blocks", shard_rows=8)
     epoch = np.concatenate([order.batch(s) for s in range(order.per_epoch)])
     assert len(set(epoch.tolist())) == len(epoch) == 27 and set(epoch.tolist()) <= set(rows.tolist())
-    full = np.concatenate([order.batch(order.per_epoch * 7), order.batch(order.per_epoch * 7 + 1), order.batch(order.per_epoch * 7 + 2)])
+    full = np.concatenate(
+        [order.batch(order.per_epoch * 7), order.batch(order.per_epoch * 7 + 1), order.batch(order.per_epoch * 7 + 2)]
+    )
     shards = full // 8
-    assert (np.diff(np.flatnonzero(np.diff(shards) != 0)) > 1).all() or len(set(shards.tolist())) <= 4  # shards stay whole
+    assert (np.diff(np.flatnonzero(np.diff(shards) != 0)) > 1).all() or len(
+        set(shards.tolist())
+    ) <= 4  # shards stay whole
     assert all((np.diff(full[shards == s]) == 1).all() for s in set(shards.tolist()))  # contiguous inside a shard
     # a pure function of (seed, partition, step): a fresh order resumed at step 5 agrees
     assert np.array_equal(EpochOrder(rows, 9, 5, 0, "blocks", 8).batch(5), order.batch(5))
@@ -118,7 +128,9 @@ def test_a_store_planned_for_a_million_rows_opens_splits_and_serves_a_batch(tmp_
     tars, per_tar, shard_rows = 4, 262_144, 1024
     plan = Plan.build([(str(tar_path), 0, per_tar, None)] * tars, shard_rows)
     store = FeatureStore.create(tmp_path / "store.zarr", plan, {})
-    store.create_target("k", grid=(2, 2), feature_dim=8, summary_dim=4, provenance={}, compressor="zstd")  # zstd: the tensorstore path
+    store.create_target(
+        "k", grid=(2, 2), feature_dim=8, summary_dim=4, provenance={}, compressor="zstd"
+    )  # zstd: the tensorstore path
     n = plan.total_rows
     assert n >= 1_000_000
     rng = np.random.default_rng(1)
@@ -130,12 +142,23 @@ def test_a_store_planned_for_a_million_rows_opens_splits_and_serves_a_batch(tmp_
         written[shard_start] = (feats, summ)
     for t in plan.tars:  # manifests written column-wise: a million dicts would be the old cost
         rows = np.arange(t.row_start, t.row_start + per_tar)
-        cols = {"row": rows, "key": pa.nulls(per_tar, pa.string()), "uid": pa.nulls(per_tar, pa.string()),
-                "tar": np.full(per_tar, str(tar_path)), "tar_index": np.full(per_tar, t.index, np.int32),
-                "ordinal": np.zeros(per_tar, np.int32), "offset": np.full(per_tar, offset), "size": np.full(per_tar, size),
-                "valid": rows % 7 != 3, "reason": pa.nulls(per_tar, pa.string()), "width": np.full(per_tar, 64, np.int32),
-                "height": np.full(per_tar, 64, np.int32), "crop_x": np.zeros(per_tar, np.int32),
-                "crop_y": np.zeros(per_tar, np.int32), "crop_size": np.full(per_tar, 64, np.int32)}  # fmt: skip
+        cols = {
+            "row": rows,
+            "key": pa.nulls(per_tar, pa.string()),
+            "uid": pa.nulls(per_tar, pa.string()),
+            "tar": np.full(per_tar, str(tar_path)),
+            "tar_index": np.full(per_tar, t.index, np.int32),
+            "ordinal": np.zeros(per_tar, np.int32),
+            "offset": np.full(per_tar, offset),
+            "size": np.full(per_tar, size),
+            "valid": rows % 7 != 3,
+            "reason": pa.nulls(per_tar, pa.string()),
+            "width": np.full(per_tar, 64, np.int32),
+            "height": np.full(per_tar, 64, np.int32),
+            "crop_x": np.zeros(per_tar, np.int32),
+            "crop_y": np.zeros(per_tar, np.int32),
+            "crop_size": np.full(per_tar, 64, np.int32),
+        }
         sink = pa.BufferOutputStream()
         pq.write_table(pa.table(cols, schema=MANIFEST_SCHEMA), sink)
         store.location.write_bytes(store.manifest_name(t.index), sink.getvalue().to_pybytes())
@@ -160,11 +183,15 @@ def test_a_store_planned_for_a_million_rows_opens_splits_and_serves_a_batch(tmp_
     for i, r in enumerate(pick):
         start = r - r % shard_rows
         want_f, want_s = (written[start][0][r - start], written[start][1][r - start]) if start in written else (0, 0)
-        assert np.array_equal(f[i], np.broadcast_to(want_f, f[i].shape)) and np.array_equal(s[i], np.broadcast_to(want_s, s[i].shape))
+        assert np.array_equal(f[i], np.broadcast_to(want_f, f[i].shape)) and np.array_equal(
+            s[i], np.broadcast_to(want_s, s[i].shape)
+        )
     # A row of a complete tar whose shard is absent is an error, never the fill value (issue 21).
     from radio.store.checksums import MissingDataError
 
-    with pytest.raises(MissingDataError, match=r"^k: features of tar 1 \(00000000.tar\), row 500000, shard .*c/488/0/0/0 is missing"):
+    with pytest.raises(
+        MissingDataError, match=r"^k: features of tar 1 \(00000000.tar\), row 500000, shard .*c/488/0/0/0 is missing"
+    ):
         ds.__getitems__([(500_000, False)])
 
 
@@ -193,6 +220,11 @@ def test_forkserver_workers_see_variables_set_after_the_forkserver_started(monke
     monkeypatch.setenv("RADIO_TEST_LATE_VARIABLE", "set later")  # e.g. AWS_* credentials for an S3 store
     plain = DataLoader(_EnvProbe(), num_workers=1, multiprocessing_context="forkserver", collate_fn=_first)
     assert list(plain) == ["missing"]  # what the trainer's workers saw: S3 reads failed with NoCredentialsError
-    fixed = DataLoader(_EnvProbe(), num_workers=1, multiprocessing_context="forkserver", collate_fn=_first,
-                       worker_init_fn=WorkerEnvironment())  # fmt: skip
+    fixed = DataLoader(
+        _EnvProbe(),
+        num_workers=1,
+        multiprocessing_context="forkserver",
+        collate_fn=_first,
+        worker_init_fn=WorkerEnvironment(),
+    )
     assert list(fixed) == ["set later"]

@@ -14,8 +14,12 @@ from radio.distill.export import EXPORT_FORMAT, write_export
 from radio.distill.export_timm import TIMM_VARIANTS, timm_kwargs, timm_state_dict, write_timm
 from radio.distill.student import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Student
 
-TEACHERS = [AdaptorSpec("clip", 16, 16), AdaptorSpec("siglip", 16, 16), AdaptorSpec("dinov2", 16, 16),
-            AdaptorSpec("sam", None, 16)]  # fmt: skip
+TEACHERS = [
+    AdaptorSpec("clip", 16, 16),
+    AdaptorSpec("siglip", 16, 16),
+    AdaptorSpec("dinov2", 16, 16),
+    AdaptorSpec("sam", None, 16),
+]
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +31,12 @@ def exports(tmp_path_factory):
     state = student.state_dict()
     out = tmp_path_factory.mktemp("export")
     arch = {"size": "b", "patch": 16, "cpe_max_size": 2048, "register_multiple": 8, "adaptor_hidden": 32}
-    meta = {"format": EXPORT_FORMAT, "student": arch, "stage": None,
-            "teachers": [asdict(t) | {"normalization": "none"} for t in TEACHERS]}
+    meta = {
+        "format": EXPORT_FORMAT,
+        "student": arch,
+        "stage": None,
+        "teachers": [asdict(t) | {"normalization": "none"} for t in TEACHERS],
+    }
     write_export(out, {f"student.{k}": v for k, v in state.items()}, meta)
     return out, write_timm(state, "b", out), state
 
@@ -38,8 +46,12 @@ def exports(tmp_path_factory):
 def test_timm_model_matches_radio_load(exports, size):
     folder, path, state = exports
     ours = radio.load(folder)
-    model = timm.create_model(TIMM_VARIANTS["b"], pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
-                              **timm_kwargs(state, img_size=size)).eval()  # fmt: skip
+    model = timm.create_model(
+        TIMM_VARIANTS["b"],
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(path)),
+        **timm_kwargs(state, img_size=size),
+    ).eval()
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(size))
     mean, std = torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
     with torch.inference_mode():

@@ -16,7 +16,9 @@ from radio.store.layout import FeatureStore
 from radio.store.phis import PhiS
 
 
-def test_a_head_trained_on_two_keys_of_a_teacher_fits_both_despite_a_sign_flipped_fit(tiny_store, tmp_path, monkeypatch):
+def test_a_head_trained_on_two_keys_of_a_teacher_fits_both_despite_a_sign_flipped_fit(
+    tiny_store, tmp_path, monkeypatch
+):
     _, path = tiny_store
     copy = tmp_path / "store.zarr"
     shutil.copytree(path, copy)

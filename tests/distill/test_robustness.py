@@ -30,7 +30,6 @@ from radio.store.split import split_rows
 pytestmark = pytest.mark.slow
 
 
-
 def _file_mode() -> int:
     """The mode open() gives a new file under this process's umask."""
     umask = os.umask(0)
@@ -70,11 +69,12 @@ def _one_line(result) -> str:
 
 def _rows_of_step(store: FeatureStore, config, step: int) -> np.ndarray:
     """The store rows stage 1 trains on at ``step`` (1-based), as the trainer draws them."""
-    (_, ts), = stage_targets(store, config, 1)
+    ((_, ts),) = stage_targets(store, config, 1)
     cfg = config.stages[0]
     train = split_rows(store, [t.key for t in ts], config.eval.held_out).train
-    return global_batch(train, cfg.partitions[0].batch_size, cfg.seed * 1000 + 1, 0, step - 1, cfg.sampling,
-                        store.plan.shard_rows)  # fmt: skip
+    return global_batch(
+        train, cfg.partitions[0].batch_size, cfg.seed * 1000 + 1, 0, step - 1, cfg.sampling, store.plan.shard_rows
+    )
 
 
 # ---- 1. non-finite targets ----------------------------------------------------------------------
@@ -82,7 +82,8 @@ def _rows_of_step(store: FeatureStore, config, step: int) -> np.ndarray:
 
 @pytest.mark.parametrize(("stream", "value"), [("features", np.nan), ("summary", np.inf)])
 def test_a_non_finite_target_stops_at_its_step_naming_key_and_rows_and_keeps_the_last_good_checkpoint(
-        phis_store, tmp_path, stream, value):  # fmt: skip
+    phis_store, tmp_path, stream, value
+):
     config, path = phis_store
     copy = tmp_path / "store.zarr"
     shutil.copytree(path, copy)
@@ -117,20 +118,29 @@ def test_a_nan_at_the_first_step_says_there_is_no_checkpoint(phis_store, tmp_pat
         store.array("clip@112", "summary")[r, 0] = np.nan
     result = _distill(_pipelines(tmp_path, config, copy, steps=4, checkpoint_every=2))
     assert result.exit_code == 1
-    assert _one_line(result) == (f"error: stage 1 step 1: target clip@112/summary is not finite (NaN or inf) in store rows "
-                                 f"{rows[0]}, {rows[1]}; stopped without writing weights (no checkpoint yet)")  # fmt: skip
+    assert _one_line(result) == (
+        f"error: stage 1 step 1: target clip@112/summary is not finite (NaN or inf) in store rows "
+        f"{rows[0]}, {rows[1]}; stopped without writing weights (no checkpoint yet)"
+    )
     assert not (tmp_path / "run" / "stage1" / "checkpoint.pt").exists()
 
 
 def test_a_diverging_loss_with_finite_targets_stops_too(phis_store, tmp_path):
     config, _ = phis_store
-    cfg = _pipelines(tmp_path, config, steps=4, checkpoint_every=2, optimizer={"name": "adamw", "lr": 1e30,
-                                                                                "weight_decay": 0.0, "grad_clip": 1.0})
+    cfg = _pipelines(
+        tmp_path,
+        config,
+        steps=4,
+        checkpoint_every=2,
+        optimizer={"name": "adamw", "lr": 1e30, "weight_decay": 0.0, "grad_clip": 1.0},
+    )
     result = _distill(cfg)
     assert result.exit_code == 1, result.output
-    assert _one_line(result) == ("error: stage 1 step 2: loss 128:clip@112/features is not finite with finite targets "
-                                 "(training diverged: lower the learning rate or clip gradients); stopped without "
-                                 "writing weights (no checkpoint yet)")  # fmt: skip
+    assert _one_line(result) == (
+        "error: stage 1 step 2: loss 128:clip@112/features is not finite with finite targets "
+        "(training diverged: lower the learning rate or clip gradients); stopped without "
+        "writing weights (no checkpoint yet)"
+    )
     assert not (tmp_path / "run" / "stage1" / "final.safetensors").exists()
 
 
@@ -144,8 +154,10 @@ def test_resume_with_another_step_count_is_refused_naming_both(phis_store, tmp_p
     ckpt = tmp_path / "run" / "stage1" / "checkpoint.pt"
     result = _distill(cfg, "--steps", "6")
     assert result.exit_code == 2
-    assert _one_line(result) == (f"error: stage 1: the checkpoint {ckpt} is of a run of 3 steps (at step 3), not 6; "
-                                 "resume with --steps 3, or remove the checkpoint to start over with another step count")
+    assert _one_line(result) == (
+        f"error: stage 1: the checkpoint {ckpt} is of a run of 3 steps (at step 3), not 6; "
+        "resume with --steps 3, or remove the checkpoint to start over with another step count"
+    )
     result = _distill(cfg)  # the config's 4 steps: refused the same way
     assert result.exit_code == 2 and "is of a run of 3 steps (at step 3), not 4;" in result.stderr
     result = _distill(cfg, "--steps", "3")
@@ -176,8 +188,13 @@ def test_resume_removes_a_dead_processs_temporary_files_and_outputs_have_the_usu
     export = tmp_path / "export"
     result = CliRunner().invoke(app, ["export", "--run", str(tmp_path / "run"), "--out", str(export)])
     assert result.exit_code == 0, result.output
-    for f in (sdir / "final.safetensors", sdir / "checkpoint.pt", sdir / "metrics.jsonl", export / "model.safetensors",
-              export / "config.json"):
+    for f in (
+        sdir / "final.safetensors",
+        sdir / "checkpoint.pt",
+        sdir / "metrics.jsonl",
+        export / "model.safetensors",
+        export / "config.json",
+    ):
         assert oct(f.stat().st_mode & 0o777) == oct(_file_mode()), f
     assert not list(export.glob(".*"))
 
@@ -204,8 +221,10 @@ def _init_cases(tmp: Path, config, store: FeatureStore) -> dict[str, tuple[Path,
     cases["pickle"] = (p, f"error: {p}: {NOT_ZIP}")
     p = tmp / "objects.pt"
     torch.save({"model": {}, "extra": Foreign()}, p)
-    cases["torch pickle of objects"] = (p, f"error: {p}: not a radio checkpoint (it holds objects other than tensors, "
-                                           "which radio never unpickles)")  # fmt: skip
+    cases["torch pickle of objects"] = (
+        p,
+        f"error: {p}: not a radio checkpoint (it holds objects other than tensors, which radio never unpickles)",
+    )
     p = tmp / "random.pt"
     p.write_bytes(np.random.default_rng(0).bytes(4096))
     cases["random bytes .pt"] = (p, f"error: {p}: {NOT_ZIP}")
@@ -218,13 +237,18 @@ def _init_cases(tmp: Path, config, store: FeatureStore) -> dict[str, tuple[Path,
     save_file(state, str(good))
     p = tmp / "truncated.safetensors"
     p.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    cases["truncated safetensors"] = (p, f"error: {p}: not a safetensors file (incomplete metadata, "
-                                         "file not fully covered)")  # fmt: skip
+    cases["truncated safetensors"] = (
+        p,
+        f"error: {p}: not a safetensors file (incomplete metadata, file not fully covered)",
+    )
     p = tmp / "shapes.safetensors"
     save_file(state | {"patch_embed.weight": torch.zeros(7, 3, 16, 16)}, str(p))
     own = tuple(state["patch_embed.weight"].shape)
-    cases["wrong shapes"] = (p, f"error: {p}: weights do not fit this student (1 tensors of another shape: "
-                                f"patch_embed.weight (7, 3, 16, 16) != {own})")  # fmt: skip
+    cases["wrong shapes"] = (
+        p,
+        f"error: {p}: weights do not fit this student (1 tensors of another shape: "
+        f"patch_embed.weight (7, 3, 16, 16) != {own})",
+    )
     p = tmp / "truncated.pt"
     torch.save({"model": state, "step": 1}, tmp / "whole.pt")
     p.write_bytes((tmp / "whole.pt").read_bytes()[:-200])
@@ -306,7 +330,9 @@ def _no_space_in_zarr_and_objects(monkeypatch, after: int = 0) -> None:
 
 
 def _litter(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if ".tmp" in p.name or p.name.endswith(".partial"))
+    return sorted(
+        str(p.relative_to(folder)) for p in folder.rglob("*") if ".tmp" in p.name or p.name.endswith(".partial")
+    )
 
 
 def test_distill_on_a_full_disk_says_so_naming_the_file_and_leaves_no_temporary_file(phis_store, tmp_path, monkeypatch):

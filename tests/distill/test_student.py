@@ -315,8 +315,14 @@ def test_adaptor_inner_blocks_are_radio_mlp2():
 
     plain, mlp2 = AdaptorMLP(16, 24, 8), AdaptorMLP(16, 24, 8, inner=1)
     # inner = 0 keeps the 2-layer names (old checkpoints load); inner = 1 adds x + Linear(GELU(LN(x))).
-    assert [n for n, _ in plain.named_parameters()] == ["fc1.weight", "fc1.bias", "norm.weight", "norm.bias",
-                                                        "fc2.weight", "fc2.bias"]  # fmt: skip
+    assert [n for n, _ in plain.named_parameters()] == [
+        "fc1.weight",
+        "fc1.bias",
+        "norm.weight",
+        "norm.bias",
+        "fc2.weight",
+        "fc2.bias",
+    ]
     mlp2.load_state_dict(plain.state_dict(), strict=False)
     x = torch.randn(5, 16)
     h = mlp2.fc1(x)

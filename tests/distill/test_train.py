@@ -69,7 +69,7 @@ def test_stage1_losses_fall_and_held_out_fidelity_beats_untrained(phis_store, tm
 
     trained.load_state_dict(student_state(load_weights(tmp_path / "run" / "stage1" / "final.safetensors")))
     trained.eval()
-    (resolution, keys), = stage_targets(store, config, 1)
+    ((resolution, keys),) = stage_targets(store, config, 1)
     held = split_rows(store, [t.key for t in keys], config.eval.held_out).held_out
     assert len(held) == config.eval.held_out
     from radio.distill.data import PartitionRows, collate
@@ -93,10 +93,16 @@ def test_sigkill_after_checkpoint_then_resume_gives_identical_losses(phis_store,
     config, _ = phis_store
     cfg = _config_file(tmp_path, config, steps=12, checkpoint_every=4, sampling=sampling)
     env = os.environ | {"OMP_NUM_THREADS": "2"}
-    ref = subprocess.run(_cli(cfg, "--stage", "1", "--out", str(tmp_path / "a")), env=env, capture_output=True, text=True)
+    ref = subprocess.run(
+        _cli(cfg, "--stage", "1", "--out", str(tmp_path / "a")), env=env, capture_output=True, text=True
+    )
     assert ref.returncode == 0, ref.stderr
-    proc = subprocess.Popen(_cli(cfg, "--stage", "1", "--out", str(tmp_path / "b")), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        _cli(cfg, "--stage", "1", "--out", str(tmp_path / "b")),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     metrics = tmp_path / "b" / "stage1" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and len(read_metrics(metrics)) < 6:
@@ -105,7 +111,9 @@ def test_sigkill_after_checkpoint_then_resume_gives_identical_losses(phis_store,
     proc.wait()
     logged = len(read_metrics(metrics))
     assert 4 <= logged < 12, "the kill must land after the first checkpoint and before the end"
-    resumed = subprocess.run(_cli(cfg, "--stage", "1", "--out", str(tmp_path / "b")), env=env, capture_output=True, text=True)
+    resumed = subprocess.run(
+        _cli(cfg, "--stage", "1", "--out", str(tmp_path / "b")), env=env, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "steps 4→12" in resumed.stdout or "steps 8→12" in resumed.stdout
     a = read_metrics(tmp_path / "a" / "stage1" / "metrics.jsonl")
@@ -121,8 +129,9 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(phis_store, tmp_path):
     config, _ = phis_store
     cfg = _config_file(tmp_path, config, steps=200, checkpoint_every=1000)
     out = tmp_path / "run"
-    proc = subprocess.Popen(_cli(cfg, "--stage", "1", "--out", str(out)), stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        _cli(cfg, "--stage", "1", "--out", str(out)), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     metrics = out / "stage1" / "metrics.jsonl"
     while len(read_metrics(metrics)) < 3:
         time.sleep(0.02)
@@ -131,8 +140,10 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(phis_store, tmp_path):
     assert proc.returncode == 0
     step = torch.load(out / "stage1" / "checkpoint.pt", weights_only=True)["step"]
     assert 3 <= step < 200
-    assert stdout.strip() == (f"stage 1: stopped by SIGTERM at step {step}/200; checkpoint written to {out / 'stage1'}; "
-                              "re-run the same command to resume")  # fmt: skip
+    assert stdout.strip() == (
+        f"stage 1: stopped by SIGTERM at step {step}/200; checkpoint written to {out / 'stage1'}; "
+        "re-run the same command to resume"
+    )
 
 
 def test_ddp_two_processes_agree_with_one_at_step_1(phis_store, tmp_path):
@@ -141,10 +152,27 @@ def test_ddp_two_processes_agree_with_one_at_step_1(phis_store, tmp_path):
     one = subprocess.run(_cli(cfg, "--stage", "1", "--out", str(tmp_path / "one")), capture_output=True, text=True)
     assert one.returncode == 0, one.stderr
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "radio.cli",
-         "distill", "--config", str(cfg), "--stage", "1", "--out", str(tmp_path / "two")],
-        capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "radio.cli",
+            "distill",
+            "--config",
+            str(cfg),
+            "--stage",
+            "1",
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
     assert two.returncode == 0, two.stderr[-2000:]
     # Only rank 0 prints: one progress line and one final line, not one per rank.
     assert two.stdout.count("stage 1: steps 0→1") == 1, two.stdout
@@ -180,7 +208,9 @@ def test_stage3_trains_both_partitions_every_step_without_interpolating_sam(phis
     for stage in (1, 2, 3):
         png = tmp_path / "run" / f"stage{stage}" / "losses.png"
         assert str(png) in result.stdout and Image.open(png).size[0] > 1000
-    with pytest.raises(GridMismatch, match=r"sam@256: student grid 12x12 != target grid 16x16 \(SAM targets are never interpolated\)"):
+    with pytest.raises(
+        GridMismatch, match=r"sam@256: student grid 12x12 != target grid 16x16 \(SAM targets are never interpolated\)"
+    ):
         align_features(torch.zeros(1, 12, 12, 4), (16, 16), exact=True, key="sam@256")
 
 
@@ -213,16 +243,19 @@ def test_export_matches_training_model_and_denormalizes_into_teacher_space(phis_
             assert torch.allclose(norm.normalize(a.features), ref.adaptors[name].features, atol=1e-4)
     # De-normalized adaptor features on training rows are in the teacher's space: they explain
     # the raw teacher targets better than the teacher's mean would.
-    (resolution, keys), = stage_targets(store, config, 1)
+    ((resolution, keys),) = stage_targets(store, config, 1)
     rows = split_rows(store, [t.key for t in keys], config.eval.held_out).train[:16]
     from radio.distill.data import PartitionRows, collate
 
-    batch = collate([PartitionRows(str(path), resolution, keys)[(r, False)]
-                     for r in rows])  # fmt: skip
+    batch = collate([PartitionRows(str(path), resolution, keys)[(r, False)] for r in rows])
     out = model(batch["image"])
     meta = json.loads((tmp_path / "export" / "config.json").read_text())
-    assert {t["name"]: t["target_key"] for t in meta["teachers"]} == {"clip": "clip@112", "siglip": "siglip@112",
-                                                                      "dinov2": "dinov2@112", "sam": "sam@128"}  # fmt: skip
+    assert {t["name"]: t["target_key"] for t in meta["teachers"]} == {
+        "clip": "clip@112",
+        "siglip": "siglip@112",
+        "dinov2": "dinov2@112",
+        "sam": "sam@128",
+    }
     for t in keys:
         raw = batch["targets"][t.key]["features"]
         pred = align_features(out.adaptors[t.teacher].features, t.grid, t.exact_grid)
@@ -252,13 +285,14 @@ def test_each_store_stage_mismatch_is_one_line(phis_store, tmp_path):
     assert result.exit_code == 2
     err = result.stderr.strip()
     assert "\n" not in err
-    assert err.startswith(f"error: stage 2 does not match the store {copy}: no PHI-S of clip covering clip@168 (run `radio fit-phis`); "
-                          "dinov2@168 is incomplete (2/3 tars); missing target key sam@176. The store has: clip@112 "
-                          "(8x8, complete, no PHI-S), clip@168 (12x12, complete, no PHI-S), ")  # fmt: skip
+    assert err.startswith(
+        f"error: stage 2 does not match the store {copy}: no PHI-S of clip covering clip@168 (run `radio fit-phis`); "
+        "dinov2@168 is incomplete (2/3 tars); missing target key sam@176. The store has: clip@112 "
+        "(8x8, complete, no PHI-S), clip@168 (12x12, complete, no PHI-S), "
+    )
     result = runner.invoke(app, ["distill", "--config", str(cfg), "--stage", "1"])
     assert result.exit_code == 2
-    assert ("sam@128 grid 8x8 != student grid 9x9 at 144 px (SAM targets are never interpolated)"
-            in result.stderr)  # fmt: skip
+    assert "sam@128 grid 8x8 != student grid 9x9 at 144 px (SAM targets are never interpolated)" in result.stderr
     # A later stage needs the previous stage's weights (or --init).
     fresh = _config_file(tmp_path / "fresh", config) if (tmp_path / "fresh").mkdir() is None else None
     result = runner.invoke(app, ["distill", "--config", str(fresh), "--stage", "2", "--out", str(tmp_path / "empty")])
@@ -287,11 +321,23 @@ def test_export_needs_only_the_run_folder(phis_store, tmp_path):
     config, path = phis_store
     store = tmp_path / "store.zarr"
     shutil.copytree(path, store)
-    config = config.model_copy(update={"out": str(tmp_path / "run"), "store": config.store.model_copy(update={"path": str(store)})})
+    config = config.model_copy(
+        update={"out": str(tmp_path / "run"), "store": config.store.model_copy(update={"path": str(store)})}
+    )
     train_stage(config, 1, steps=2)
     shutil.move(store, tmp_path / "moved.zarr")  # trained on a cluster, exported on a laptop
-    result = CliRunner().invoke(app, ["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "export"),
-                                      "--config", str(tmp_path / "no-such.yaml")])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "export",
+            "--run",
+            str(tmp_path / "run"),
+            "--out",
+            str(tmp_path / "export"),
+            "--config",
+            str(tmp_path / "no-such.yaml"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     model = radio.load(tmp_path / "export")
     meta = json.loads((tmp_path / "export" / "config.json").read_text())

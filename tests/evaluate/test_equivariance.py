@@ -37,8 +37,10 @@ def test_positive_and_growing_with_scale_dependent_content():
     coeffs = torch.randn(3, 4, generator=g, dtype=torch.float64)
     grids = (4, 6, 8)
     noise = [torch.randn(1, n, n, 4, generator=g, dtype=torch.float64) for n in grids]
-    values = [float(scale_variance([_linear(n, coeffs) + amp * z for n, z in zip(grids, noise)]))
-              for amp in (0.0, 0.1, 0.3, 1.0)]  # fmt: skip
+    values = [
+        float(scale_variance([_linear(n, coeffs) + amp * z for n, z in zip(grids, noise)]))
+        for amp in (0.0, 0.1, 0.3, 1.0)
+    ]
     assert values[0] == pytest.approx(0.0, abs=1e-20)
     assert 0 < values[1] < values[2] < values[3]
 
@@ -81,8 +83,20 @@ def test_cli_student_and_teacher(tiny_export, labeled_set, eval_app, tmp_path):
     _, _, model, _ = tiny_export
     images = labeled_set / "val" / "astronaut"
     runner = CliRunner()
-    result = runner.invoke(eval_app, ["eval", "equivariance", "--model", str(model), "--images", str(images),
-                                      "--resolutions", "64,96,128,192,256", "--tiling"])  # fmt: skip
+    result = runner.invoke(
+        eval_app,
+        [
+            "eval",
+            "equivariance",
+            "--model",
+            str(model),
+            "--images",
+            str(images),
+            "--resolutions",
+            "64,96,128,192,256",
+            "--tiling",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "fine scale" in result.stdout and "(tiling)" in result.stdout
     r = json.loads((model / "eval" / "equivariance.json").read_text())
@@ -92,8 +106,21 @@ def test_cli_student_and_teacher(tiny_export, labeled_set, eval_app, tmp_path):
     assert r["native"]["coarse"] == pytest.approx(sum(r["per_image"]["native:coarse"]) / 3)
 
     out = tmp_path / "dino.json"
-    result = runner.invoke(eval_app, ["eval", "equivariance", "--teacher", "dinov2_tiny", "--images", str(images),
-                                      "--resolutions", "64,128", "--json", str(out)])  # fmt: skip
+    result = runner.invoke(
+        eval_app,
+        [
+            "eval",
+            "equivariance",
+            "--teacher",
+            "dinov2_tiny",
+            "--images",
+            str(images),
+            "--resolutions",
+            "64,128",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     r = json.loads(out.read_text())
     assert r["model"] == "dinov2_tiny" and r["input_sizes"] == [56, 112]  # patch 14: res * 14 / 16
@@ -105,9 +132,13 @@ def test_cli_refuses_bad_requests(eval_app, labeled_set):
     images = str(labeled_set / "val" / "coins")
     result = runner.invoke(eval_app, ["eval", "equivariance", "--images", images])
     assert result.exit_code == 2
-    assert result.stderr.strip() == "error: give exactly one of --model (a student export) and --teacher (a registered teacher)"
-    result = runner.invoke(eval_app, ["eval", "equivariance", "--teacher", "dinov2_tiny", "--images", images,
-                                      "--resolutions", "64,100"])  # fmt: skip
+    assert (
+        result.stderr.strip()
+        == "error: give exactly one of --model (a student export) and --teacher (a registered teacher)"
+    )
+    result = runner.invoke(
+        eval_app, ["eval", "equivariance", "--teacher", "dinov2_tiny", "--images", images, "--resolutions", "64,100"]
+    )
     assert result.exit_code == 2
     assert result.stderr.strip() == "error: --resolutions '64,100': every resolution must be a positive multiple of 16"
     result = runner.invoke(eval_app, ["eval", "equivariance", "--teacher", "sam_tiny", "--images", images])

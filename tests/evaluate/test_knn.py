@@ -57,8 +57,9 @@ def test_cli_student_is_well_above_chance(tiny_export, labeled_set, eval_app):
     assert r["top1"] > 3 * chance, r
     assert r["top5"] >= r["top1"]
     # a teacher head's summary works too
-    result = CliRunner().invoke(eval_app, ["eval", "knn", "--model", str(model), "--data", str(labeled_set),
-                                           "--adaptor", "dinov2"])  # fmt: skip
+    result = CliRunner().invoke(
+        eval_app, ["eval", "knn", "--model", str(model), "--data", str(labeled_set), "--adaptor", "dinov2"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((model / "eval" / "knn-dinov2.json").read_text())["model"].endswith("[dinov2]")
 
@@ -66,5 +67,6 @@ def test_cli_student_is_well_above_chance(tiny_export, labeled_set, eval_app):
 def test_cli_refuses_a_folder_without_splits(eval_app, tmp_path):
     result = CliRunner().invoke(eval_app, ["eval", "knn", "--teacher", "dinov2_tiny", "--data", str(tmp_path)])
     assert result.exit_code == 2
-    assert result.stderr.strip() == (f"error: {tmp_path}: no train/ folder "
-                                     "(expected ImageFolder layout DATA/{train,val}/CLASS/*.jpg)")  # fmt: skip
+    assert result.stderr.strip() == (
+        f"error: {tmp_path}: no train/ folder (expected ImageFolder layout DATA/{{train,val}}/CLASS/*.jpg)"
+    )

@@ -34,8 +34,22 @@ def test_cli_grid_layout(who, tiny_export, labeled_set, eval_app, tmp_path):
     _, _, model, _ = tiny_export
     png = tmp_path / "pca.png"
     source = ["--model", str(model)] if who == "student" else ["--teacher", "dinov2_tiny"]
-    result = CliRunner().invoke(eval_app, ["viz", "pca", *source, "--images", str(labeled_set / "val" / "moon"),
-                                           "--resolutions", "64,128,256", "--out", str(png), "--cell", "48"])  # fmt: skip
+    result = CliRunner().invoke(
+        eval_app,
+        [
+            "viz",
+            "pca",
+            *source,
+            "--images",
+            str(labeled_set / "val" / "moon"),
+            "--resolutions",
+            "64,128,256",
+            "--out",
+            str(png),
+            "--cell",
+            "48",
+        ],
+    )
     assert result.exit_code == 0, result.output
     layout = json.loads(png.with_suffix(".json").read_text())
     assert layout["rows"] == ["0000.jpg", "0001.jpg", "0002.jpg"]

@@ -12,7 +12,10 @@ from radio.evaluate.zero_shot import build_prompts, text_classifier, zero_shot_s
 
 
 def test_prompts_and_classifier():
-    assert build_prompts(["hubble_deep_field", "coins"]) == [["a photo of a hubble deep field."], ["a photo of a coins."]]
+    assert build_prompts(["hubble_deep_field", "coins"]) == [
+        ["a photo of a hubble deep field."],
+        ["a photo of a coins."],
+    ]
     assert build_prompts(["a_b"], ["{name}", "art of {name}!"]) == [["a b", "art of a b!"]]
     with pytest.raises(ValueError, match="no {name} placeholder"):
         build_prompts(["x"], ["a photo"])
@@ -28,8 +31,21 @@ def test_prompts_and_classifier():
 def test_cli_with_the_tiny_clip_teacher(tiny_export, labeled_set, eval_app, tmp_path):
     _, _, model, _ = tiny_export
     out = tmp_path / "zs.json"
-    result = CliRunner().invoke(eval_app, ["eval", "zero-shot", "--model", str(model), "--data", str(labeled_set),
-                                           "--teacher", "clip", "--json", str(out)])  # fmt: skip
+    result = CliRunner().invoke(
+        eval_app,
+        [
+            "eval",
+            "zero-shot",
+            "--model",
+            str(model),
+            "--data",
+            str(labeled_set),
+            "--teacher",
+            "clip",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     r = json.loads(out.read_text())
     assert r["teacher"] == "clip" and r["teacher_model"] == "clip_tiny" and r["images"] == 42
@@ -39,12 +55,38 @@ def test_cli_with_the_tiny_clip_teacher(tiny_export, labeled_set, eval_app, tmp_
     assert r["prompts"][0] == ["a photo of a astronaut."]
     assert 0.0 <= r["top1"] <= r["top5"] <= 1.0
 
-    result = CliRunner().invoke(eval_app, ["eval", "zero-shot", "--model", str(model), "--data", str(labeled_set),
-                                           "--teacher", "dinov2", "--json", str(out)])  # fmt: skip
+    result = CliRunner().invoke(
+        eval_app,
+        [
+            "eval",
+            "zero-shot",
+            "--model",
+            str(model),
+            "--data",
+            str(labeled_set),
+            "--teacher",
+            "dinov2",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 2
     assert result.stderr.strip() == "error: dinov2_tiny has no text tower (zero-shot needs a CLIP or SigLIP teacher)"
 
-    result = CliRunner().invoke(eval_app, ["eval", "zero-shot", "--model", str(model), "--data", str(labeled_set),
-                                           "--template", "a photo", "--json", str(out)])  # fmt: skip
+    result = CliRunner().invoke(
+        eval_app,
+        [
+            "eval",
+            "zero-shot",
+            "--model",
+            str(model),
+            "--data",
+            str(labeled_set),
+            "--template",
+            "a photo",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 2
     assert result.stderr.strip() == "error: template 'a photo' has no {name} placeholder"

@@ -74,7 +74,9 @@ def test_readme_block_is_replaced_and_nothing_else(tmp_path):
     update_readme(outcome, out, readme, tmp_path / "docs" / "experiments")
     update_readme(outcome, out, readme, tmp_path / "docs" / "experiments")  # idempotent
     text = readme.read_text()
-    assert text.startswith("intro\n<!-- experiment:x:start -->\n**Claim.** a claim") and text.endswith("<!-- experiment:x:end -->\noutro\n")
+    assert text.startswith("intro\n<!-- experiment:x:start -->\n**Claim.** a claim") and text.endswith(
+        "<!-- experiment:x:end -->\noutro\n"
+    )
     assert "old" not in text and "| 1.235 | y |" in text and "**not reproduced**" in text
     assert "![x](docs/experiments/p.png)" in text and (tmp_path / "docs" / "experiments" / "p.png").is_file()
 
@@ -82,4 +84,6 @@ def test_readme_block_is_replaced_and_nothing_else(tmp_path):
 def test_unknown_experiment_is_one_line_exit_2():
     proc = subprocess.run([sys.executable, "-m", "radio.cli", "experiment", "nope"], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr == "error: unknown experiment 'nope' (known: phis_balance, multires, mosaic, token_merging, all)\n"
+    assert (
+        proc.stderr == "error: unknown experiment 'nope' (known: phis_balance, multires, mosaic, token_merging, all)\n"
+    )

@@ -45,8 +45,13 @@ def shards(tmp_path_factory) -> Path:
 
 
 def _config(repo, shards, store):
-    return load_pipeline(repo / "pipelines.yaml", "tiny", data=str(shards / "*.tar"), store=str(store),
-                         out=str(Path(store).parent / "run"))  # fmt: skip
+    return load_pipeline(
+        repo / "pipelines.yaml",
+        "tiny",
+        data=str(shards / "*.tar"),
+        store=str(store),
+        out=str(Path(store).parent / "run"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +108,18 @@ def test_bad_input_completes_and_every_good_sample_is_kept(uninterrupted, shards
             assert 0 <= r["crop_y"] and r["crop_y"] + r["crop_size"] <= r["height"]
         else:
             assert r["crop_size"] is None
-    assert set(store.target_keys) == {"clip@112", "clip@168", "siglip@112", "siglip@168", "dinov2@112",
-                                      "dinov2@168", "sam@64", "sam@128", "sam@192", "sam@256"}  # fmt: skip
+    assert set(store.target_keys) == {
+        "clip@112",
+        "clip@168",
+        "siglip@112",
+        "siglip@168",
+        "dinov2@112",
+        "dinov2@168",
+        "sam@64",
+        "sam@128",
+        "sam@192",
+        "sam@256",
+    }
     for key in store.target_keys:
         assert store.completed(key).all()
     assert store.array("sam@128", "features").shape[1:] == (8, 8, store.target("sam@128").feature_dim)
@@ -132,15 +147,18 @@ def test_two_workers_lose_no_rows(uninterrupted, repo, shards, tmp_path):
     assert _manifests(uninterrupted[0]) == _manifests(store)
 
 
-def test_teachers_that_do_not_fit_together_run_in_passes_to_the_same_store(uninterrupted, repo, shards, tmp_path,
-                                                                           monkeypatch):  # fmt: skip
+def test_teachers_that_do_not_fit_together_run_in_passes_to_the_same_store(
+    uninterrupted, repo, shards, tmp_path, monkeypatch
+):
     from radio.featurize import graph
     from radio.featurize.job import select
 
     config = _config(repo, shards, tmp_path / "passes.zarr")
     # as run_on_ray asks for them: CPU teachers, random init
-    hosts = [graph.teacher_memory(model, tuple(keys), config.featurize.batch_size, on_gpu=False, loads_weights=False)[0]
-             for model, _, keys in select(config).teachers.values()]  # fmt: skip
+    hosts = [
+        graph.teacher_memory(model, tuple(keys), config.featurize.batch_size, on_gpu=False, loads_weights=False)[0]
+        for model, _, keys in select(config).teachers.values()
+    ]
     real = graph.ClusterMemory.of_ray()
     # The fault: a cluster with room for two teachers' actors at a time, not four.
     small = graph.ClusterMemory(total=2.2 * max(hosts), largest=real.largest, gpus=real.gpus)
@@ -153,16 +171,33 @@ def test_teachers_that_do_not_fit_together_run_in_passes_to_the_same_store(unint
 
 
 def _featurize_cmd(repo, shards, store) -> list[str]:
-    return [sys.executable, "-m", "radio.cli", "featurize", "--config", str(repo / "pipelines.yaml"),
-            "--data", str(shards / "*.tar"), "--store", str(store), "--out", str(Path(store).parent / "run")]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "radio.cli",
+        "featurize",
+        "--config",
+        str(repo / "pipelines.yaml"),
+        "--data",
+        str(shards / "*.tar"),
+        "--store",
+        str(store),
+        "--out",
+        str(Path(store).parent / "run"),
+    ]
 
 
 def test_sigkill_then_resume_equals_uninterrupted(uninterrupted, repo, shards, tmp_path):
     store = tmp_path / "killed.zarr"
     env = os.environ | {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     # Own session: SIGKILL reaches the driver and the Ray processes it started.
-    proc = subprocess.Popen(_featurize_cmd(repo, shards, store), start_new_session=True, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        _featurize_cmd(repo, shards, store),
+        start_new_session=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 600  # a loaded shared machine can take minutes to start Ray and the teachers
     while time.time() < deadline and proc.poll() is None:
         done = list(store.glob("targets/*/complete/c/*"))
@@ -202,8 +237,10 @@ def test_verify_reports_a_damaged_store(uninterrupted, tmp_path):
     assert result.exit_code == 1
     lines = result.stdout.strip().splitlines()
     assert "problem: clip@112 tar 0 (00000000.tar): non-finite features in 1 valid rows" in lines
-    assert any(line.startswith("problem: ") and "tar 1 (00000001.tar): marked complete but has no manifest" in line
-               for line in lines)  # fmt: skip
+    assert any(
+        line.startswith("problem: ") and "tar 1 (00000001.tar): marked complete but has no manifest" in line
+        for line in lines
+    )
 
 
 def test_store_info_lists_keys_and_provenance(uninterrupted):
@@ -217,19 +254,31 @@ def test_store_info_lists_keys_and_provenance(uninterrupted):
     assert sam["mosaic"] == 2 and sam["grid"] == [8, 8] and sam["summary_dim"] is None and sam["input_size"] == 256
     clip = keys["clip@168"]
     assert clip["provenance"]["weights"] == "random-init" and clip["complete_tars"] == 4
-    assert clip["raw_bytes_per_sample"] == 12 * 12 * clip["provenance"]["feature_dim"] * 2 + clip["provenance"]["summary_dim"] * 2
+    assert (
+        clip["raw_bytes_per_sample"]
+        == 12 * 12 * clip["provenance"]["feature_dim"] * 2 + clip["provenance"]["summary_dim"] * 2
+    )
 
 
 def test_user_mistakes_are_one_line(repo, shards, tmp_path):
     runner = CliRunner()
-    base = ["featurize", "--config", str(repo / "pipelines.yaml"), "--data", str(shards / "*.tar"),
-            "--store", str(tmp_path / "s.zarr")]  # fmt: skip
+    base = [
+        "featurize",
+        "--config",
+        str(repo / "pipelines.yaml"),
+        "--data",
+        str(shards / "*.tar"),
+        "--store",
+        str(tmp_path / "s.zarr"),
+    ]
     result = runner.invoke(app, [*base, "--teacher", "nope"])
     assert result.exit_code == 2
     assert result.stderr.startswith("error: --teacher 'nope' matches no teacher or target key (known: clip, clip@112,")
     result = runner.invoke(app, [*base, "--teacher", "clip", "--mosaic", "4"])
     assert result.exit_code == 2
-    assert result.stderr.strip() == "error: --mosaic 4 fits no selected target key; no selected key is a canvas (SAM) key"
+    assert (
+        result.stderr.strip() == "error: --mosaic 4 fits no selected target key; no selected key is a canvas (SAM) key"
+    )
     result = runner.invoke(app, [*base, "--mosaic", "3"])
     assert result.exit_code == 2 and result.stderr.strip() == "error: --mosaic 3 must be a power of two (1, 2, 4, ...)"
 

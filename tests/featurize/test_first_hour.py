@@ -34,8 +34,10 @@ def _tiny(repo, shards, store):
 def test_mosaic_applies_to_the_keys_it_fits_and_names_the_others(repo, shards, tmp_path):
     sel = select(_tiny(repo, shards, tmp_path / "s"), ["sam"], 4)
     assert {j.key: j.mosaic for j in sel.keys} == {"sam@64": 4, "sam@128": 2, "sam@192": 1, "sam@256": 1}
-    assert sel.notes == ("--mosaic 4 applies to sam@64; left at their configured mosaic (resolution too large for "
-                         "4x4 tiles): sam@128 (128 px), sam@192 (192 px), sam@256 (256 px)",)  # fmt: skip
+    assert sel.notes == (
+        "--mosaic 4 applies to sam@64; left at their configured mosaic (resolution too large for "
+        "4x4 tiles): sam@128 (128 px), sam@192 (192 px), sam@256 (256 px)",
+    )
     amp = load_pipeline(repo / "pipelines.yaml", "radio-amp-b")
     sel = select(amp, ["sam"], 4)
     assert {j.key: j.mosaic for j in sel.keys} == {"sam_h@256": 4, "sam_h@432": 2, "sam_h@1024": 1}
@@ -48,11 +50,15 @@ def test_impossible_mosaic_exits_2_before_the_store_exists(repo, shards, tmp_pat
     base = ["featurize", "--config", str(repo / "pipelines.yaml"), "--data", str(shards), "--store", str(store)]
     result = CliRunner().invoke(app, [*base, "--teacher", "sam", "--mosaic", "8"])
     assert result.exit_code == 2
-    assert result.stderr.strip() == ("error: --mosaic 8 fits no selected target key; too large for its tiles: "
-                                     "sam@64 (64 px), sam@128 (128 px), sam@192 (192 px), sam@256 (256 px)")  # fmt: skip
+    assert result.stderr.strip() == (
+        "error: --mosaic 8 fits no selected target key; too large for its tiles: "
+        "sam@64 (64 px), sam@128 (128 px), sam@192 (192 px), sam@256 (256 px)"
+    )
     result = CliRunner().invoke(app, [*base, "--teacher", "clip", "--mosaic", "4"])
     assert result.exit_code == 2
-    assert result.stderr.strip() == "error: --mosaic 4 fits no selected target key; no selected key is a canvas (SAM) key"
+    assert (
+        result.stderr.strip() == "error: --mosaic 4 fits no selected target key; no selected key is a canvas (SAM) key"
+    )
     assert not store.exists()
 
 
@@ -64,7 +70,10 @@ def test_geometry_is_validated_before_any_array_is_allocated(repo, shards, tmp_p
     good = KeyJob("sam@64", 64, 4, 256)
     for bad, message in [
         (KeyJob("sam@128", 128, 2, 512), "sam@128: canvas 512 but sam_tiny takes 256"),
-        (KeyJob("sam@128", 128, 4, 256), "sam@128: mosaic 4 tiles of a 256 px canvas are 64 px, smaller than resolution 128"),
+        (
+            KeyJob("sam@128", 128, 4, 256),
+            "sam@128: mosaic 4 tiles of a 256 px canvas are 64 px, smaller than resolution 128",
+        ),
     ]:
         with pytest.raises(FeaturizeError) as e:
             prepare(config, Selection({"sam": ("sam_tiny", None, (good, bad))}))
@@ -79,7 +88,9 @@ def test_a_key_with_no_complete_tar_is_replanned_without_overwrite(repo, shards,
     store, items = prepare(config, select(config, ["sam@64"]))  # the config's mosaic 4: no --overwrite needed
     assert store.target("sam@64").attrs["mosaic"] == 4 and len(items) == len(store.plan.tars)
     store.mark_complete("sam@64", 0)  # now something would be lost
-    with pytest.raises(StoreError, match=r"target key sam@64 exists with other provenance \(mosaic\); pass --overwrite"):
+    with pytest.raises(
+        StoreError, match=r"target key sam@64 exists with other provenance \(mosaic\); pass --overwrite"
+    ):
         prepare(config, select(config, ["sam@64"], 2))
     # Without --mosaic, a key featurized with another mosaic resumes with its own.
     notes: list[str] = []
@@ -87,21 +98,40 @@ def test_a_key_with_no_complete_tar_is_replanned_without_overwrite(repo, shards,
     store.mark_complete("sam@64", 0)
     store, items = prepare(config, select(config, ["sam@64"]), notes=notes)
     assert store.target("sam@64").attrs["mosaic"] == 2 and all(i.keys[0].mosaic == 2 for i in items)
-    assert notes == ["sam@64 keeps the mosaic 2 it was featurized with (the config says 4); "
-                     "--overwrite recomputes it with the config's"]  # fmt: skip
+    assert notes == [
+        "sam@64 keeps the mosaic 2 it was featurized with (the config says 4); "
+        "--overwrite recomputes it with the config's"
+    ]
 
 
 def test_weights_preflight_names_each_teacher_and_writes_no_store(repo, shards, tmp_path):
     store = tmp_path / "amp.zarr"
     env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "RAY_ADDRESS": ""}
     proc = subprocess.run(
-        [sys.executable, "-m", "radio.cli", "featurize", "--config", str(repo / "pipelines.yaml"), "-p", "radio-amp-b",
-         "--data", str(shards), "--store", str(store)],
-        capture_output=True, text=True, env=env, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "radio.cli",
+            "featurize",
+            "--config",
+            str(repo / "pipelines.yaml"),
+            "-p",
+            "radio-amp-b",
+            "--data",
+            str(shards),
+            "--store",
+            str(store),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2, proc.stderr
-    hint = (f"download it into the hub cache {tmp_path / 'hub'} (HF_HUB_CACHE / HF_HOME select the cache), "
-            "or set teachers.{t}.weights in the pipelines file to a local checkpoint file")  # fmt: skip
+    hint = (
+        f"download it into the hub cache {tmp_path / 'hub'} (HF_HUB_CACHE / HF_HOME select the cache), "
+        "or set teachers.{t}.weights in the pipelines file to a local checkpoint file"
+    )
     hub = "error: teacher {t} ({m}): hf-hub:{r} is not in the hub cache and HF_HUB_OFFLINE is set; " + hint
     assert proc.stderr.splitlines() == [
         hub.format(t="dfn_clip", m="dfn_clip_h14_378", r="apple/DFN5B-CLIP-ViT-H-14-378"),
@@ -143,7 +173,9 @@ def test_data_takes_a_folder_globs_braces_and_comma_lists(shards, tmp_path, repo
     empty = tmp_path / "empty"
     empty.mkdir()
     result = CliRunner().invoke(app, ["scan", "--config", str(repo / "pipelines.yaml"), "--data", str(empty)])
-    assert result.exit_code == 2 and result.stderr.strip() == f"error: data.shards: folder {str(empty)!r} holds no *.tar"
+    assert (
+        result.exit_code == 2 and result.stderr.strip() == f"error: data.shards: folder {str(empty)!r} holds no *.tar"
+    )
 
 
 def test_ray_lines_on_descriptor_2_go_to_the_log_file_and_ours_to_the_terminal(tmp_path, capfd):

@@ -37,8 +37,9 @@ def small(tmp_path_factory):
 
 
 def _config(repo, root, name):
-    return load_pipeline(repo / "pipelines.yaml", "tiny", data=str(root / "shards" / "*.tar"),
-                         store=str(root / f"{name}.zarr"))  # fmt: skip
+    return load_pipeline(
+        repo / "pipelines.yaml", "tiny", data=str(root / "shards" / "*.tar"), store=str(root / f"{name}.zarr")
+    )
 
 
 @pytest.mark.slow
@@ -126,8 +127,10 @@ def test_teachers_run_in_passes_when_their_actors_do_not_fit_together():
     assert names([(GiB, 0.6)] * 3) == [["t0"], ["t1"], ["t2"]]  # GPU shares decide
     with pytest.raises(ClusterTooSmall) as e:
         names([(13 * GiB, 0.1)])
-    assert str(e.value) == ("teacher t0 (m) needs 13.0 GiB of host memory per actor; the largest Ray node offers "
-                            "12.0 GiB: add a node with more memory")  # fmt: skip
+    assert str(e.value) == (
+        "teacher t0 (m) needs 13.0 GiB of host memory per actor; the largest Ray node offers "
+        "12.0 GiB: add a node with more memory"
+    )
 
 
 def test_pixel_columns_leave_after_their_last_teacher(repo, small):

@@ -26,8 +26,12 @@ class PatchStandIn(Teacher):
         patches = x.unfold(2, 16, 16).unfold(3, 16, 16)  # [B, 3, h/16, w/16, 16, 16]
         patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(b, h // 16, w // 16, -1)
         # Row by row, so each token's arithmetic is the same whatever the batch holds.
-        return TeacherOutput(None, torch.stack([p @ self.proj for p in patches.reshape(-1, patches.shape[-1])])
-                             .reshape(b, h // 16, w // 16, 8))  # fmt: skip
+        return TeacherOutput(
+            None,
+            torch.stack([p @ self.proj for p in patches.reshape(-1, patches.shape[-1])]).reshape(
+                b, h // 16, w // 16, 8
+            ),
+        )
 
 
 @pytest.mark.parametrize("k, resolution", [(4, 64), (2, 96), (2, 128), (1, 192)])

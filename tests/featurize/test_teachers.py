@@ -151,9 +151,7 @@ def test_register_teacher_as_decorator_and_refuses_a_taken_name(monkeypatch):
 # --- contract over every teacher ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "name,height,width", [(n, h, w) for n in TINY for h, w in _sizes(n)], ids=lambda v: str(v)
-)
+@pytest.mark.parametrize("name,height,width", [(n, h, w) for n in TINY for h, w in _sizes(n)], ids=lambda v: str(v))
 def test_tiny_teacher_contract(name, height, width):
     spec = get_spec(name)
     teacher = create_teacher(name)

@@ -117,7 +117,9 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def _package_edges(graph: dict[str, set[str]]) -> dict[str, set[str]]:
     # A package's __init__ re-exporting its modules is not a circle with them: drop the edges
     # from a package to its own submodules and from a submodule to its own package.
-    return {m: {d for d in deps if not d.startswith(m + ".") and not m.startswith(d + ".")} for m, deps in graph.items()}
+    return {
+        m: {d for d in deps if not d.startswith(m + ".") and not m.startswith(d + ".")} for m, deps in graph.items()
+    }
 
 
 def test_no_import_circles():
@@ -128,6 +130,10 @@ def test_the_checks_see_imports_inside_functions():
     # A circle closed by a lazy import is still a circle: the checks must see it.
     source = "import zarr\n\ndef f():\n    from .decode import pixel_column\n    from ..store import layout\n"
     assert _imports_in(source, "radio.featurize") == {
-        "zarr", "radio.featurize.decode", "radio.featurize.decode.pixel_column", "radio.store", "radio.store.layout"
+        "zarr",
+        "radio.featurize.decode",
+        "radio.featurize.decode.pixel_column",
+        "radio.store",
+        "radio.store.layout",
     }
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -25,8 +25,11 @@ def test_every_part_is_linked_into_radio():
 
 def test_no_module_imports_under_its_bare_name():
     # radio/ itself (radio.errors, ...) is not on sys.path under any other name; the parts are.
-    bare = sorted(m.removeprefix("radio.") for m in source_modules()
-                  if m.split(".")[1:2] and m.split(".")[1] in parts() and not m.endswith("__main__"))  # fmt: skip
+    bare = sorted(
+        m.removeprefix("radio.")
+        for m in source_modules()
+        if m.split(".")[1:2] and m.split(".")[1] in parts() and not m.endswith("__main__")
+    )
     # The working directory (the repo root) is sys.path[0] for `python -c`, as for `python -m`.
     script = (
         "import importlib, sys\n"

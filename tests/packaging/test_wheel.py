@@ -16,8 +16,20 @@ import zipfile
 import pytest
 from package_tree import REPO, source_modules
 
-_NOT_SOURCE = (".venv", ".git", "build", "dist", "data", "runs", "tests", "bench", "*.egg-info", "__pycache__",
-               ".pytest_cache", ".mypy_cache")  # fmt: skip
+_NOT_SOURCE = (
+    ".venv",
+    ".git",
+    "build",
+    "dist",
+    "data",
+    "runs",
+    "tests",
+    "bench",
+    "*.egg-info",
+    "__pycache__",
+    ".pytest_cache",
+    ".mypy_cache",
+)
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -30,7 +42,20 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 def test_wheel_installs_alone_and_imports_every_module(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(REPO, src, symlinks=True, ignore=shutil.ignore_patterns(*_NOT_SOURCE))
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)])  # fmt: skip
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ]
+    )
     (wheel,) = (tmp_path / "dist").glob("radio_train-*.whl")
 
     # Every module of the source tree is in the wheel, under radio/, and nothing else is.

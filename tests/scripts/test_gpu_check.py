@@ -13,8 +13,23 @@ pytestmark = pytest.mark.slow
 
 def test_gpu_check_tiny_prints_one_json_line(repo, tmp_path):
     env = os.environ | {"CUDA_VISIBLE_DEVICES": ""}
-    run = subprocess.run(["bash", str(repo / "scripts" / "gpu_check.sh"), "--tiny", "--images", "24", "--steps", "3",
-                          "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
+    run = subprocess.run(
+        [
+            "bash",
+            str(repo / "scripts" / "gpu_check.sh"),
+            "--tiny",
+            "--images",
+            "24",
+            "--steps",
+            "3",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["mode"] == "tiny" and result["device"] == "cpu"

@@ -70,8 +70,9 @@ def test_same_seed_same_bytes(tmp_path):
 
 
 def test_cli_writes_and_reports(tmp_path):
-    result = CliRunner().invoke(app, ["sample-data", "--out", str(tmp_path), "--images", "5", "--shard-size", "3",
-                                      "--corrupt", "2"])  # fmt: skip
+    result = CliRunner().invoke(
+        app, ["sample-data", "--out", str(tmp_path), "--images", "5", "--shard-size", "3", "--corrupt", "2"]
+    )
     assert result.exit_code == 0, result.output
     assert "wrote 3 shards" in result.stdout
     assert "2 corrupt" in result.stdout

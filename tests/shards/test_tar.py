@@ -69,8 +69,12 @@ def test_sample_without_image_and_zero_byte_member(tmp_path):
     ok = io.BytesIO()
     Image.fromarray(np.full((40, 50, 3), 200, np.uint8)).save(ok, format="JPEG")
     with tarfile.open(path, "w") as tf:
-        for name, data in [("000000000000.txt", b"no image"), ("000000000001.jpg", b""),
-                           ("000000000002.JPG", ok.getvalue()), ("000000000002.txt", b"ok")]:  # fmt: skip
+        for name, data in [
+            ("000000000000.txt", b"no image"),
+            ("000000000001.jpg", b""),
+            ("000000000002.JPG", ok.getvalue()),
+            ("000000000002.txt", b"ok"),
+        ]:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))

@@ -87,7 +87,9 @@ def _damage(store: FeatureStore, kind: str) -> int:
         f, off = _shard_chunk(root / "targets" / RAW / "features", row, r)
         _flip(f, off + 7)
     elif kind == "summary":
-        _flip(_chunk_file(root / "targets" / RAW / "summary", row // r), 7 + (row % r) * 2 * store.target(RAW).summary_dim)
+        _flip(
+            _chunk_file(root / "targets" / RAW / "summary", row // r), 7 + (row % r) * 2 * store.target(RAW).summary_dim
+        )
     elif kind == "compact":
         f, off = _shard_chunk(root / "targets" / KEY / "compact" / "features", row, r)
         _flip(f, off + 5)
@@ -119,27 +121,42 @@ def _train_read(store: FeatureStore, kind: str, row: int):
 
 
 READ_ERRORS = {
-    "features": lambda s, row: rf"^{RAW}: features of tar {TAR} \(00000001.tar\), row {row}, shard "
-    rf"{s.path}/targets/{RAW}/features/c/{row // 8}/0/0/0 is damaged \(row {row} does not match its crc32c\); "
-    rf"run `radio store verify {s.path}`$",
-    "summary": lambda s, row: rf"^{RAW}: summary of tar {TAR} \(00000001.tar\), row {row - row % 8}, shard "
-    rf"{s.path}/targets/{RAW}/summary/c/{row // 8}/0 is damaged \(DATA_LOSS: .*Digest mismatch.*\); "
-    rf"run `radio store verify {s.path}`$",
-    "compact": lambda s, row: rf"^{KEY}: features of tar {TAR} \(00000001.tar\), row {row}, shard "
-    rf"{s.path}/targets/{KEY}/compact/features/c/{row // 8}/0/0/0 is damaged \(row {row} does not match its crc32c",
-    "moments": lambda s, row: rf"^{s.path}: {RAW} tar {TAR}: targets/{RAW}/moments/features_mean: stored bytes are "
-    r"damaged \(Stored and computed checksum do not match\..*\)$",
-    "normalizer": lambda s, row: rf"^{s.path}: normalizers/dinov2/features/[0-9a-f]{{16}}/transform: stored bytes are damaged "
-    r"\(Stored and computed checksum do not match\..*\)$",
-    "manifest": lambda s, row: rf"^{s.path}/manifest/0000000{TAR}.parquet: damaged parquet \(could not verify page "
-    r"integrity, CRC checksum verification failed .*\)$",
+    "features": lambda s, row: (
+        rf"^{RAW}: features of tar {TAR} \(00000001.tar\), row {row}, shard "
+        rf"{s.path}/targets/{RAW}/features/c/{row // 8}/0/0/0 is damaged \(row {row} does not match its crc32c\); "
+        rf"run `radio store verify {s.path}`$"
+    ),
+    "summary": lambda s, row: (
+        rf"^{RAW}: summary of tar {TAR} \(00000001.tar\), row {row - row % 8}, shard "
+        rf"{s.path}/targets/{RAW}/summary/c/{row // 8}/0 is damaged \(DATA_LOSS: .*Digest mismatch.*\); "
+        rf"run `radio store verify {s.path}`$"
+    ),
+    "compact": lambda s, row: (
+        rf"^{KEY}: features of tar {TAR} \(00000001.tar\), row {row}, shard "
+        rf"{s.path}/targets/{KEY}/compact/features/c/{row // 8}/0/0/0 is damaged \(row {row} does not match its crc32c"
+    ),
+    "moments": lambda s, row: (
+        rf"^{s.path}: {RAW} tar {TAR}: targets/{RAW}/moments/features_mean: stored bytes are "
+        r"damaged \(Stored and computed checksum do not match\..*\)$"
+    ),
+    "normalizer": lambda s, row: (
+        rf"^{s.path}: normalizers/dinov2/features/[0-9a-f]{{16}}/transform: stored bytes are damaged "
+        r"\(Stored and computed checksum do not match\..*\)$"
+    ),
+    "manifest": lambda s, row: (
+        rf"^{s.path}/manifest/0000000{TAR}.parquet: damaged parquet \(could not verify page "
+        r"integrity, CRC checksum verification failed .*\)$"
+    ),
 }
 VERIFY_PROBLEMS = {  # (key, the problem line's regex)
     "features": (RAW, rf"^{RAW} tar {TAR} \(00000001.tar\): features: stored bytes are damaged \(Stored and computed"),
     "summary": (RAW, rf"^{RAW} tar {TAR} \(00000001.tar\): summary: stored bytes are damaged \(Stored and computed"),
     "compact": (KEY, rf"^{KEY} compact tar {TAR} \(00000001.tar\): compact/features: stored bytes are damaged"),
     "moments": (RAW, rf"^{RAW} tar {TAR} \(00000001.tar\): moments/features_mean: stored bytes are damaged"),
-    "normalizer": (None, r"^normalizers/dinov2/features/[0-9a-f]{16}/transform: stored bytes are damaged \(.*\); run `radio fit-phis`"),
+    "normalizer": (
+        None,
+        r"^normalizers/dinov2/features/[0-9a-f]{16}/transform: stored bytes are damaged \(.*\); run `radio fit-phis`",
+    ),
     "manifest": (RAW, rf"^{RAW} tar {TAR} \(00000001.tar\): .*manifest/00000001.parquet: damaged parquet \(could not"),
 }
 
@@ -157,7 +174,9 @@ def test_one_flipped_byte_stops_the_reader_and_verify_lists_the_tar_and_key(stor
     assert hits, report.problems
     if key is not None:
         assert TAR in report.damaged[key]
-        assert f"radio store invalidate {store.path} --key {key} --tars " in "\n".join(repair_commands(store.path, report))
+        assert f"radio store invalidate {store.path} --key {key} --tars " in "\n".join(
+            repair_commands(store.path, report)
+        )
     if kind == "manifest":  # a tar's manifest serves every key: each (tar, key) complete on it is listed
         assert set(report.damaged) == set(store.target_keys) and all(v == {TAR} for v in report.damaged.values())
     else:
@@ -193,25 +212,36 @@ def test_an_absent_shard_of_a_complete_tar_is_an_error_never_the_fill_value(stor
     # What `featurize --overwrite` or `compact --drop-raw` does beside a reader: the summary goes
     # through tensorstore (fill_missing_data_reads: false), the features through the direct reader.
     _chunk_file(Path(store.path) / "targets" / RAW / "summary", row // 8).unlink()
-    with pytest.raises(MissingDataError, match=rf"^{RAW}: summary of tar {TAR} \(00000001.tar\), row {row - row % 8}, "
-                       rf"shard {store.path}/targets/{RAW}/summary/c/{row // 8}/0 is missing though"):  # fmt: skip
+    with pytest.raises(
+        MissingDataError,
+        match=rf"^{RAW}: summary of tar {TAR} \(00000001.tar\), row {row - row % 8}, "
+        rf"shard {store.path}/targets/{RAW}/summary/c/{row // 8}/0 is missing though",
+    ):
         TargetReader(store.path, [(RAW, True)]).read(np.array([row]))
     shutil.rmtree(Path(store.path) / "targets" / RAW / "features" / "c" / str(row // 8))
-    with pytest.raises(MissingDataError, match=rf"^{RAW}: features of tar {TAR} \(00000001.tar\), row {row}, shard "
-                       rf"{store.path}/targets/{RAW}/features/c/{row // 8}/0/0/0 is missing though the store marks the "
-                       r"tar complete \(removed by a writer: featurize --overwrite or store compact --drop-raw\?\); "
-                       r"not training on fill values$"):  # fmt: skip
+    with pytest.raises(
+        MissingDataError,
+        match=rf"^{RAW}: features of tar {TAR} \(00000001.tar\), row {row}, shard "
+        rf"{store.path}/targets/{RAW}/features/c/{row // 8}/0/0/0 is missing though the store marks the "
+        r"tar complete \(removed by a writer: featurize --overwrite or store compact --drop-raw\?\); "
+        r"not training on fill values$",
+    ):
         TargetReader(store.path, [(RAW, False)]).read(np.array([row]))
     problems = verify_report(store.path).problems
-    assert any(p.startswith(f"{RAW} tar {TAR} (00000001.tar): ") and "valid rows have all-zero features" in p for p in problems)
+    assert any(
+        p.startswith(f"{RAW} tar {TAR} (00000001.tar): ") and "valid rows have all-zero features" in p for p in problems
+    )
 
 
 def test_a_damaged_shard_index_is_one_line_for_the_reader_and_verify(store):
     row = _row(store)
     f, _ = _shard_chunk(Path(store.path) / "targets" / RAW / "features", row, 8)
     _flip(f, f.stat().st_size - 30)  # inside the [8, 2] uint64 index
-    with pytest.raises(CorruptError, match=rf"^{RAW}: features of tar {TAR} \(00000001.tar\), row {row}, shard {f} is "
-                       r"damaged \(shard index does not match its crc32c\)"):  # fmt: skip
+    with pytest.raises(
+        CorruptError,
+        match=rf"^{RAW}: features of tar {TAR} \(00000001.tar\), row {row}, shard {f} is "
+        r"damaged \(shard index does not match its crc32c\)",
+    ):
         TargetReader(store.path, [(RAW, False)]).read(np.array([row]))
     problems = verify_report(store.path).problems
     assert [p for p in problems if p.startswith(f"{RAW} tar {TAR} (00000001.tar): features: stored bytes are damaged")]
@@ -219,12 +249,19 @@ def test_a_damaged_shard_index_is_one_line_for_the_reader_and_verify(store):
 
 def test_a_damaged_compact_scale_array_is_one_line(store):
     _flip(_chunk_file(Path(store.path) / "targets" / KEY / "compact" / "features_scale", 0), 9)
-    with pytest.raises(CorruptError, match=rf"^targets/{KEY}/compact/features_scale: stored bytes are damaged "
-                       r"\(Stored and computed checksum do not match\..*\)$"):  # fmt: skip
+    with pytest.raises(
+        CorruptError,
+        match=rf"^targets/{KEY}/compact/features_scale: stored bytes are damaged "
+        r"\(Stored and computed checksum do not match\..*\)$",
+    ):
         c.compact_key(FeatureStore(store.path), KEY)
     report = verify_report(store.path)
-    assert [p for p in report.problems if p.startswith(f"{KEY} compact: targets/{KEY}/compact/features_scale: stored "
-                                                       "bytes are damaged") and "store compact --overwrite" in p]
+    assert [
+        p
+        for p in report.problems
+        if p.startswith(f"{KEY} compact: targets/{KEY}/compact/features_scale: stored bytes are damaged")
+        and "store compact --overwrite" in p
+    ]
 
 
 def test_a_damaged_normalizer_is_refitted_by_fit_phis(store):
@@ -246,7 +283,8 @@ def test_a_damaged_parquet_footer_is_one_line_and_exit_1(store):
     out = CliRunner().invoke(app, ["store", "info", str(store.path)])
     assert out.exit_code == 1
     assert out.stderr.strip().splitlines() == [out.stderr.strip()] and out.stderr.startswith(
-        f"error: {store.path}/manifest/00000001.parquet: damaged parquet (")
+        f"error: {store.path}/manifest/00000001.parquet: damaged parquet ("
+    )
 
 
 def test_verify_cli_lists_damage_and_invalidate_then_featurize_repairs_it(tiny_store, featurize_here, repo, tmp_path):
@@ -268,13 +306,20 @@ def test_verify_cli_lists_damage_and_invalidate_then_featurize_repairs_it(tiny_s
     assert out.exit_code == 0, out.output
     assert out.stdout.strip() == f"{RAW}: 1 tars marked incomplete; run `radio featurize` to redo them"
     assert not FeatureStore(store.path).completed(RAW)[TAR]
-    again = load_pipeline(repo / "pipelines.yaml", "tiny", data=",".join(config.data.shards), store=str(store.path),
-                          out=str(Path(store.path).parent / "run"))  # fmt: skip
+    again = load_pipeline(
+        repo / "pipelines.yaml",
+        "tiny",
+        data=",".join(config.data.shards),
+        store=str(store.path),
+        out=str(Path(store.path).parent / "run"),
+    )
     featurize_here(again)
     assert verify_report(store.path).problems == []
     row = _row(store)
     got = TargetReader(store.path, [(RAW, True)]).read(np.array([row]))[RAW]  # reads and checks again
-    assert np.array_equal(got["features"][0], FeatureStore(path).array(RAW, "features")[row])  # the same bytes as before
+    assert np.array_equal(
+        got["features"][0], FeatureStore(path).array(RAW, "features")[row]
+    )  # the same bytes as before
 
 
 def test_invalidate_refuses_a_tar_outside_the_plan(store):
@@ -288,8 +333,15 @@ def test_compact_sums_of_zero_for_valid_rows_are_a_problem(store):
     g["sse"][TAR] = 0.0
     g["ssy"][TAR] = 0.0
     problems = verify_report(store.path).problems
-    n = sum(1 for r, t, v in zip(*store.manifest().select(["row", "tar_index", "valid"]).to_pydict().values()) if t == TAR and v)
-    assert f"{KEY} compact tar {TAR} (00000001.tar): sse and ssy are 0 for {n} valid rows (compact data are zeros)" in problems
+    n = sum(
+        1
+        for r, t, v in zip(*store.manifest().select(["row", "tar_index", "valid"]).to_pydict().values())
+        if t == TAR and v
+    )
+    assert (
+        f"{KEY} compact tar {TAR} (00000001.tar): sse and ssy are 0 for {n} valid rows (compact data are zeros)"
+        in problems
+    )
 
 
 def _strip_checksums(store: FeatureStore, key: str) -> None:
@@ -302,8 +354,16 @@ def _strip_checksums(store: FeatureStore, key: str) -> None:
         data, meta = a[...], json.loads((Path(store.path) / "targets" / key / name / "zarr.json").read_text())
         shards = a.shards
         del g[name]
-        g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=a.chunks, shards=shards, compressors=None,
-                       fill_value=0, dimension_names=meta.get("dimension_names"))[...] = data  # fmt: skip
+        g.create_array(
+            name,
+            shape=a.shape,
+            dtype=a.dtype,
+            chunks=a.chunks,
+            shards=shards,
+            compressors=None,
+            fill_value=0,
+            dimension_names=meta.get("dimension_names"),
+        )[...] = data
     assert not zarr.open_array(str(Path(store.path) / "targets" / key / "features")).compressors
 
 
@@ -318,7 +378,9 @@ def test_a_store_written_before_checksums_reads_and_verify_notes_it(store):
     assert all(np.array_equal(got[n], want[n]) for n in want)
     report = verify_report(old.path)
     assert report.problems == []
-    assert report.notes == [f"{RAW}: written before data checksums (no crc32c on its chunks); only consistency was checked"]
+    assert report.notes == [
+        f"{RAW}: written before data checksums (no crc32c on its chunks); only consistency was checked"
+    ]
     out = CliRunner().invoke(app, ["store", "verify", str(store.path)])
     assert out.exit_code == 0 and out.stdout.splitlines() == [f"note: {report.notes[0]}", f"{store.path}: ok"]
 
@@ -335,13 +397,16 @@ def test_a_damaged_row_read_in_a_dataloader_worker_is_one_line_in_the_trainer(st
     info = store.target(RAW)
     ds = PartitionRows(str(store.path), 32, [KeyTarget(RAW, "clip", info.grid, False, True)])
     sampler = StepBatches(np.array([row]), 1, 0, 0, 0, 1)  # one step of one row: the damaged one
-    loader = iter(DataLoader(ds, batch_sampler=sampler, num_workers=1, collate_fn=collate,
-                             multiprocessing_context="forkserver"))  # fmt: skip
+    loader = iter(
+        DataLoader(ds, batch_sampler=sampler, num_workers=1, collate_fn=collate, multiprocessing_context="forkserver")
+    )
     with pytest.raises(CorruptError) as e:
         next_batch(loader)
-    assert str(e.value) == (f"{RAW}: features of tar {TAR} (00000001.tar), row {row}, shard {store.path}/targets/{RAW}/"
-                            f"features/c/{row // 8}/0/0/0 is damaged (row {row} does not match its crc32c); "
-                            f"run `radio store verify {store.path}`")  # fmt: skip
+    assert str(e.value) == (
+        f"{RAW}: features of tar {TAR} (00000001.tar), row {row}, shard {store.path}/targets/{RAW}/"
+        f"features/c/{row // 8}/0/0/0 is damaged (row {row} does not match its crc32c); "
+        f"run `radio store verify {store.path}`"
+    )
 
 
 def test_a_compressed_store_is_checked_on_the_tensorstore_path(tmp_path):
@@ -355,26 +420,37 @@ def test_a_compressed_store_is_checked_on_the_tensorstore_path(tmp_path):
     s.create_target("k", grid=(2, 2), feature_dim=8, summary_dim=4, provenance={}, compressor="zstd")
     rng = np.random.default_rng(0)
     for start in (0, 8):
-        s.write_shard("k", start, rng.standard_normal((8, 2, 2, 8)).astype(np.float16),
-                      rng.standard_normal((8, 4)).astype(np.float16))  # fmt: skip
+        s.write_shard(
+            "k",
+            start,
+            rng.standard_normal((8, 2, 2, 8)).astype(np.float16),
+            rng.standard_normal((8, 4)).astype(np.float16),
+        )
     assert ShardRuns.open(Path(s.path) / "targets" / "k" / "features") is None  # compressed: tensorstore
     assert [type(c).__name__ for c in s.array("k", "features").compressors] == ["ZstdCodec", "Crc32cCodec"]
     reader = TargetReader(s.path, [("k", True)])
     assert reader.read(np.array([9]))["k"]["features"].shape == (1, 2, 2, 8)
     f, off = _shard_chunk(Path(s.path) / "targets" / "k" / "features", 9, 8)
     _flip(f, off + 3)
-    with pytest.raises(CorruptError, match=rf"^k: features of tar 1 \(00000001.tar\), row 9, shard {f} is damaged "
-                       r"\((DATA_LOSS: Digest mismatch, .+|FAILED_PRECONDITION: .+)\); "
-                       rf"run `radio store verify {s.path}`$"):  # fmt: skip
+    with pytest.raises(
+        CorruptError,
+        match=rf"^k: features of tar 1 \(00000001.tar\), row 9, shard {f} is damaged "
+        r"\((DATA_LOSS: Digest mismatch, .+|FAILED_PRECONDITION: .+)\); "
+        rf"run `radio store verify {s.path}`$",
+    ):
         TargetReader(s.path, [("k", True)]).read(np.array([9]))
 
 
 def test_fit_phis_on_damaged_moments_is_one_line_and_exit_1(store, repo):
     _damage(store, "moments")
-    out = CliRunner().invoke(app, ["fit-phis", "--config", str(repo / "pipelines.yaml"), "--pipeline", "tiny",
-                                   "--store", str(store.path)])  # fmt: skip
+    out = CliRunner().invoke(
+        app, ["fit-phis", "--config", str(repo / "pipelines.yaml"), "--pipeline", "tiny", "--store", str(store.path)]
+    )
     assert out.exit_code == 1, out.output
     (line,) = out.stderr.strip().splitlines()
-    assert re.fullmatch(rf"error: {re.escape(str(store.path))}: {RAW} tar {TAR}: targets/{RAW}/moments/features_mean: "
-                        r"stored bytes are damaged \(Stored and computed checksum do not match\. Stored: b'.+'\. "
-                        r"Computed: b'.+'\.\)", line), line  # fmt: skip
+    assert re.fullmatch(
+        rf"error: {re.escape(str(store.path))}: {RAW} tar {TAR}: targets/{RAW}/moments/features_mean: "
+        r"stored bytes are damaged \(Stored and computed checksum do not match\. Stored: b'.+'\. "
+        r"Computed: b'.+'\.\)",
+        line,
+    ), line

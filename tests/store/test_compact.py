@@ -43,8 +43,13 @@ def test_compact_key_stores_phis_space_int8_that_decodes_to_the_normalized_targe
     assert c.compact_store_key(store, KEY, summary=True) == len(store.plan.tars)
     ck = c.compact_key(store, KEY)
     assert ck.features.name == "int8" and ck.summary is not None
-    assert store.target(KEY).attrs["compact"] == {"codec": "int8", "rank": None, "clip": 4.0, "summary": True,
-                                                  "normalizer_tars": len(store.plan.tars)}  # fmt: skip
+    assert store.target(KEY).attrs["compact"] == {
+        "codec": "int8",
+        "rank": None,
+        "clip": 4.0,
+        "summary": True,
+        "normalizer_tars": len(store.plan.tars),
+    }
     rows = np.flatnonzero(np.abs(store.array(KEY, "features")[:]).reshape(store.plan.total_rows, -1).max(1) > 0)
     raw = store.array(KEY, "features")[rows].astype(np.float64)
     y = load_phis(store, KEY).normalize(raw)
@@ -88,7 +93,8 @@ def test_cli_compact_info_drop_raw_and_errors(fitted, tmp_path):
     r = runner.invoke(app, ["store", "compact", str(store.path), "-k", "clip@112"])
     assert r.exit_code == 2
     assert r.output.strip().splitlines() == [
-        "error: clip@112: no PHI-S normalizer for features; run `radio fit-phis` before compacting"]  # fmt: skip
+        "error: clip@112: no PHI-S normalizer for features; run `radio fit-phis` before compacting"
+    ]
     r = runner.invoke(app, ["store", "compact", str(store.path), "-k", KEY, "--rank", "9999"])
     assert r.exit_code == 2 and "error: dinov2@112: --rank 9999: must be in 1..48" in r.output
     r = runner.invoke(app, ["store", "compact", str(store.path), "-k", KEY, "--summary", "--drop-raw"])
@@ -113,10 +119,12 @@ def test_trainer_on_a_mixed_raw_and_compact_stage_matches_raw_training(fitted, t
     store = _copy(path, tmp_path)
     for key in ("dinov2@112", "sam@128"):
         c.compact_store_key(store, key, summary=key.startswith("dinov2"))
-    raw_cfg = config.model_copy(update={"store": config.store.model_copy(update={"path": str(path)}),
-                                        "out": str(tmp_path / "raw")})  # fmt: skip
-    mixed_cfg = config.model_copy(update={"store": config.store.model_copy(update={"path": str(store.path)}),
-                                          "out": str(tmp_path / "mixed")})  # fmt: skip
+    raw_cfg = config.model_copy(
+        update={"store": config.store.model_copy(update={"path": str(path)}), "out": str(tmp_path / "raw")}
+    )
+    mixed_cfg = config.model_copy(
+        update={"store": config.store.model_copy(update={"path": str(store.path)}), "out": str(tmp_path / "mixed")}
+    )
     seen = []
     raw = train_stage(raw_cfg, 1, steps=3)
     mixed = train_stage(mixed_cfg, 1, steps=3, on_step=seen.append)
@@ -134,8 +142,13 @@ def test_featurize_writes_compact_directly_after_fit_phis_max_tars(tiny_store, r
 
     _, ref_path = tiny_store
     write_sample_data(tmp_path / "shards", images=40, shard_size=16, seed=11, corrupt=2)  # the tiny store's shards
-    config = load_pipeline(repo / "pipelines.yaml", "tiny", data=str(tmp_path / "shards" / "*.tar"),
-                           store=str(tmp_path / "store.zarr"), out=str(tmp_path / "run"))  # fmt: skip
+    config = load_pipeline(
+        repo / "pipelines.yaml",
+        "tiny",
+        data=str(tmp_path / "shards" / "*.tar"),
+        store=str(tmp_path / "store.zarr"),
+        out=str(tmp_path / "run"),
+    )
     selection = select(config, ["dinov2"])
     store, items = prepare(config, selection)
     settings, batch = _settings(config), config.featurize.batch_size
@@ -149,7 +162,9 @@ def test_featurize_writes_compact_directly_after_fit_phis_max_tars(tiny_store, r
     assert ck.features.name == "int8" and ck.attrs["normalizer"]["tar_indices"] == [0, 1]
     assert all(r.error is None for r in run_local(store, items, settings, batch))
     t = store.plan.tars[rest[0].tar_index]
-    assert not (Path(store.path) / "targets" / KEY / "features" / "c" / str(t.row_start // store.plan.shard_rows)).exists()
+    assert not (
+        Path(store.path) / "targets" / KEY / "features" / "c" / str(t.row_start // store.plan.shard_rows)
+    ).exists()
     assert c.raw_missing(store, KEY).tolist() == [False, False, True]
     assert verify_store(store.path) == []
     with pytest.raises(c.StoreError, match=r"^dinov2@112: some tars are stored only compact and 2 only raw; run"):

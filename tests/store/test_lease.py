@@ -34,14 +34,37 @@ def copy(tiny_store, tmp_path) -> Path:
 
 
 def _featurize(repo: Path, config, store: Path, *args: str):
-    return CliRunner().invoke(app, ["featurize", "--config", str(repo / "pipelines.yaml"), "--data",
-                                    config.data.shards[0], "--store", str(store), *args])  # fmt: skip
+    return CliRunner().invoke(
+        app,
+        [
+            "featurize",
+            "--config",
+            str(repo / "pipelines.yaml"),
+            "--data",
+            config.data.shards[0],
+            "--store",
+            str(store),
+            *args,
+        ],
+    )
 
 
 def _write_lease(store: Path, **fields) -> LeaseInfo:
     now = time.time()
-    info = LeaseInfo(**({"kind": "writer", "holder": "featurize", "host": "other-host", "pid": 4242, "since": now - 60,
-                         "expires": now + 60, "token": "abc123abc123"} | fields))  # fmt: skip
+    info = LeaseInfo(
+        **(
+            {
+                "kind": "writer",
+                "holder": "featurize",
+                "host": "other-host",
+                "pid": 4242,
+                "since": now - 60,
+                "expires": now + 60,
+                "token": "abc123abc123",
+            }
+            | fields
+        )
+    )
     Location(store).write_bytes(info.name, json.dumps(info.__dict__).encode())
     return info
 
@@ -58,9 +81,11 @@ def test_a_second_featurize_says_who_holds_the_store_and_exits(tiny_store, repo,
         result = _featurize(repo, config, copy)
         info = held.info
     assert result.exit_code == 2, result.output
-    assert result.stderr == (f"error: {copy}: held by featurize (writer) on host {socket.gethostname()}, "
-                             f"pid {os.getpid()}, since {lease._utc(info.since)}, lease expires "
-                             f"{lease._utc(info.expires)}; pass --wait to wait for it\n")  # fmt: skip
+    assert result.stderr == (
+        f"error: {copy}: held by featurize (writer) on host {socket.gethostname()}, "
+        f"pid {os.getpid()}, since {lease._utc(info.since)}, lease expires "
+        f"{lease._utc(info.expires)}; pass --wait to wait for it\n"
+    )
     assert leases(Location(copy)) == []  # released; the refused run left none
     assert _featurize(repo, config, copy).exit_code == 0
 
@@ -88,15 +113,21 @@ def test_stale_leases_hold_nothing_and_are_tidied(tiny_store, repo, copy):
 def test_destructive_writers_refuse_while_a_training_run_reads(tiny_store, repo, copy):
     config, _ = tiny_store
     reader = _write_lease(copy, kind="reader", holder="distill", token="reader000000")
-    who = (f"distill (reader) on host other-host, pid 4242, since {lease._utc(reader.since)}, "
-           f"lease expires {lease._utc(reader.expires)}")  # fmt: skip
+    who = (
+        f"distill (reader) on host other-host, pid 4242, since {lease._utc(reader.since)}, "
+        f"lease expires {lease._utc(reader.expires)}"
+    )
     runner = CliRunner()
-    for args, holder in ((["store", "compact", str(copy), "--drop-raw"], "store compact"),
-                         (["fit-phis", "--store", str(copy)], "fit-phis")):  # fmt: skip
+    for args, holder in (
+        (["store", "compact", str(copy), "--drop-raw"], "store compact"),
+        (["fit-phis", "--store", str(copy)], "fit-phis"),
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, result.output
-        assert result.stderr == (f"error: {copy}: in use by {who}; {holder} would delete or rewrite what it reads: "
-                                 "stop that run or wait for it to finish\n")  # fmt: skip
+        assert result.stderr == (
+            f"error: {copy}: in use by {who}; {holder} would delete or rewrite what it reads: "
+            "stop that run or wait for it to finish\n"
+        )
     result = _featurize(repo, config, copy, "--overwrite", "--teacher", "clip@112")
     assert result.exit_code == 2 and result.stderr.startswith(f"error: {copy}: in use by {who}; featurize would")
     assert _featurize(repo, config, copy).exit_code == 0  # resuming deletes nothing: it may run beside training
@@ -110,8 +141,9 @@ def test_a_training_run_holds_a_reader_lease_and_refuses_under_a_destructive_wri
 
     config, _ = tiny_store
     fit_store(FeatureStore(copy))
-    config = config.model_copy(update={"store": config.store.model_copy(update={"path": str(copy)}),
-                                       "out": str(tmp_path / "run")})  # fmt: skip
+    config = config.model_copy(
+        update={"store": config.store.model_copy(update={"path": str(copy)}), "out": str(tmp_path / "run")}
+    )
     seen: list[list[LeaseInfo]] = []
     train_stage(config, 1, steps=2, on_step=lambda record: seen.append(leases(Location(copy))))
     assert len(seen) == 2 and all(len(s) == 1 for s in seen)
@@ -179,6 +211,9 @@ def test_a_reader_of_a_read_only_store_holds_nothing_and_a_writer_is_told(tmp_pa
     monkeypatch.setattr(os, "replace", replace)
     with Lease(tmp_path, "reader", "distill") as held:
         assert held.info is None and leases(Location(tmp_path)) == []
-    with pytest.raises(StoreReadOnly, match=rf"^{tmp_path}/leases/writer-.*\.json: cannot write \(Read-only file "
-                                            r"system\); is the store read-only\?$"):  # fmt: skip
+    with pytest.raises(
+        StoreReadOnly,
+        match=rf"^{tmp_path}/leases/writer-.*\.json: cannot write \(Read-only file "
+        r"system\); is the store read-only\?$",
+    ):
         Lease(tmp_path, "writer", "fit-phis").acquire()

@@ -25,15 +25,19 @@ from radio.store.normalizers import (
     fit_store,
     load_teacher_phis,
     normalizer_info,
-    normalizer_versions,  # fmt: skip
+    normalizer_versions,
     teacher_of,
 )
 
 pytestmark = pytest.mark.slow
 KEY = "dinov2@112"
 STEP = 4.0 / 127  # the int8 step at the default clip of 4σ
-STREAMS = {"clip": ["features", "summary"], "dinov2": ["features", "summary"], "sam": ["features"],
-           "siglip": ["features", "summary"]}  # fmt: skip
+STREAMS = {
+    "clip": ["features", "summary"],
+    "dinov2": ["features", "summary"],
+    "sam": ["features"],
+    "siglip": ["features", "summary"],
+}
 
 
 class Killed(Exception):
@@ -67,8 +71,13 @@ def _tiny_config(repo, root: Path):
     from radio.shards.sampledata import write_sample_data
 
     write_sample_data(root / "shards", images=40, shard_size=16, seed=11, corrupt=2)  # the tiny store's shards
-    return load_pipeline(repo / "pipelines.yaml", "tiny", data=str(root / "shards" / "*.tar"),
-                         store=str(root / "store.zarr"), out=str(root / "run"))  # fmt: skip
+    return load_pipeline(
+        repo / "pipelines.yaml",
+        "tiny",
+        data=str(root / "shards" / "*.tar"),
+        store=str(root / "store.zarr"),
+        out=str(root / "run"),
+    )
 
 
 def _featurize(store, items, config) -> None:
@@ -106,7 +115,8 @@ def _valid_rows(ref: FeatureStore, key: str) -> np.ndarray:
 
 
 def test_refit_adds_a_normalizer_and_compact_only_data_still_decodes_in_the_new_space_and_trains(
-        readme_flow, tiny_store, tmp_path):  # fmt: skip
+    readme_flow, tiny_store, tmp_path
+):
     from radio.distill.trainer import train_stage
     from radio.store.compact_decode import CompactDecoder
 
@@ -139,7 +149,9 @@ def test_refit_adds_a_normalizer_and_compact_only_data_still_decodes_in_the_new_
         back, truth = ((got - b) @ torch.linalg.inv(a)).numpy(), old.normalize(raw)
         clipped = np.abs(q.numpy()) == 127
         assert np.abs(back - truth)[~clipped].max() <= STEP / 2 + 1e-3
-        assert (np.abs(truth[clipped]) >= 4 - STEP / 2).all() and (np.sign(truth[clipped]) == np.sign(back[clipped])).all()
+        assert (np.abs(truth[clipped]) >= 4 - STEP / 2).all() and (
+            np.sign(truth[clipped]) == np.sign(back[clipped])
+        ).all()
         # ... so in the new space within that half step mapped by A (vectors with no clipped value).
         whole = ~clipped.any(-1)
         assert np.abs(got.numpy() - new.normalize(raw))[whole].max() <= STEP / 2 * float(a.abs().sum(0).max()) + 1e-3
@@ -150,8 +162,9 @@ def test_refit_adds_a_normalizer_and_compact_only_data_still_decodes_in_the_new_
     shown = {k["key"]: (k["normalizer"], k["normalizer_current"]) for k in json.loads(r.output)["keys"]}
     assert shown["sam@128"] == (first["sam"], False)
     assert verify_store(store.path) == []
-    cfg = config.model_copy(update={"store": config.store.model_copy(update={"path": str(store.path)}),
-                                    "out": str(tmp_path / "run")})  # fmt: skip
+    cfg = config.model_copy(
+        update={"store": config.store.model_copy(update={"path": str(store.path)}), "out": str(tmp_path / "run")}
+    )
     result = train_stage(cfg, 1, steps=2)
     assert len(result.losses) == 2 and np.isfinite(result.losses).all()
 
@@ -169,10 +182,14 @@ def test_compact_overwrite_after_refit_recompacts_from_the_compact_values(readme
     assert c.compact_fingerprint(c.compact_key(store, KEY)) == first["dinov2"]
     r = CliRunner().invoke(app, ["store", "compact", str(store.path), "-k", KEY, "--overwrite", "--drop-raw"])
     assert r.exit_code == 0, r.output
-    assert r.output.splitlines()[0].startswith(f"{KEY}: int8 clip 4σ, 3 tars compacted, 3/3 done, variance retained 0.9")
+    assert r.output.splitlines()[0].startswith(
+        f"{KEY}: int8 clip 4σ, 3 tars compacted, 3/3 done, variance retained 0.9"
+    )
     store = FeatureStore(store.path)
     ck = c.compact_key(store, KEY)
-    assert c.is_current(store, ck) and c.compact_fingerprint(ck) == current_fingerprint(store, "dinov2") != first["dinov2"]
+    assert (
+        c.is_current(store, ck) and c.compact_fingerprint(ck) == current_fingerprint(store, "dinov2") != first["dinov2"]
+    )
     assert c.raw_missing(store, KEY).all() and verify_store(store.path) == []
     old = load_teacher_phis(store, "dinov2", fingerprint=first["dinov2"])
     a, _ = c.reexpression(old, c.current_phis(store, KEY))
@@ -193,7 +210,9 @@ def _write_unversioned(store: FeatureStore, teacher: str, stream: str, p, attrs:
     g = store.root.require_group("normalizers").require_group(teacher).require_group(stream)
     for name in ("mean", "transform", "inverse", "eigenvalues", "std"):
         value = getattr(p, name)
-        g.create_array(name, shape=value.shape, dtype="float64", chunks=value.shape, overwrite=True, fill_value=0)[...] = value
+        g.create_array(name, shape=value.shape, dtype="float64", chunks=value.shape, overwrite=True, fill_value=0)[
+            ...
+        ] = value
     g.update_attributes({k: v for k, v in attrs.items() if k != "provenance"})
 
 
@@ -244,8 +263,10 @@ def test_featurize_overwrite_with_another_teacher_output_writes_raw_not_int8_in_
     notes: list[str] = []
     store, items = prepare(changed, select(changed, ["dinov2"]), overwrite=True, notes=notes)
     assert c.compact_key(store, KEY) is None  # the normalizer was fitted on other outputs: raw fp16
-    assert notes[0] == (f"{KEY}: its PHI-S was fitted on other teacher outputs; written raw fp16 "
-                        "(run `radio fit-phis` again, then `radio store compact`)")  # fmt: skip
+    assert notes[0] == (
+        f"{KEY}: its PHI-S was fitted on other teacher outputs; written raw fp16 "
+        "(run `radio fit-phis` again, then `radio store compact`)"
+    )
     _featurize(store, items, changed)
     assert not c.raw_missing(store, KEY).any() and store.completed(KEY).all()
     info = {k.key: k for k in store_info(store.path)["keys"]}[KEY]
@@ -255,7 +276,8 @@ def test_featurize_overwrite_with_another_teacher_output_writes_raw_not_int8_in_
     assert r.exit_code == 2
     assert r.output.strip().splitlines() == [
         f"error: {KEY}: its PHI-S was fitted on other teacher outputs (featurized again since); "
-        "run `radio fit-phis` before compacting"]  # fmt: skip
+        "run `radio fit-phis` before compacting"
+    ]
     fit_store(store, [KEY])
     assert c.compact_store_key(store, KEY) == 3 and c.variance_retained(store, KEY) >= 0.999
 
@@ -333,7 +355,9 @@ def test_compact_summary_checks_every_key_before_any_work(fitted, tmp_path):
     assert all("compact" not in FeatureStore(store.path).target(k).attrs for k in store.target_keys)
 
 
-def test_featurize_after_a_refit_writes_new_tars_in_the_normalizer_their_key_is_compacted_in(repo, tiny_store, tmp_path):
+def test_featurize_after_a_refit_writes_new_tars_in_the_normalizer_their_key_is_compacted_in(
+    repo, tiny_store, tmp_path
+):
     from radio.featurize.job import prepare, select
     from radio.store.compact_decode import CompactDecoder, compact_keys
 
@@ -360,8 +384,12 @@ def test_featurize_after_a_refit_writes_new_tars_in_the_normalizer_their_key_is_
     q = store.root["targets"][KEY]["compact"]["features"][rows]
     old = c.compact_phis(store, ck)
     clipped = np.abs(q) == 127
-    assert np.abs(decode(ck.features, torch.from_numpy(q)).numpy() - old.normalize(raw))[~clipped].max() <= STEP / 2 + 1e-4
+    assert (
+        np.abs(decode(ck.features, torch.from_numpy(q)).numpy() - old.normalize(raw))[~clipped].max() <= STEP / 2 + 1e-4
+    )
     got = CompactDecoder(ck, store)({"features": torch.from_numpy(q)})["features"].double().numpy()
     a, _ = c.reexpression(old, c.current_phis(store, KEY))
     whole = ~clipped.any(-1)
-    assert np.abs(got - c.current_phis(store, KEY).normalize(raw))[whole].max() <= STEP / 2 * np.abs(a).sum(0).max() + 1e-3
+    assert (
+        np.abs(got - c.current_phis(store, KEY).normalize(raw))[whole].max() <= STEP / 2 * np.abs(a).sum(0).max() + 1e-3
+    )

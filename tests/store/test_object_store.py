@@ -57,8 +57,13 @@ def local_run(tmp_path_factory, repo, featurize_here):
     """Sample tars and an uninterrupted featurize of them on local disk."""
     root = tmp_path_factory.mktemp("local")
     write_sample_data(root / "shards", images=20, shard_size=6, seed=5, corrupt=len(CORRUPT_KINDS))
-    config = load_pipeline(repo / "pipelines.yaml", "tiny", data=str(root / "shards" / "*.tar"),
-                           store=str(root / "store.zarr"), out=str(root / "run"))  # fmt: skip
+    config = load_pipeline(
+        repo / "pipelines.yaml",
+        "tiny",
+        data=str(root / "shards" / "*.tar"),
+        store=str(root / "store.zarr"),
+        out=str(root / "run"),
+    )
     featurize_here(config)
     return root
 
@@ -75,8 +80,18 @@ def s3_data(s3_bucket, local_run):
 
 
 def _featurize(repo, data: str, store: str) -> list[str]:
-    return [sys.executable, "-m", "radio.cli", "featurize", "--config", str(repo / "pipelines.yaml"),
-            "--data", f"{data}/*.tar", "--store", store]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "radio.cli",
+        "featurize",
+        "--config",
+        str(repo / "pipelines.yaml"),
+        "--data",
+        f"{data}/*.tar",
+        "--store",
+        store,
+    ]
 
 
 def _arrays(store: FeatureStore) -> dict[str, np.ndarray]:
@@ -98,8 +113,13 @@ def test_featurize_on_s3_killed_and_resumed_equals_local_then_trains(s3_data, s3
     fs = s3fs.S3FileSystem(use_listings_cache=False)
     env = os.environ | {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     # Own session: SIGKILL reaches the driver and the Ray processes it started.
-    proc = subprocess.Popen(_featurize(repo, s3_data, url), start_new_session=True, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        _featurize(repo, s3_data, url),
+        start_new_session=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
         if len(fs.glob(f"{url}/targets/*/complete/c/*")) >= 3:
@@ -142,8 +162,9 @@ def test_featurize_on_s3_killed_and_resumed_equals_local_then_trains(s3_data, s3
     from radio.distill.run import read_metrics
     from radio.distill.trainer import train_stage
 
-    config = load_pipeline(repo / "pipelines.yaml", "tiny", data=f"{s3_data}/*.tar", store=url,
-                           out=str(tmp_path / "run"))  # fmt: skip
+    config = load_pipeline(
+        repo / "pipelines.yaml", "tiny", data=f"{s3_data}/*.tar", store=url, out=str(tmp_path / "run")
+    )
     train_stage(config, 1, steps=3, workers=1)  # a forked DataLoader worker reads images by range
     records = read_metrics(tmp_path / "run" / "stage1" / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3] and all(np.isfinite(r["total"]) for r in records)

@@ -68,8 +68,10 @@ def test_one_normalizer_per_teacher_whitens_the_union_of_its_keys(tiny_store):
     store = FeatureStore(path)
     reports = fit_store(store, ["dinov2@112", "sam@128"])  # keys choose teachers; each fit takes all its keys
     assert {(r.teacher, r.keys, r.stream) for r in reports} == {
-        ("dinov2", ("dinov2@112", "dinov2@168"), "features"), ("dinov2", ("dinov2@112", "dinov2@168"), "summary"),
-        ("sam", ("sam@128", "sam@192", "sam@256", "sam@64"), "features")}  # fmt: skip
+        ("dinov2", ("dinov2@112", "dinov2@168"), "features"),
+        ("dinov2", ("dinov2@112", "dinov2@168"), "summary"),
+        ("sam", ("sam@128", "sam@192", "sam@256", "sam@64"), "features"),
+    }
     manifest = store.manifest().to_pylist()
     rows = [r["row"] for r in manifest if r["valid"]]
     for teacher in ("dinov2", "sam"):

@@ -40,8 +40,10 @@ def _small_store(url: str) -> FeatureStore:
     store.create_target("k", grid=(2, 2), feature_dim=3, summary_dim=None, provenance={"v": 1})
     for t in PLAN.tars:
         store.write_shard("k", t.row_start, np.ones((4, 2, 2, 3), np.float16), None)
-        rows = [dict.fromkeys(MANIFEST_SCHEMA.names) | {"row": t.row_start + i, "tar_index": t.index, "valid": True}
-                for i in range(t.samples)]  # fmt: skip
+        rows = [
+            dict.fromkeys(MANIFEST_SCHEMA.names) | {"row": t.row_start + i, "tar_index": t.index, "valid": True}
+            for i in range(t.samples)
+        ]
         store.write_manifest(t.index, rows)
         store.mark_complete("k", t.index)
     return store
@@ -68,8 +70,10 @@ def test_featurize_into_a_folder_that_is_not_a_store_refuses_and_touches_nothing
     before = _tree(home)
     result = CliRunner().invoke(app, _featurize_args(repo, config, str(home)))
     assert result.exit_code == 2, result.output
-    assert result.stderr == (f"error: {home}: exists and is not a radio store (no zarr.json; it holds notes.txt, "
-                             "photos, shards); nothing was touched: give a new or empty --store\n")  # fmt: skip
+    assert result.stderr == (
+        f"error: {home}: exists and is not a radio store (no zarr.json; it holds notes.txt, "
+        "photos, shards); nothing was touched: give a new or empty --store\n"
+    )
     assert _tree(home) == before and sorted(p.name for p in home.iterdir()) == ["notes.txt", "photos", "shards"]
 
 
@@ -83,8 +87,10 @@ def test_create_refuses_a_file_and_a_full_folder_but_takes_an_empty_one(tmp_path
         (tmp_path / "full" / name).write_text(name)
     with pytest.raises(StoreError) as e:
         FeatureStore.create(tmp_path / "full", PLAN, {})
-    assert str(e.value) == (f"{tmp_path}/full: exists and is not a radio store (no zarr.json; it holds a, c, d, ... "
-                            "(5 entries)); nothing was touched: give a new or empty --store")  # fmt: skip
+    assert str(e.value) == (
+        f"{tmp_path}/full: exists and is not a radio store (no zarr.json; it holds a, c, d, ... "
+        "(5 entries)); nothing was touched: give a new or empty --store"
+    )
     assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["a", "c", "d", "e", "f"]
     (tmp_path / "empty").mkdir()
     assert FeatureStore.create(tmp_path / "empty", PLAN, {}).plan == PLAN
@@ -156,8 +162,10 @@ def test_a_store_that_cannot_be_asked_is_one_line_naming_the_url(s3_bucket, monk
     _new_instances(monkeypatch)
     result = CliRunner().invoke(app, ["store", "info", url])
     assert result.exit_code == 2
-    assert result.stderr == (f"error: {url}/zarr.json: could not ask the object store "
-                             "(OSError: [Errno 16] Service Unavailable) after 3 tries\n")  # fmt: skip
+    assert result.stderr == (
+        f"error: {url}/zarr.json: could not ask the object store "
+        "(OSError: [Errno 16] Service Unavailable) after 3 tries\n"
+    )
 
 
 def test_one_503_on_a_manifest_is_retried_and_a_missing_one_is_an_error(s3_bucket, monkeypatch):
@@ -170,7 +178,9 @@ def test_one_503_on_a_manifest_is_retried_and_a_missing_one_is_an_error(s3_bucke
     assert failed
     assert Manifest.build(store).columns["valid"].sum() == 8
     s3fs.S3FileSystem().rm(f"{url}/manifest/00000001.parquet")
-    message = f"{url}/manifest/00000001.parquet: missing, but tar 1 (b.tar) is marked complete; run `radio store verify`"
+    message = (
+        f"{url}/manifest/00000001.parquet: missing, but tar 1 (b.tar) is marked complete; run `radio store verify`"
+    )
     for read in (store.manifest, lambda: Manifest.build(FeatureStore(url))):
         with pytest.raises(StoreError) as e:
             read()
@@ -189,8 +199,10 @@ def test_compact_refuses_a_complete_tar_without_its_manifest_instead_of_zeros(ti
     with pytest.raises(StoreError) as e:
         c.compact_store_key(store, "dinov2@112")
     tar = store.plan.tars[1].path
-    assert str(e.value) == (f"{tmp_path}/s.zarr/manifest/00000001.parquet: missing, but tar 1 ({tar}) is marked "
-                            "complete; run `radio store verify`")  # fmt: skip
+    assert str(e.value) == (
+        f"{tmp_path}/s.zarr/manifest/00000001.parquet: missing, but tar 1 ({tar}) is marked "
+        "complete; run `radio store verify`"
+    )
     assert not c.compact_complete(store, "dinov2@112")[1]
 
 
@@ -198,14 +210,25 @@ def test_an_s3_endpoint_that_is_down_is_not_called_a_missing_store(tmp_path):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = os.environ | {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
-    proc = subprocess.run([sys.executable, "-m", "radio.cli", "store", "info", "s3://bucket/store.zarr"],
-                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    env = os.environ | {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "radio.cli", "store", "info", "s3://bucket/store.zarr"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr == (f"error: s3://bucket/store.zarr/zarr.json: could not ask the object store "
-                           f'(EndpointConnectionError: Could not connect to the endpoint URL: '
-                           f'"http://127.0.0.1:{port}/bucket/store.zarr/zarr.json") after 1 try\n')  # fmt: skip
+    assert proc.stderr == (
+        f"error: s3://bucket/store.zarr/zarr.json: could not ask the object store "
+        f"(EndpointConnectionError: Could not connect to the endpoint URL: "
+        f'"http://127.0.0.1:{port}/bucket/store.zarr/zarr.json") after 1 try\n'
+    )
 
 
 def test_featurize_into_a_missing_bucket_is_one_line(tiny_store, repo, s3_server):
@@ -237,7 +260,9 @@ def test_another_store_format_and_a_damaged_plan_are_named(tmp_path):
     assert result.stderr == f"error: {path}: damaged root attribute plan (missing 'shard_rows')\n"
     _edit_root(path, plan={"shard_rows": 4, "tars": [{"index": 0}]})
     result = runner.invoke(app, ["store", "info", str(path)])
-    assert result.exit_code == 2 and result.stderr.startswith(f"error: {path}: damaged root attribute plan (TypeError: ")
+    assert result.exit_code == 2 and result.stderr.startswith(
+        f"error: {path}: damaged root attribute plan (TypeError: "
+    )
 
 
 def _read_only(monkeypatch, root: Path) -> None:
@@ -264,7 +289,10 @@ def test_fit_phis_on_a_read_only_store_is_one_line(tiny_store, tmp_path, monkeyp
     _read_only(monkeypatch, tmp_path)
     result = CliRunner().invoke(app, ["fit-phis", "--store", str(tmp_path / "s.zarr")])
     assert result.exit_code == 2, result.output
-    assert result.stderr == f"error: {tmp_path}/s.zarr: the store is read-only (no write permission); fit-phis writes into it\n"
+    assert (
+        result.stderr
+        == f"error: {tmp_path}/s.zarr: the store is read-only (no write permission); fit-phis writes into it\n"
+    )
 
 
 def test_remove_prefix_that_cannot_remove_raises_instead_of_going_on(tmp_path, monkeypatch):
@@ -287,11 +315,14 @@ def test_compact_overwrite_on_a_store_that_cannot_remove_is_one_line(tiny_store,
     fit_store(store, ["dinov2@112"])
     c.compact_store_key(store, "dinov2@112")
     monkeypatch.setattr(os, "unlink", _eros_unlink(os.unlink, tmp_path))
-    result = CliRunner().invoke(app, ["store", "compact", str(tmp_path / "s.zarr"), "-k", "dinov2@112", "--rank", "8",
-                                      "--overwrite"])  # fmt: skip
+    result = CliRunner().invoke(
+        app, ["store", "compact", str(tmp_path / "s.zarr"), "-k", "dinov2@112", "--rank", "8", "--overwrite"]
+    )
     assert result.exit_code == 2, result.output
-    assert result.stderr == (f"error: {tmp_path}/s.zarr/targets/dinov2@112/compact: cannot remove "
-                             "(Read-only file system); is the store read-only?\n")  # fmt: skip
+    assert result.stderr == (
+        f"error: {tmp_path}/s.zarr/targets/dinov2@112/compact: cannot remove "
+        "(Read-only file system); is the store read-only?\n"
+    )
     assert c.compact_key(FeatureStore(tmp_path / "s.zarr"), "dinov2@112").features.rank is None  # the old one stays
 
 
@@ -312,10 +343,17 @@ def test_a_resumed_featurize_removes_only_the_temporary_files_of_killed_writers(
     store = tmp_path / "s.zarr"
     shutil.copytree(path, store, ignore=shutil.ignore_patterns("leases"))  # the copy is held by nobody
     chunk = store / "targets" / "clip@112" / "features" / "c"
-    litter = [chunk / f"0.{'ab12' * 8}.partial", store / "manifest" / ".00000001.parquet.tmp4242",
-              store / "zarr.0123456789abcdef0123456789abcdef.partial"]  # fmt: skip
-    kept = [store / "notes.partial", store / "manifest" / "x.tmp4242", store / "manifest" / ".hidden",
-            tmp_path / ".outside.tmp99"]  # fmt: skip
+    litter = [
+        chunk / f"0.{'ab12' * 8}.partial",
+        store / "manifest" / ".00000001.parquet.tmp4242",
+        store / "zarr.0123456789abcdef0123456789abcdef.partial",
+    ]
+    kept = [
+        store / "notes.partial",
+        store / "manifest" / "x.tmp4242",
+        store / "manifest" / ".hidden",
+        tmp_path / ".outside.tmp99",
+    ]
     for p in litter + kept:
         p.write_bytes(b"x")
     before = _tree(store)
