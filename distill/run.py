@@ -75,12 +75,8 @@ class RunFolder:
 
     def finished_stages(self) -> list[int]:
         """The numbers of the stages with final weights, highest first (export's default is the first)."""
-        found = []
-        for d in self.root.glob(f"{STAGE_PREFIX}*"):
-            n = d.name[len(STAGE_PREFIX) :]
-            if n.isdigit() and (d / FINAL_WEIGHTS).is_file():
-                found.append(int(n))
-        return sorted(found, reverse=True)
+        names = (d.name[len(STAGE_PREFIX) :] for d in self.root.glob(f"{STAGE_PREFIX}*"))
+        return sorted((int(n) for n in names if n.isdigit() and self.stage(int(n)).finished), reverse=True)
 
     def metrics_files(self) -> list[Path]:
         """Every stage's metrics file, sorted by path (``stage10`` before ``stage2``)."""

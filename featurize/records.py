@@ -212,15 +212,8 @@ class TarEnd:
 
     @staticmethod
     def absent() -> dict[str, Any]:
-        """The columns of a group that is not its tar's last."""
-        return {
-            "end:groups": 0,
-            "end:samples": 0,
-            "end:valid": 0,
-            "end:reasons": "{}",
-            "end:truncated": "",
-            "end:error": "",
-        }
+        """The columns of a group that is not its tar's last (``end:groups`` 0)."""
+        return TarEnd(0, 0, 0, {}, None, None).columns()
 
     @classmethod
     def from_row(cls, row: Row) -> TarEnd | None:

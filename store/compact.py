@@ -38,6 +38,7 @@ from .normalizers import (
     teacher_of,
 )
 from .phis import PhiS
+from .provenance import COMPACT as COMPACT_ATTR  # the key attribute that records a compaction
 
 GROUP = "compact"
 STREAM_ATTR = {"features": "normalizer", "summary": "summary_normalizer"}  # where a group records its normalizer
@@ -331,8 +332,8 @@ def _record_provenance(store: FeatureStore, key: str, ck: CompactKey) -> None:
         "normalizer_tars": ck.attrs["normalizer"]["tars"],
     }
     g = store.root["targets"][key]
-    if g.attrs.get("compact") != entry:
-        g.update_attributes({"compact": entry})
+    if g.attrs.get(COMPACT_ATTR) != entry:
+        g.update_attributes({COMPACT_ATTR: entry})
 
 
 def restore_raw(store: FeatureStore, ck: CompactKey) -> int:

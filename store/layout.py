@@ -327,10 +327,8 @@ class FeatureStore:
             done |= self.completed(key)
         return done
 
-    def read_manifests(self, required: np.ndarray | None = None) -> dict[int, bytes]:
-        """The parquet bytes of every tar's manifest that exists, by tar index. A tar in
-        ``required`` (``[T] bool``, default :meth:`marked_complete`) without one is a
-        :class:`StoreError`: its rows must never read as "no rows"."""
+    def _manifest_bytes(self, required: np.ndarray | None = None) -> dict[int, bytes]:
+        """The parquet bytes of every tar's manifest that exists (see :meth:`manifest_tables`)."""
         need = self.marked_complete() if required is None else required
         found = self.location.read_many([self.manifest_name(t.index) for t in self.plan.tars])
         out = {
@@ -346,10 +344,22 @@ class FeatureStore:
             )
         return out
 
+    def manifest_tables(
+        self, columns: list[str] | None = None, required: np.ndarray | None = None
+    ) -> dict[int, pa.Table]:
+        """Every tar's manifest that exists, by tar index, as a table of ``columns`` (default all),
+        its page checksums verified. A tar in ``required`` (``[T] bool``, default
+        :meth:`marked_complete`) without one is a :class:`StoreError`: its rows must never read as
+        "no rows"."""
+        found = self._manifest_bytes(required)
+        return {
+            t: checksums.read_parquet(data, f"{self.path}/{self.manifest_name(t)}", columns)
+            for t, data in found.items()
+        }
+
     def manifest(self) -> pa.Table:
         """Manifest rows of every tar that has one, in row order (a complete tar must have one)."""
-        found = self.read_manifests()
-        tables = [checksums.read_parquet(data, f"{self.path}/{self.manifest_name(t)}") for t, data in found.items()]
+        tables = list(self.manifest_tables().values())
         if not tables:
             return MANIFEST_SCHEMA.empty_table()
         return pa.concat_tables(tables).sort_by("row")

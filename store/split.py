@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checksums import read_parquet
 from .layout import FeatureStore
 from .manifest import Manifest
 
@@ -34,10 +33,8 @@ def split_rows(store: FeatureStore, keys: list[str], held_out: int, manifest: Ma
         usable = np.flatnonzero(valid & complete[manifest.tar_of(np.arange(len(valid)))]).astype(np.int64)
     else:
         parts = []
-        for t, data in store.read_manifests(complete).items():  # a complete tar must have its manifest
+        for t, table in store.manifest_tables(["row", "valid"], complete).items():  # a complete tar must have one
             if complete[t]:
-                name = store.manifest_name(t)
-                table = read_parquet(data, f"{store.path}/{name}", ["row", "valid"])  # page checksums verified
                 parts.append(table.column("row").to_numpy()[table.column("valid").to_numpy(zero_copy_only=False)])
         usable = np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
     cut = max(0, len(usable) - held_out)
