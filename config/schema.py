@@ -189,7 +189,10 @@ class PartitionConfig(Frozen):
 class OptimizerConfig(Frozen):
     name: Literal["lamb", "adamw"] = "lamb"
     lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(2e-5, ge=0)
+    weight_decay: float = Field(2e-5, ge=0, description="weight decay of the backbone's weights")
+    head_weight_decay: float = Field(
+        5e-5, ge=0, description="weight decay of the adaptor heads' weights (RADIO's head_weight_decay: 5e-5)"
+    )
     grad_clip: float | None = Field(1.0, gt=0)
 
 
@@ -206,6 +209,13 @@ class StageConfig(Frozen):
     schedule: ScheduleConfig = ScheduleConfig()
     loss_weights: dict[str, LossWeight] = Field(
         default_factory=dict, description="per target key; keys not named weigh 1.0"
+    )
+    head_warmup_steps: int = Field(
+        5,
+        ge=0,
+        description="in a stage where some adaptor head is newly initialised (stage 1, or a teacher absent "
+        "from the initial weights), its first N steps train only the heads: the backbone is frozen. "
+        "RADIO's head_warmup=5; its unit is not published (read here as optimizer steps)",
     )
     checkpoint_every: int = Field(1000, gt=0)
     compile: bool = False

@@ -33,7 +33,7 @@ from .export_integrity import (
     non_finite,
     read_export,
 )
-from .final_weights import EXPORT_META, EXPORT_PREFIX, export_payload, student_state
+from .final_weights import EXPORT_META, EXPORT_PREFIX, export_payload, store_spaces, student_state
 from .run import FINAL_WEIGHTS, RunFolder
 from .student import Student
 
@@ -128,7 +128,7 @@ def export(run: Path, out: Path, store=None, config=None, stage: int | None = No
         meta = json.loads(embedded)
         extra = {k: v for k, v in weights.items() if k.startswith(EXPORT_PREFIX)}
     elif store is not None and config is not None:
-        extra, meta = export_payload(store, config, stage)
+        extra, meta = export_payload(store, config, stage, store_spaces(store, config, stage))
     else:
         raise ExportError(
             f"{path} carries no export metadata (written by an older radio); "

@@ -10,56 +10,70 @@ from the run folder alone. The trainer writes this file and export reads it: nei
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict
 
 import torch
-from torch import nn
+
+from .spaces import TENSORS, TargetSpace
 
 EXPORT_META = "radio_export"  # safetensors metadata key of a final weights file: what export needs (JSON)
 EXPORT_PREFIX = "export."  # tensors of a final weights file that only export reads (not the student's)
 
 
-def teacher_normalizers(store, config, stage: int) -> dict[str, tuple[str, nn.Module]]:
-    """Per teacher of stage ``stage``, ``(target key, Normalizer)`` that maps its adaptor's
-    features back to its own space: the teacher's one normalizer, fitted over all its keys (the
-    space its head was trained in at every resolution). The key is the one of the stage's last
-    partition (the highest resolution it trained at), recorded for provenance. Empty when the
-    config normalizes nothing.
-
-    The one place that decides which normalizer state an export carries.
-    """
-    from radio.store.normalizers import normalizer_for
-
-    if config.normalization == "none":
-        return {}
+def stage_keys(config, stage: int) -> dict[str, str]:
+    """Per teacher of stage ``stage``, the target key of its last partition (the highest
+    resolution it trained at), recorded for provenance."""
     keys: dict[str, str] = {}
     for part in config.stages[stage - 1].partitions:
         for key in part.targets:
             keys[config.target(key)[0]] = key  # later partitions (higher resolution) win
-    return {t: (key, normalizer_for(store, teacher=t, mode=config.normalization)) for t, key in keys.items()}
+    return keys
 
 
-def export_payload(store, config, stage: int) -> tuple[dict[str, torch.Tensor], dict]:
-    """What an export needs beyond the student's weights, read from the store once, when a stage
-    finishes: ``({"export.normalizers.T.NAME": tensor}, meta)`` with ``meta`` holding the
-    student's architecture and per teacher its dims, target key, normalization and provenance.
-    The trainer writes both into ``final.safetensors`` so export never needs the store."""
+def store_spaces(store, config, stage: int) -> dict[str, TargetSpace]:
+    """Per teacher of stage ``stage``, the store's current normalizer as a :class:`TargetSpace`
+    (the teacher's one normalizer, fitted over all its keys). Only for final weights written
+    before they carried the normalizers the loss used: the trainer passes its own."""
+    from radio.store.normalizers import current_fingerprint, normalizer_for
+
+    return {
+        t: TargetSpace.of(normalizer_for(store, teacher=t, mode=config.normalization), current_fingerprint(store, t))
+        for t in stage_keys(config, stage)
+    }
+
+
+def export_payload(
+    store, config, stage: int, spaces: Mapping[str, TargetSpace]
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """What an export needs beyond the student's weights: ``({"export.normalizers.T.NAME":
+    tensor}, meta)`` with ``meta`` holding the student's architecture and per teacher its dims,
+    target key, normalization and provenance. ``spaces`` are the normalizers the heads were
+    trained in (the loss's own objects, and for a head this stage did not train the space its
+    weights recorded): never re-read from the store, which `radio fit-phis` may have changed
+    since. The store gives only provenance. The trainer writes both into ``final.safetensors``
+    so export never needs the store."""
     from radio.store.normalizers import normalizer_info
 
     from .checks import adaptor_specs
 
-    norms = teacher_normalizers(store, config, stage)
+    keys = stage_keys(config, stage)
     tensors: dict[str, torch.Tensor] = {}
     teachers = []
     for spec in adaptor_specs(store, config):
-        key, norm = norms.get(spec.name, (None, None))
+        key, space = keys.get(spec.name), spaces.get(spec.name)
         entry = asdict(spec) | {"target_key": key, "normalization": config.normalization}
-        if norm is not None:
-            for name, t in norm.state_dict().items():
-                tensors[f"{EXPORT_PREFIX}normalizers.{spec.name}.{name}"] = t
-            info = normalizer_info(store, spec.name) or {}
-            entry["normalizer"] = {"keys": info.get("keys"), "fingerprint": info.get("fingerprint")}
-            entry["provenance"] = store.target(key).provenance.to_json()
+        if space is not None:
+            entry["normalization"] = space.mode
+            if space.mode != "none":
+                for name in TENSORS:
+                    tensors[f"{EXPORT_PREFIX}normalizers.{spec.name}.{name}"] = getattr(space, name)
+            info = (
+                normalizer_info(store, spec.name, fingerprint=space.fingerprint) if space.fingerprint else None
+            ) or {}
+            entry["normalizer"] = {"keys": info.get("keys"), "fingerprint": space.fingerprint}
+            if key is not None:
+                entry["provenance"] = store.target(key).provenance.to_json()
         teachers.append(entry)
     s = config.student
     meta = {
@@ -80,6 +94,15 @@ def export_payload(store, config, stage: int) -> tuple[dict[str, torch.Tensor], 
 def final_metadata(meta: dict) -> dict[str, str]:
     """``meta`` as safetensors metadata (strings only)."""
     return {EXPORT_META: json.dumps(meta, default=str)}
+
+
+def final_meta(path) -> dict | None:
+    """The ``radio_export`` metadata of a final weights file (None: written before it had one)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        embedded = (f.metadata() or {}).get(EXPORT_META)
+    return json.loads(embedded) if embedded is not None else None
 
 
 def student_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ A run folder (the pipeline's ``out``, or ``--out``) holds::
         final.safetensors     the student's weights once the stage finished, plus what export needs
         metrics.jsonl         one JSON record per step
         config.yaml           the pipeline the stage ran with
+        reprojected.json      heads moved into a refitted normalizer's space when the stage started (if any)
     stage2/ ...
 
 These names are on disk in every run ever written: they never change (old runs must still resume
@@ -24,6 +25,7 @@ CHECKPOINT = "checkpoint.pt"
 FINAL_WEIGHTS = "final.safetensors"
 METRICS = "metrics.jsonl"
 STAGE_CONFIG = "config.yaml"
+REPROJECTED = "reprojected.json"
 MANIFEST = "manifest"
 STAGE_PREFIX = "stage"  # stage N lives in ``stageN``
 
@@ -51,6 +53,11 @@ class StageFolder:
     @property
     def config(self) -> Path:
         return self.path / STAGE_CONFIG
+
+    @property
+    def reprojected(self) -> Path:
+        """The heads re-projected into a refitted normalizer when the stage started (JSON list)."""
+        return self.path / REPROJECTED
 
     @property
     def finished(self) -> bool:

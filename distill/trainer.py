@@ -30,7 +30,7 @@ from radio.shards.images import ImageLimits
 from radio.store.compact_decode import build_decoders, decode_targets, raw_dropped
 from radio.store.layout import FeatureStore, StoreError
 from radio.store.manifest import Manifest
-from radio.store.normalizers import Normalizer, normalizer_for, teacher_of
+from radio.store.normalizers import Normalizer, current_fingerprint, normalizer_for, teacher_of
 from radio.store.split import split_rows
 
 from . import distributed
@@ -38,10 +38,13 @@ from .checkpoint import load_checkpoint, load_weights, remove_stale_temps, save_
 from .checks import adaptor_specs, mosaic_notes, stage_targets
 from .cpe import draw_crops
 from .data import PartitionRows, StepBatches, WorkerEnvironment, collate, next_batch, on_device
-from .final_weights import export_payload, final_metadata, student_state
+from .final_weights import EXPORT_PREFIX, export_payload, final_meta, final_metadata, student_state
+from .heads import drop_backbone_grads, heads_only, in_warmup, param_groups
 from .loss import DistillLoss, KeyTarget
+from .reproject import reproject_heads, reprojection_note
 from .run import RunFolder
 from .schedule import lr_at
+from .spaces import TargetSpace, final_spaces, first_change, from_records, records
 from .student import Student
 
 
@@ -136,7 +139,15 @@ def _crop_generator(seed: int, stage: int, partition: int, step: int) -> torch.G
 def _optimizer(student: Student, cfg) -> torch.optim.Optimizer:
     from timm.optim import create_optimizer_v2
 
-    return create_optimizer_v2(student, opt=cfg.name, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = param_groups(student, cfg.weight_decay, cfg.head_weight_decay)  # the heads decay by their own rate
+    return create_optimizer_v2(groups, opt=cfg.name, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def loss_spaces(store: FeatureStore, normalizers: nn.ModuleDict) -> dict[str, TargetSpace]:
+    """The target space of every teacher the loss trains: its normalizer object (what the loss
+    actually uses) and the store fingerprint it was loaded as (the run's reader lease keeps
+    fit-phis from moving the store's pointer meanwhile)."""
+    return {t: TargetSpace.of(n, current_fingerprint(store, t)) for t, n in normalizers.items()}
 
 
 def _initial_weights(run: Path, stage: int, init: Path | None) -> Path | None:
@@ -155,13 +166,23 @@ def _initial_weights(run: Path, stage: int, init: Path | None) -> Path | None:
     return previous
 
 
-def _load_student_weights(student: Student, path: Path) -> None:
-    state = student_state(load_weights(path)) if path.suffix == ".safetensors" else load_checkpoint(path)["model"]
-    fit_state(student, state, path)
+def _load_student_weights(student: Student, path: Path) -> tuple[dict[str, TargetSpace] | None, set[str]]:
+    """Load a stage's initial weights (final weights or a checkpoint) into ``student``; returns
+    the target spaces their heads were trained in (None: a file written before radio recorded
+    them) and the heads the file does not have (left at their random initialisation)."""
+    if path.suffix == ".safetensors":
+        tensors = load_weights(path)
+        state, spaces = student_state(tensors), final_spaces(tensors, final_meta(path), EXPORT_PREFIX)
+    else:
+        ckpt = load_checkpoint(path)
+        state, spaces = ckpt["model"], from_records(ckpt.get("normalizers"))
+    return spaces, fit_state(student, state, path, new_heads=True)
 
 
-def fit_state(student: nn.Module, state: dict, path: Path) -> None:
-    """Load ``state`` into ``student`` or say in one line why it does not fit (names or shapes)."""
+def fit_state(student: nn.Module, state: dict, path: Path, new_heads: bool = False) -> set[str]:
+    """Load ``state`` into ``student`` or say in one line why it does not fit (names or shapes).
+    With ``new_heads``, adaptor heads ``state`` lacks entirely stay as they are (a teacher added
+    since those weights were written); returns their names."""
     own = student.state_dict()
     bad = [
         f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}"
@@ -173,10 +194,16 @@ def fit_state(student: nn.Module, state: dict, path: Path) -> None:
             f"{path}: weights do not fit this student ({len(bad)} tensors of another shape: {', '.join(bad[:3])})"
         )
     missing, unexpected = student.load_state_dict(state, strict=False)
+    absent = set()
+    if new_heads:  # whole heads only: a head missing some of its tensors is another architecture
+        heads = {k.split(".")[1] for k in own if k.startswith("adaptors.")}
+        absent = {h for h in heads if not any(k.startswith(f"adaptors.{h}.") for k in state)}
+        missing = [k for k in missing if not any(k.startswith(f"adaptors.{h}.") for h in absent)]
     if missing or unexpected:
         raise DistillError(
             f"{path}: weights do not fit this student (missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})"
         )
+    return absent
 
 
 def _non_finite(
@@ -274,6 +301,7 @@ def _train(
     loss_fn = DistillLoss(
         partitions, build_normalizers(store, keys, config.normalization), prenormalized=frozenset(decoders)
     ).to(d.device)
+    spaces = loss_spaces(store, loss_fn.normalizers)  # the spaces the heads train in: recorded with the weights
     init_from = _initial_weights(run, stage, init)
 
     # ---- resume --------------------------------------------------------------------------------
@@ -288,13 +316,50 @@ def _train(
                 f"(at step {start}), not {total}; resume with --steps {state['total_steps']}, "
                 "or remove the checkpoint to start over with another step count"
             )
+        # The optimizer's moments are in the space the heads trained in: a refit since cannot be resumed.
+        changed = first_change(from_records(state.get("normalizers")) or {}, spaces)
+        if changed is not None:
+            teacher, old, now = changed
+            raise DistillError(
+                f"stage {stage}: cannot resume {ckpt_path}: its {teacher} head trained in normalizer {old.label}, "
+                f"the store's current one is {now.label} (fit-phis ran since; the optimizer state is in the old "
+                f"space); remove {ckpt_path} to restart the stage from its initial weights"
+            )
         fit_state(student, state["model"], ckpt_path)
+        head_spaces = (from_records(state.get("normalizers")) or {}) | spaces
+        reprojected = list(state.get("reprojected", []))
+        new_heads = set(state.get("new_heads", []))
     elif init_from is not None:
-        _load_student_weights(student, init_from)
+        recorded, new_heads = _load_student_weights(student, init_from)
+        head_spaces = (recorded or {}) | spaces
+        reprojected = reproject_heads(student.adaptors, recorded or {}, spaces, str(init_from))
+        if d.main:
+            for name in sorted(new_heads):
+                print(
+                    f"note: {name}: head not in {init_from}: initialised at random "
+                    f"(trained alone for the first {cfg.head_warmup_steps} steps)",
+                    file=sys.stderr,
+                )
+            if recorded is None:
+                print(
+                    f"note: {init_from} records no normalizers (written before radio recorded them): "
+                    "the space its heads were trained in cannot be checked",
+                    file=sys.stderr,
+                )
+            for r in reprojected:
+                print(reprojection_note(r), file=sys.stderr)
+    else:
+        head_spaces, reprojected, new_heads = dict(spaces), [], set(student.adaptors.keys())
     student.to(d.device)
     optimizer = _optimizer(student, cfg.optimizer)
     if state:
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except ValueError as e:  # another set of parameter groups: written before head_weight_decay
+            raise DistillError(
+                f"stage {stage}: {ckpt_path} holds optimizer state of another layout ({e}); "
+                f"remove {ckpt_path} to restart the stage from its initial weights"
+            ) from None
     used = {t.teacher for _, ts in partitions for t in ts}
     model: nn.Module = Partitions(student)
     if d.enabled:
@@ -357,6 +422,8 @@ def _train(
         sdir.path.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(sdir.path)  # a killed run's half-written checkpoint (only rank 0 writes here)
         sdir.config.write_text(to_yaml(config))
+        if reprojected:
+            sdir.reprojected.write_text(json.dumps(reprojected, indent=1) + "\n")
         _truncate_metrics(metrics_path, start)  # steps after the last checkpoint are redone
 
     saved = start  # the step of the checkpoint on disk (0: none)
@@ -373,6 +440,9 @@ def _train(
                     "step": step,
                     "stage": stage,
                     "total_steps": total,
+                    "normalizers": records(head_spaces),
+                    "reprojected": reprojected,
+                    "new_heads": sorted(new_heads),
                 },
             )
 
@@ -400,10 +470,14 @@ def _train(
                 out = loss_fn(outputs, batches)
             optimizer.zero_grad(set_to_none=True)
             out["total"].backward()
+            warmup = in_warmup(step, cfg.head_warmup_steps, new_heads)
+            if warmup:  # new heads train alone first: the backbone's gradients go, its optimizer groups sit out
+                drop_backbone_grads(student)
             grad_norm = None
             if cfg.optimizer.grad_clip:
                 grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.optimizer.grad_clip)
-            optimizer.step()
+            with heads_only(optimizer) if warmup else contextlib.nullcontext():
+                optimizer.step()
             step += 1
 
             names = list(out)
@@ -440,7 +514,8 @@ def _train(
     if step == total and d.main:
         # The final weights carry what export needs (dims, normalizers, provenance): a run can be
         # exported where the store is not.
-        extra, meta = export_payload(store, config, stage)
+        extra, meta = export_payload(store, config, stage, head_spaces)  # the loss's normalizers, not the store's
+        meta["reprojected"] = reprojected
         save_weights(
             student.state_dict() | extra,
             sdir.weights,
