@@ -56,14 +56,17 @@ def reproject_heads(
 ) -> list[dict]:
     """Re-project every feature head in ``adaptors`` whose ``recorded`` space differs from the
     space the loss now uses (``spaces``); returns one record per head moved: ``{"teacher",
-    "from", "to", "weights"}`` (plain values: a checkpoint and the run folder carry them)."""
+    "from", "to", "weights", "why"}`` (plain values: a checkpoint and the run folder carry them)."""
     moved = []
     for teacher, new in sorted(spaces.items()):
         old = recorded.get(teacher)
         if old is None or old.same(new) or teacher not in adaptors:
             continue
-        reproject_head(adaptors[teacher].features, old, new)
-        moved.append({"teacher": teacher, "from": old.label, "to": new.label, "weights": source})
+        head = adaptors[teacher].features
+        assert isinstance(head, nn.Module)  # (a TeacherAdaptor's feature head)
+        reproject_head(head, old, new)
+        why = "fit-phis ran" if old.mode == new.mode else f"the normalization changed from {old.mode} to {new.mode}"
+        moved.append({"teacher": teacher, "from": old.label, "to": new.label, "weights": source, "why": why})
     return moved
 
 
@@ -71,5 +74,5 @@ def reprojection_note(r: dict) -> str:
     """The one stderr line of a re-projected head."""
     return (
         f"note: {r['teacher']}: head re-projected from normalizer {r['from']} to {r['to']} "
-        f"(fit-phis ran since {r['weights']} was written)"
+        f"({r.get('why', 'fit-phis ran')} since {r['weights']} was written)"
     )

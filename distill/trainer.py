@@ -194,7 +194,7 @@ def fit_state(student: nn.Module, state: dict, path: Path, new_heads: bool = Fal
             f"{path}: weights do not fit this student ({len(bad)} tensors of another shape: {', '.join(bad[:3])})"
         )
     missing, unexpected = student.load_state_dict(state, strict=False)
-    absent = set()
+    absent: set[str] = set()
     if new_heads:  # whole heads only: a head missing some of its tensors is another architecture
         heads = {k.split(".")[1] for k in own if k.startswith("adaptors.")}
         absent = {h for h in heads if not any(k.startswith(f"adaptors.{h}.") for k in state)}
@@ -320,9 +320,10 @@ def _train(
         changed = first_change(from_records(state.get("normalizers")) or {}, spaces)
         if changed is not None:
             teacher, old, now = changed
+            why = "fit-phis ran since" if old.mode == now.mode else "the normalization changed since"
             raise DistillError(
                 f"stage {stage}: cannot resume {ckpt_path}: its {teacher} head trained in normalizer {old.label}, "
-                f"the store's current one is {now.label} (fit-phis ran since; the optimizer state is in the old "
+                f"the store's current one is {now.label} ({why}; the optimizer state is in the old "
                 f"space); remove {ckpt_path} to restart the stage from its initial weights"
             )
         fit_state(student, state["model"], ckpt_path)
