@@ -97,3 +97,20 @@ def test_bad_explicit_weights_are_one_line_exit_2(tmp_path, repo, weights, messa
     result = CliRunner().invoke(app, ["config", "validate", "--config", str(path)])
     assert result.exit_code == 2
     assert result.stderr.strip() == f"error: {path}: {message}"
+
+
+def test_the_trainer_logs_the_weighted_total(tiny_store, tmp_path):
+    from radio.distill.run import read_metrics
+    from radio.distill.trainer import train_stage
+    from radio.store.layout import FeatureStore
+    from radio.store.normalizers import fit_store
+
+    config, path = tiny_store
+    fit_store(FeatureStore(path))  # idempotent: the normalizers the other distill tests use
+    two = config.stages[2].model_copy(update={"partition_weights": (0.5, 2.0)})  # 192 px, 256 px
+    config = config.model_copy(update={"out": str(tmp_path / "run"), "stages": (two,)})
+    train_stage(config, 1, steps=1)
+    (record,) = read_metrics(tmp_path / "run" / "stage1" / "metrics.jsonl")
+    parts = [sum(v for k, v in record.items() if k.startswith(f"{r}:")) for r in (192, 256)]
+    assert parts[0] > 0 and parts[1] > 0
+    assert record["total"] == pytest.approx(0.5 * parts[0] + 2.0 * parts[1], rel=1e-5)
