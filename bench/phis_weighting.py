@@ -14,7 +14,8 @@ Then fits both key weightings (:func:`radio.store.normalizers.fit_store`) and re
   4σ clip: 1 − MSE / Var over the key's stored vectors, Var per channel about the key's mean).
 
 Random-init features are not trained features: the numbers say how the weighting moves each
-key's scale, not what a released checkpoint gives. CPU: ~5-10 minutes at the default 8 images.
+key's scale, not what a released checkpoint gives. CPU: 4.5 minutes for 2 images, 25 for 8
+(2 heavily shared cores; 5 GB at the default batch 1).
 
     PYTHONPATH=$PWD .venv/bin/python bench/phis_weighting.py [--images 8] [--threads 2] [--json]
 
@@ -91,7 +92,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=8, help="photos featurized (one tar)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
-    ap.add_argument("--batch", type=int, default=16, help="featurize batch (images; mosaic teachers: tiles)")
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="featurize batch (images; mosaic teachers: tiles); 16 needs ~22 GB for SAM-B at 1024",
+    )
     ap.add_argument("--json", action="store_true", help="last line: one JSON object")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
