@@ -170,8 +170,9 @@ def fidelity(
     pipeline: PipelineOpt = None,
     store: StoreOpt = None,
 ) -> None:
-    """Fidelity F[X] = Var(teacher) / MSE per target key (paper eq. 2, Table 3), the bias-blind variance
-    ratio Σ Var(t) / Σ Var(t − p), and MSE in the teacher's and the normalized space."""
+    """Fidelity F[X] = Var(teacher) / MSE per target key (paper eq. 2, Table 3: per-channel variance),
+    the bias-blind variance ratio Σ Var(t) / Σ Var(t − p), MSE in the teacher's and the normalized
+    space, and F with the variance over all elements (RADIO's examples/mode_switching.py; its CSVs)."""
     from rich.table import Table
 
     from radio.distill.export import load as load_export
@@ -184,7 +185,15 @@ def fidelity(
     r = measure_fidelity(net, FeatureStore(cfg.store.path), cfg, rows.value, stage, max_rows, batch_size)
     title = f"fidelity, stage {r.stage}, {len(r.row_ids)} {r.rows} rows"
     table = Table(
-        "resolution", "target key", "teacher", "MSE", f"MSE ({r.normalization})", "F[X]", "variance ratio", title=title
+        "resolution",
+        "target key",
+        "teacher",
+        "MSE",
+        f"MSE ({r.normalization})",
+        "F[X]",
+        "variance ratio",
+        "F[X] all-element var (RADIO tools)",
+        title=title,
     )
     for k in r.keys:
         add_row(
@@ -196,6 +205,7 @@ def fidelity(
             f"{k['mse_normalized']:.4g}",
             f"{k['fidelity']:.4g}",
             f"{k['variance_ratio']:.4g}",
+            f"{k['fidelity_all_elements']:.4g}",
         )
     add_row(
         table,
@@ -206,6 +216,7 @@ def fidelity(
         "",
         f"{r.geometric_mean['fidelity']:.4g}",
         f"{r.geometric_mean['variance_ratio']:.4g}",
+        f"{r.geometric_mean['fidelity_all_elements']:.4g}",
     )
     make_console().print(table)
     write_json(json_path(json_out, "fidelity", model, None, None), r)

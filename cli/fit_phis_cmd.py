@@ -36,7 +36,8 @@ def fit_phis(
     keys: one space per adaptor head) from the featurize moments; idempotent. --keys chooses teachers.
 
     Prints per teacher, and per key as diagnostics, the vectors used, φ and the share of variance
-    in the top 1/10/100 principal components, and plots the eigenvalue spectra.
+    in the top 1/10/100 principal components, then each key's variance in its teacher's normalized
+    space (the config's phis_key_weighting decides how keys are merged), and plots the spectra.
     """
     from radio.store import lease
     from radio.store.layout import FeatureStore
@@ -46,15 +47,17 @@ def fit_phis(
     fs.location.require_writable("fit-phis")
     # A replaced normalizer changes the space a training run's targets are read in: never under one.
     with lease.take(cfg.store.path, "writer", "fit-phis", destructive=True):
-        _fit(fs, keys, allow_partial, max_tars, plot)
+        _fit(fs, keys, allow_partial, max_tars, plot, cfg.phis_key_weighting)
 
 
-def _fit(fs, keys: list[str] | None, allow_partial: bool, max_tars: int | None, plot: Path | None) -> None:
+def _fit(
+    fs, keys: list[str] | None, allow_partial: bool, max_tars: int | None, plot: Path | None, weighting: str
+) -> None:
     from rich.table import Table
 
     from radio.store.normalizers import fit_store, write_spectra
 
-    reports = fit_store(fs, keys, allow_partial, max_tars)
+    reports = fit_store(fs, keys, allow_partial, max_tars, weighting)
     table = Table(
         "teacher / target key",
         "stream",
@@ -100,6 +103,10 @@ def _fit(fs, keys: list[str] | None, allow_partial: bool, max_tars: int | None, 
                 "",
             )
     make_console().print(table)
+    # Unit variance holds for the merge, not for each key: the keys a head trains on at low resolution may sit lower.
+    for r in reports:
+        for key, v in zip(r.keys, r.key_variances):
+            print(f"variance in {r.teacher}/{r.stream} space ({r.key_weighting}-weighted keys): {key} {v:.4g}")
     fitted = sum(not r.unchanged for r in reports)
     print(f"PHI-S: {fitted} fitted, {len(reports) - fitted} unchanged (same moments as the stored ones)")
     # Earlier normalizers stay in the store: compact targets are decoded in the one they were encoded in.

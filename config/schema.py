@@ -225,6 +225,42 @@ class StageConfig(Frozen):
         description="rows: any training rows per batch; blocks: whole Zarr shards per batch "
         "(contiguous target reads, less mixing within a batch)",
     )
+    partition_weights: Literal["equal", "batch"] | tuple[float, ...] = Field(
+        "equal",
+        description="how partitions' losses add up: equal (each partition's mean loss weighs 1; the default, so "
+        "runs before this field train unchanged, and RADIO's when its GPUs are split evenly over partitions), "
+        "batch (w_p = P·B_p/ΣB: RADIO's gradient average over GPUs holding the same per-GPU batch), "
+        "or one number >= 0 per partition",
+    )
+
+    @field_validator("partition_weights", mode="before")
+    @classmethod
+    def _weights_kind(cls, v: object) -> object:
+        if isinstance(v, str) and v not in ("equal", "batch"):  # else pydantic reports both union branches
+            raise ValueError(f"partition_weights {v!r}: use equal, batch or one number per partition")
+        return v
+
+    @model_validator(mode="after")
+    def _partition_weights(self) -> StageConfig:
+        w = self.partition_weights
+        if isinstance(w, tuple):
+            if len(w) != len(self.partitions):
+                raise ValueError(f"partition_weights has {len(w)} numbers for {len(self.partitions)} partitions")
+            if any(not v >= 0 for v in w):  # also refuses NaN
+                raise ValueError(f"partition_weights {list(w)}: every weight must be >= 0")
+        return self
+
+    @property
+    def partition_weight_values(self) -> tuple[float, ...]:
+        """One loss weight per partition, as :attr:`partition_weights` chooses (``batch``: P·B_p/ΣB,
+        so equal batches give each partition 1, the same total as ``equal``)."""
+        w, parts = self.partition_weights, self.partitions
+        if w == "equal":
+            return (1.0,) * len(parts)
+        if w == "batch":
+            total = sum(p.batch_size for p in parts)
+            return tuple(len(parts) * p.batch_size / total for p in parts)
+        return tuple(float(v) for v in w)
 
 
 class EvalConfig(Frozen):
@@ -246,6 +282,12 @@ class PipelineConfig(Frozen):
     teachers: dict[str, TeacherConfig] = Field(min_length=1)
     normalization: Literal["phis", "standardize", "none"] = Field(
         "phis", description="target normalization for the loss (paper Table 3 compares these)"
+    )
+    phis_key_weighting: Literal["count", "equal"] = Field(
+        "count",
+        description="how `radio fit-phis` merges a teacher's keys into its one normalizer: count (every vector "
+        "alike, so the key with the most tokens dominates; the default, as before this field) or equal (each key's mean and covariance "
+        "weighted alike); changing it refits",
     )
     student: StudentConfig = StudentConfig()
     stages: tuple[StageConfig, ...] = Field(min_length=1)

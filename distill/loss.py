@@ -11,7 +11,7 @@ interpolating SAM features ruins them, paper §4.2).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +64,10 @@ class DistillLoss(nn.Module):
     ``normalizers`` maps each teacher to its feature :class:`~radio.store.normalizers.Normalizer`,
     fitted over all that teacher's keys: one adaptor head, one target space, at every resolution.
     Keys in ``prenormalized`` (compact keys, decoded straight into PHI-S space) skip ``normalize``.
+
+    ``total = Σ_p w_p · Σ_k (key losses of partition p)``, each key loss a mean over its
+    partition's batch; ``partition_weights`` gives ``w_p`` (default 1 each: the config's
+    ``equal``, see ``StageConfig.partition_weight_values``). The per-key entries are unweighted.
     """
 
     def __init__(
@@ -71,17 +75,22 @@ class DistillLoss(nn.Module):
         partitions: list[tuple[int, list[KeyTarget]]],
         normalizers: Mapping[str, nn.Module],
         prenormalized: frozenset[str] = frozenset(),
+        partition_weights: Sequence[float] | None = None,
     ):
         super().__init__()
         self.partitions = partitions
         self.normalizers = nn.ModuleDict(normalizers)
         self.prenormalized = frozenset(prenormalized)
+        weights = tuple(float(w) for w in partition_weights) if partition_weights is not None else None
+        if weights is not None and len(weights) != len(partitions):
+            raise ValueError(f"{len(weights)} partition weights for {len(partitions)} partitions")
+        self.partition_weights = weights or (1.0,) * len(partitions)
 
     def forward(self, outputs: list, batches: list[dict]) -> dict[str, torch.Tensor]:
         """``outputs[p]`` is the student's output on ``batches[p]["image"]`` of partition ``p``."""
         losses: dict[str, torch.Tensor] = {}
         total = torch.zeros((), device=batches[0]["image"].device)
-        for (resolution, keys), out, batch in zip(self.partitions, outputs, batches):
+        for (resolution, keys), out, batch, w_p in zip(self.partitions, outputs, batches, self.partition_weights):
             for t in keys:
                 adaptor = out.adaptors[t.teacher]
                 target = batch["targets"][t.key]
@@ -90,10 +99,10 @@ class DistillLoss(nn.Module):
                 normed = feats if t.key in self.prenormalized else self.normalizers[t.teacher].normalize(feats)
                 loss_f = F.mse_loss(pred, normed)
                 losses[f"{resolution}:{t.key}/features"] = loss_f
-                total = total + t.weight_features * loss_f
+                total = total + w_p * t.weight_features * loss_f
                 if t.summary:
                     loss_s = cosine_distance(adaptor.summary, target["summary"])
                     losses[f"{resolution}:{t.key}/summary"] = loss_s
-                    total = total + t.weight_summary * loss_s
+                    total = total + w_p * t.weight_summary * loss_s
         losses["total"] = total
         return losses

@@ -299,7 +299,10 @@ def _train(
             )
         decoders = type(decoders)()  # another normalization trains on the raw targets still there
     loss_fn = DistillLoss(
-        partitions, build_normalizers(store, keys, config.normalization), prenormalized=frozenset(decoders)
+        partitions,
+        build_normalizers(store, keys, config.normalization),
+        prenormalized=frozenset(decoders),
+        partition_weights=cfg.partition_weight_values,
     ).to(d.device)
     spaces = loss_spaces(store, loss_fn.normalizers)  # the spaces the heads train in: recorded with the weights
     init_from = _initial_weights(run, stage, init)

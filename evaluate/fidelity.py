@@ -8,6 +8,11 @@ position; ``MSE`` the mean squared error over every value. This is the paper's a
 predicting the mean, F → ∞ for a perfect prediction. Also reported, labelled as such: the
 *variance ratio* Σ Var(t) / Σ Var(t − p), which ignores a constant bias. Both are invariant
 under PHI-S (a rotation and one scale), so they are computed in the teacher's space only;
+and, labelled as such, the *all-element* F: Var over every value of the teacher's features
+(one grand mean, as NVlabs/RADIO's ``examples/mode_switching.py`` takes ``Var(teacher)``) / MSE,
+for comparing with RADIO's tools. It also counts the spread of the channel means, so features
+with offset channel means get a far larger value than F (issue 23: 39.6 against 5.96). F is
+PHI-S-invariant; the all-element F is not (PHI-S centres every channel).
 the MSE is also given in the normalized (PHI-S) space, the loss's. Table 3 summarizes keys by
 their geometric mean.
 
@@ -49,14 +54,21 @@ def variance_ratio(teacher: torch.Tensor, prediction: torch.Tensor) -> float:
     return math.inf if err == 0.0 else _total_variance(teacher) / err
 
 
+def fidelity_all_elements(teacher: torch.Tensor, prediction: torch.Tensor) -> float:
+    """Var over all values of ``teacher`` (population, about its grand mean) / MSE: RADIO's tools' F."""
+    _check(teacher, prediction)
+    err = mse(teacher, prediction)
+    return math.inf if err == 0.0 else float(teacher.double().var(unbiased=False)) / err
+
+
 def mse(teacher: torch.Tensor, prediction: torch.Tensor) -> float:
     return float(((teacher.double() - prediction.double()) ** 2).mean())
 
 
 @dataclass(frozen=True)
 class KeyFidelity:
-    """One target key and stream: F (paper), the variance ratio, and MSE in the teacher's and in
-    normalized space."""
+    """One target key and stream: F (paper), the variance ratio, MSE in the teacher's and in
+    normalized space, and F with the all-element variance (RADIO's tools)."""
 
     key: str
     stream: str
@@ -64,6 +76,7 @@ class KeyFidelity:
     variance_ratio: float
     mse: float
     mse_normalized: float
+    fidelity_all_elements: float
 
 
 def key_fidelity(key: str, stream: str, teacher: torch.Tensor, prediction: torch.Tensor, normalizer) -> KeyFidelity:
@@ -106,6 +119,15 @@ class ChannelMoments:
             raise ValueError("no samples")
         return float(self.m2.sum() / self.count)
 
+    @property
+    def element_variance(self) -> float:
+        """Population variance over every value, about the grand mean: the channels' variances
+        plus the spread of their means, ``(Σ_c M2_c + n Σ_c (μ_c − μ̄)²) / (n C)``."""
+        if self.m2 is None or self.mean is None:
+            raise ValueError("no samples")
+        spread = float(((self.mean - self.mean.mean()) ** 2).sum())
+        return (float(self.m2.sum()) + self.count * spread) / (self.count * len(self.mean))
+
 
 class FidelityAccumulator:
     """:func:`key_fidelity` over batches: ``add(teacher, prediction)`` per batch, then :meth:`result`."""
@@ -133,7 +155,8 @@ class FidelityAccumulator:
         channels = len(self._teacher.mean)
         f = math.inf if mse == 0.0 else self._teacher.total_variance / channels / mse
         ratio = math.inf if err_var == 0.0 else self._teacher.total_variance / err_var
-        return KeyFidelity(self.key, self.stream, f, ratio, mse, self._sse_n / self._values)
+        f_all = math.inf if mse == 0.0 else self._teacher.element_variance / mse
+        return KeyFidelity(self.key, self.stream, f, ratio, mse, self._sse_n / self._values, f_all)
 
 
 def geometric_mean(values: list[float]) -> float:

@@ -100,7 +100,8 @@ def measure_equivariance(
 
 @dataclass
 class FidelityResult:
-    """Per (partition resolution, target key): F (paper), the variance ratio, MSE in the teacher's and the normalized space."""
+    """Per (partition resolution, target key): F (paper), the variance ratio, MSE in the teacher's and
+    the normalized space, and F with the all-element variance (``fidelity_all_elements``, RADIO's tools)."""
 
     stage: int
     rows: str
@@ -184,9 +185,13 @@ def measure_fidelity(
                     "variance_ratio": f.variance_ratio,
                     "mse": f.mse,
                     "mse_normalized": f.mse_normalized,
+                    "fidelity_all_elements": f.fidelity_all_elements,
                 }
             )
-    gm = {name: geometric_mean([r[name] for r in results]) for name in ("fidelity", "variance_ratio")}
+    gm = {
+        name: geometric_mean([r[name] for r in results])
+        for name in ("fidelity", "variance_ratio", "fidelity_all_elements")
+    }
     return FidelityResult(stage, rows, [int(r) for r in chosen], config.normalization, results, gm)
 
 

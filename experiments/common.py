@@ -132,7 +132,7 @@ def fit_phis(config: PipelineConfig):
     from radio.store.layout import FeatureStore
     from radio.store.normalizers import fit_store
 
-    return fit_store(FeatureStore(config.store.path), None, False, None)
+    return fit_store(FeatureStore(config.store.path), None, False, None, config.phis_key_weighting)
 
 
 def distill(config: PipelineConfig, out: Path) -> Path:

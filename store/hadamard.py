@@ -41,7 +41,10 @@ def _jacobsthal(q: int) -> np.ndarray:
     """``Q[i, j] = χ(i - j)`` with χ the quadratic character mod the prime ``q`` (χ(0) = 0).
 
     The sign convention of NVlabs/FeatSharp and RADIO (``χ(j - i)`` would be ``Qᵀ``, which for
-    q ≡ 3 (mod 4) is ``-Q``): with it our normalizers are interchangeable with theirs."""
+    q ≡ 3 (mod 4) is ``-Q``), so our Hadamard matrices equal theirs. Only the matrix: the PHI-S
+    normalizers are not interchangeable, because :func:`~radio.store.phis.fit_phis` orders the
+    eigenvectors by descending eigenvalue and FeatSharp keeps ``eigh``'s ascending order, so H
+    meets the principal axes in the opposite order and the rotations H Uᵀ differ."""
     chi = np.full(q, -1, dtype=np.int64)
     chi[0] = 0
     chi[[(x * x) % q for x in range(1, q)]] = 1

@@ -15,7 +15,8 @@ replace the arrays they are expressed in. The store holds, at its root::
         FINGERPRINT/{mean [C], transform [C, C], inverse [C, C], eigenvalues [C], std [C]}
 
 (float64, plain Zarr arrays) with attributes ``phi``, ``count``, ``keys`` (the target keys
-merged), ``tars`` (per key, the tar indices whose moments were merged), ``provenance`` (per key,
+merged), ``key_weighting`` (how they were merged, :data:`KEY_WEIGHTINGS`; absent in stores written
+before it: ``count``), ``tars`` (per key, the tar indices whose moments were merged), ``provenance`` (per key,
 :func:`provenance_fingerprint` of the teacher output it was fitted on), ``hadamard`` and
 ``fingerprint``, all in one write after the arrays. Stores written before versioning hold one
 normalizer in ``normalizers/TEACHER/STREAM/{arrays}`` with the attributes on that group; it is
@@ -42,6 +43,8 @@ from .phis import PhiS, fit_phis
 from .provenance import attrs_fingerprint
 
 MODES = ("phis", "standardize", "none")
+KEY_WEIGHTINGS = ("count", "equal")
+"""How a teacher's keys merge into its one normalizer (the config's ``phis_key_weighting``), see :func:`merge_keys`."""
 
 
 SPECTRA = "phis_spectra.png"  # fit-phis's eigenvalue plot, beside the store's arrays
@@ -68,12 +71,48 @@ def teacher_keys(store: FeatureStore, teacher: str) -> list[str]:
     return [k for k in store.target_keys if teacher_of(store, k) == teacher]
 
 
-def moments_fingerprint(m: Moments) -> str:
+def moments_fingerprint(m: Moments, key_weighting: str = "count") -> str:
+    """The normalizer's address: of the merged moments, and of the key weighting unless it is
+    ``count`` (so stores fitted before the weighting existed keep their fingerprints)."""
     h = hashlib.sha256()
     h.update(np.int64(m.count).tobytes())
     h.update(np.ascontiguousarray(m.mean).tobytes())
     h.update(np.ascontiguousarray(m.m2).tobytes())
+    if key_weighting != "count":
+        h.update(f"key_weighting={key_weighting}".encode())
     return h.hexdigest()[:16]
+
+
+def merge_keys(per_key: list[list[Moments]], key_weighting: str = "count") -> Moments:
+    """One teacher's moments from each key's per-tar moments ``per_key[k]``.
+
+    ``count``: Chan's merge of every part, i.e. the moments of all the keys' vectors pooled, so a
+    key weighs by its vector count (a 1024-px key of 4,096 tokens a row holds most of it).
+    ``equal``: the moments of the mixture in which every key weighs 1/K, from the keys' own
+    (count n_k, mean μ_k, unbiased covariance Σ_k)::
+
+        μ = (1/K) Σ_k μ_k        Σ = (1/K) Σ_k [Σ_k + (μ_k − μ)(μ_k − μ)ᵀ]
+
+    (each key's covariance taken about the merged mean μ), returned with count N = Σ_k n_k and
+    M2 = (N − 1) Σ so that :attr:`Moments.covariance` is Σ exactly. A key's variance in the space
+    fitted from it is then tr(T Σ_k Tᵀ)/C, and these average (with the mean offsets) to 1 over keys.
+    """
+    if key_weighting not in KEY_WEIGHTINGS:
+        raise ValueError(f"unknown key weighting {key_weighting!r} (known: {', '.join(KEY_WEIGHTINGS)})")
+    if key_weighting == "count":
+        return merge_all([m for parts in per_key for m in parts])
+    keys = [merge_all(parts) for parts in per_key]
+    mean = np.mean([m.mean for m in keys], axis=0)
+    cov = np.mean([m.covariance + np.outer(m.mean - mean, m.mean - mean) for m in keys], axis=0)
+    count = sum(m.count for m in keys)
+    return Moments(count, mean, cov * (count - 1))
+
+
+def key_variance(phis: PhiS, m: Moments) -> float:
+    """The mean per-channel variance of a key's vectors (moments ``m``, about their own mean) in
+    the space ``phis`` normalizes to: tr(T Σ Tᵀ)/C; 1 for the keys a normalizer was fitted on alone."""
+    t = phis.transform
+    return float(np.einsum("ij,jk,ik->", t, m.covariance, t) / len(phis.mean))
 
 
 def provenance_fingerprint(store: FeatureStore, key: str) -> str:
@@ -110,6 +149,8 @@ class FitReport:
     unchanged: bool  # the current normalizer already came from these moments
     spectra: tuple[KeySpectrum, ...]  # per key, diagnostics only
     fingerprint: str = ""  # of the merged moments: the normalizer's address in the store
+    key_weighting: str = "count"  # how the keys were merged (see merge_keys)
+    key_variances: tuple[float, ...] = ()  # per key (as in ``keys``), its variance in this normalizer's space
 
 
 def _key_spectrum(key: str, parts: list[Moments], merged: Moments) -> KeySpectrum:
@@ -119,13 +160,20 @@ def _key_spectrum(key: str, parts: list[Moments], merged: Moments) -> KeySpectru
 
 
 def fit_store(
-    store: FeatureStore, keys: list[str] | None = None, allow_partial: bool = False, max_tars: int | None = None
+    store: FeatureStore,
+    keys: list[str] | None = None,
+    allow_partial: bool = False,
+    max_tars: int | None = None,
+    key_weighting: str = "count",
 ) -> list[FitReport]:
     """Fit one PHI-S per teacher and stream from the merged moments (of at most ``max_tars``
-    evenly spaced tars per key) of **all** the teacher's keys in the store; ``keys`` (default:
-    all) only chooses which teachers to fit. Idempotent: a normalizer whose moments did not
-    change is left as it is; new moments add a normalizer and make it current (see the module
-    docstring: the old one stays, compact targets may be expressed in it)."""
+    evenly spaced tars per key) of **all** the teacher's keys in the store, merged as
+    ``key_weighting`` says (:func:`merge_keys`); ``keys`` (default: all) only chooses which
+    teachers to fit. Idempotent: a normalizer whose moments and weighting did not change is left
+    as it is; new ones add a normalizer and make it current (see the module docstring: the old
+    one stays, compact targets may be expressed in it)."""
+    if key_weighting not in KEY_WEIGHTINGS:
+        raise StoreError(f"unknown PHI-S key weighting {key_weighting!r} (known: {', '.join(KEY_WEIGHTINGS)})")
     for key in keys or []:
         store.target(key)  # unknown key → StoreError listing what the store has
     teachers = sorted({teacher_of(store, k) for k in (keys or store.target_keys)})
@@ -141,17 +189,18 @@ def fit_store(
     for teacher, tkeys in groups.items():
         provenance = {k: provenance_fingerprint(store, k) for k in tkeys}
         for stream in streams_of(store, tkeys[0]):
-            every, spectra, tars = [], [], {}
+            per_key, own, spectra, tars = [], [], [], {}
             for key in tkeys:
                 parts = store.moments(key, stream, max_tars)
                 merged = merge_all(parts) if parts else Moments(0, np.zeros(0), np.zeros((0, 0)))
                 if merged.count < 2:
                     raise StoreError(f"{key}: {stream} moments cover {merged.count} vectors; PHI-S needs at least 2")
-                every += parts
+                per_key.append(parts)
+                own.append(merged)
                 spectra.append(_key_spectrum(key, parts, merged))
                 tars[key] = store.tar_indices(key, max_tars)
-            merged = merge_all(every)  # Chan's merge: exactly the moments of every key's vectors together
-            fp = moments_fingerprint(merged)
+            merged = merge_keys(per_key, key_weighting)
+            fp = moments_fingerprint(merged, key_weighting)
             unchanged = current_fingerprint(store, teacher, stream) == fp
             known = _phis_group(store, teacher, stream, fp) is not None  # fitted before: made current again
             damaged = False
@@ -161,19 +210,21 @@ def fit_store(
                 unchanged, known, phis = False, False, fit_phis(merged)
                 damaged = True
             if not unchanged:
-                _write_phis(store, teacher, stream, phis, merged.count, tars, fp, provenance, damaged)
+                _write_phis(store, teacher, stream, phis, merged.count, tars, fp, provenance, damaged, key_weighting)
             reports.append(
                 FitReport(
                     teacher,
                     tuple(tkeys),
                     stream,
-                    len(every),
+                    sum(len(parts) for parts in per_key),
                     merged.count,
                     phis,
                     describe(len(phis.mean)),
                     unchanged,
                     tuple(spectra),
                     fp,
+                    key_weighting,
+                    tuple(key_variance(phis, m) for m in own),
                 )
             )
     return reports
@@ -229,6 +280,7 @@ def _write_phis(
     fp: str,
     provenance: dict[str, str],
     damaged: bool = False,
+    key_weighting: str = "count",
 ) -> None:
     """Add normalizer ``fp`` (unless the store has it) and make it current. Never rewrites an
     existing normalizer (compact targets may be expressed in it), except one whose checksums
@@ -249,6 +301,7 @@ def _write_phis(
                 "phi": p.phi,
                 "count": count,
                 "keys": sorted(tars),
+                "key_weighting": key_weighting,
                 "tars": tars,
                 "provenance": provenance,
                 "hadamard": describe(len(p.mean)),
