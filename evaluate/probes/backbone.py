@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -189,5 +190,12 @@ def create_timm(name: str, weights: str | None, device: torch.device, seed: int 
         except RuntimeError as e:
             raise EvalError(f"timm model {name!r}: {e}") from None
     if weights is not None:
-        timm.models.load_checkpoint(model, weights, strict=False)
+        if not Path(weights).is_file():
+            raise EvalError(f"--weights {weights}: no such file (a timm model takes a local checkpoint)")
+        # strict=False only for a classifier head the probe drops (num_classes=0); a missing
+        # backbone tensor is an error
+        found = timm.models.load_checkpoint(model, weights, strict=False, weights_only=True)
+        missing = list(getattr(found, "missing_keys", []) or [])
+        if missing:
+            raise EvalError(f"--weights {weights}: {len(missing)} tensors of {name} missing, e.g. {missing[0]}")
     return model.to(device).eval()

@@ -74,7 +74,7 @@ def _teacher_row(lineup: Lineup, name: str, weights: str | None, label: str, kin
     elif not weights_present(weights):
         lineup.skipped.append(f"{label}: weights {weights} not present")
     else:
-        lineup.rows.append((TeacherBackbone(load_teacher(name, weights, device), name=label), kind))
+        lineup.rows.append((TeacherBackbone(load_teacher(name, weights, str(device)), name=label), kind))
 
 
 def lineup(
@@ -113,13 +113,13 @@ def lineup(
                 _teacher_row(out, tname, tw, f"teacher {t} ({tname})", "teacher", dev)
     elif teacher is not None:
         w = weights or get_spec(teacher).weights
-        out.rows.append((TeacherBackbone(load_teacher(teacher, w, dev)), "model"))
+        out.rows.append((TeacherBackbone(load_teacher(teacher, w, str(dev))), "model"))
         if baselines:
             if w is None:
                 out.skipped.append(f"random-init {teacher}: the model is itself the seeded random init")
             else:
                 out.rows.append(
-                    (TeacherBackbone(load_teacher(teacher, None, dev), f"random-init {teacher}"), "random-init")
+                    (TeacherBackbone(load_teacher(teacher, None, str(dev)), f"random-init {teacher}"), "random-init")
                 )
     else:
         assert timm_model is not None

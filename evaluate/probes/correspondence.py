@@ -77,8 +77,11 @@ def evaluate(
         if len(m) > max_matches:
             m = m[np.sort(rng.choice(len(m), max_matches, replace=False))]
         im0, im1 = to_tensor(read_rgb(pair.im0)), to_tensor(read_rgb(pair.im1))
-        o0, o1 = tuple(im0.shape[1:]), tuple(im1.shape[1:])
-        s0, s1 = long_side_size(*o0, resolution, backbone.unit), long_side_size(*o1, resolution, backbone.unit)
+        o0, o1 = (im0.shape[1], im0.shape[2]), (im1.shape[1], im1.shape[2])
+        s0, s1 = (
+            long_side_size(o0[0], o0[1], resolution, backbone.unit),
+            long_side_size(o1[0], o1[1], resolution, backbone.unit),
+        )
         f0 = backbone.layers(resize_image(im0, s0)[None], [backbone.depth - 1])[0][0].cpu()
         f1 = backbone.layers(resize_image(im1, s1)[None], [backbone.depth - 1])[0][0].cpu()
         pts = torch.from_numpy(m).double()

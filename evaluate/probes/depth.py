@@ -124,7 +124,8 @@ class DepthScore:
 
 class _Samples:
     def __init__(self, split: DepthSplit, cache: int = 512):
-        self.split, self.cache, self.mem = split, len(split.files) <= cache, {}
+        self.split, self.cache = split, len(split.files) <= cache
+        self.mem: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if i not in self.mem:

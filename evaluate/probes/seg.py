@@ -155,7 +155,7 @@ def evaluate_head(backbone, head, val: SegSplit, s: SegSettings, blocks: list[in
         if s.mask_resolution == "full":
             pred = F.interpolate(logits[None], size=label.shape, mode="bilinear", align_corners=False)[0].argmax(0)
         else:
-            pred, label = logits.argmax(0), resize_nearest(label, tuple(logits.shape[1:]))
+            pred, label = logits.argmax(0), resize_nearest(label, (int(logits.shape[1]), int(logits.shape[2])))
         total += confusion_matrix(pred, label, k)
     return total
 

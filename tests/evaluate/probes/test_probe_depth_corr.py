@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from radio.cli.main import app as radio_app
+from radio.evaluate.errors import EvalError
 from radio.evaluate.probes.backbone import TeacherBackbone, TimmBackbone, create_timm
 from radio.evaluate.probes.correspondence import match_points
 from radio.evaluate.probes.depth import DepthSettings, DPTHead, sig_loss, to_depth
@@ -41,7 +42,7 @@ def test_nearest_neighbour_matching_by_hand():
     assert torch.allclose(pred[inner], centres.double()[inner] + torch.tensor([16.0, 0.0], dtype=torch.float64))
 
 
-def test_intermediate_layers_of_teachers_and_timm():
+def test_intermediate_layers_of_teachers_and_timm(tmp_path):
     x = torch.rand(2, 3, 32, 48)
     t = TeacherBackbone(__import__("radio.evaluate.encoders", fromlist=["x"]).load_teacher("dinov2_tiny"))
     first, last = t.layers(x, [0, t.depth - 1])
@@ -51,6 +52,14 @@ def test_intermediate_layers_of_teachers_and_timm():
     m = TimmBackbone(create_timm("vit_tiny_patch16_224", None, torch.device("cpu")), "vit_tiny")
     grids = m.layers(x, [0, 11])
     assert m.unit == 16 and [g.shape for g in grids] == [(2, 2, 3, 192)] * 2
+    # a weights file (safetensors) loads into a differently seeded model: the same grids
+    from safetensors.torch import save_file
+
+    save_file(m.model.state_dict(), tmp_path / "w.safetensors")
+    other = create_timm("vit_tiny_patch16_224", str(tmp_path / "w.safetensors"), torch.device("cpu"), seed=5)
+    assert torch.equal(TimmBackbone(other, "vit_tiny").layers(x, [11])[0], grids[1])
+    with pytest.raises(EvalError, match="--weights nope.safetensors: no such file"):
+        create_timm("vit_tiny_patch16_224", "nope.safetensors", torch.device("cpu"))
 
 
 def test_eval_depth_on_the_nyu_layout(tmp_path):
