@@ -76,3 +76,14 @@ def test_geometry_and_schedule():
     assert parse_layers("-1,0", 4) == [3, 0] and parse_layers("last", 4) == [3]
     with pytest.raises(EvalError, match=r"--layers '7': block indices must be within \[-4, 3\]"):
         parse_layers("7", 4)
+
+
+def test_mask_resolution_full_counts_every_labeled_pixel(texture_set):
+    val = read_seg_split(texture_set, "val")
+    bb = TeacherBackbone(load_teacher("dinov2_tiny", device="cpu"))
+    head = S.BNHead(sum(bb.dims([1])), len(val.classes)).eval()
+    labeled = sum(int((val.label(i) != 255).sum()) for i in range(len(val.images)))
+    full = S.evaluate_head(bb, head, val, S.SegSettings(crop=64, mask_resolution="full"), [1])
+    small = S.evaluate_head(bb, head, val, S.SegSettings(crop=64, mask_resolution="input"), [1])
+    assert int(full.sum()) == labeled  # 120 x 150 masks, boundaries left out
+    assert int(small.sum()) < 64 * 80 * len(val.images) < labeled  # scored on the 64 x 80 input grid
