@@ -106,6 +106,13 @@ def to_depth(logits: torch.Tensor, s: DepthSettings) -> torch.Tensor:
     return s.max_depth * torch.sigmoid(logits[:, 0])
 
 
+def upsampled_depth(logits: torch.Tensor, s: DepthSettings, size) -> torch.Tensor:
+    """Depth ``[B, *size]``: decoded at the head's resolution, then upsampled bilinearly (one
+    channel, not ``bins`` logits, is resized: the same values at a fraction of the cost)."""
+    d = to_depth(logits, s)[:, None]
+    return F.interpolate(d, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+
+
 def sig_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, lam: float = 0.85) -> torch.Tensor:
     """Scale-invariant log loss ``sqrt(mean(g^2) - λ mean(g)^2)``, ``g = log p - log t`` on valid pixels."""
     g = pred[valid].clamp_min(1e-3).log() - target[valid].log()
@@ -156,8 +163,7 @@ def train_head(backbone: DenseBackbone, train: DepthSplit, s: DepthSettings) -> 
         crops = [random_crop(img, d, s.crop, 0.0, rng) for img, d in pairs]
         images = torch.stack([c[0] for c in crops])
         target = torch.stack([c[1] for c in crops]).to(backbone.device)
-        out = F.interpolate(head(_head_input(backbone, images, blocks)), size=target.shape[-2:], mode="bilinear")
-        pred, valid = to_depth(out, s), target > 0
+        pred, valid = upsampled_depth(head(_head_input(backbone, images, blocks)), s, target.shape[-2:]), target > 0
         if not valid.any():
             sched.step()
             continue
@@ -177,8 +183,7 @@ def evaluate_head(backbone, head, blocks, val: DepthSplit, s: DepthSettings) -> 
         x = to_tensor(img)
         size = whole_size(x.shape[1], x.shape[2], s.crop, backbone.unit)
         out = head(_head_input(backbone, resize_image(x, size)[None], blocks))
-        out = F.interpolate(out, size=d.shape, mode="bilinear", align_corners=False)
-        preds.append(to_depth(out, s)[0].float().cpu().reshape(-1))
+        preds.append(upsampled_depth(out, s, d.shape)[0].float().cpu().reshape(-1))
         targets.append(torch.from_numpy(d).reshape(-1))
     return depth_metrics(torch.cat(preds), torch.cat(targets))
 
