@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from . import config_cmd, eval_cmd, store_cmd, viz_cmd
+from . import config_cmd, eval_cmd, probe_cmd, store_cmd, viz_cmd
 from .compress_cmd import compress
 from .distill_cmd import distill
 from .experiment_cmd import experiment
@@ -40,6 +40,7 @@ app.command("fit-phis")(fit_phis)
 app.command("distill")(distill)
 app.command("plot")(plot)
 app.command("export")(export)
+probe_cmd.register(eval_cmd.app)  # eval seg|depth|correspondence
 app.add_typer(eval_cmd.app, name="eval")
 app.add_typer(viz_cmd.app, name="viz")
 app.command("compress")(compress)

@@ -1,13 +1,42 @@
-"""`radio sample-data`: DataComp-layout shards made from scikit-image's bundled photos."""
+"""`radio sample-data`: DataComp-layout shards made from scikit-image's bundled photos, a labeled
+ImageFolder set (``--labeled``), or a dense-probe set (``--task seg|depth|stereo``)."""
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from .errors import fail
+
+
+class Task(str, Enum):
+    seg = "seg"
+    depth = "depth"
+    stereo = "stereo"
+
+
+class SegLayout(str, Enum):
+    ade = "ade"
+    voc = "voc"
+
+
+def _dense(task: Task, out: Path, images: int, seed: int, layout: SegLayout) -> None:
+    from radio.shards.densedata import write_depth_data, write_seg_data, write_stereo_data
+
+    try:
+        if task == Task.seg:
+            s = write_seg_data(out, train=images, val=max(1, images // 4), seed=seed, layout=layout.value)
+        elif task == Task.depth:
+            s = write_depth_data(out, files=images, seed=seed)
+        else:
+            s = write_stereo_data(out, seed=seed)
+    except ValueError as e:
+        raise fail(str(e)) from None
+    what = f"{s.train} pairs" if task == Task.stereo else f"{s.train} train and {s.val} val samples"
+    print(f"wrote a {task.value} set to {s.out}: {what} (pass --data {s.out} to `radio eval`)")
 
 
 def sample_data(
@@ -32,10 +61,23 @@ def sample_data(
             "val gets half as many",
         ),
     ] = False,
+    task: Annotated[
+        Task | None,
+        typer.Option(
+            "--task",
+            help="write a dense-probe set instead: seg (texture mosaics, ADE20k or VOC layout; --images = train "
+            "images, val gets a quarter), depth (NYU GeoNet .mat files of Middlebury motorcycle; --images = files), "
+            "stereo (Middlebury layout and a matches.csv pair)",
+        ),
+    ] = None,
+    layout: Annotated[SegLayout, typer.Option("--layout", help="layout of --task seg: ade or voc")] = SegLayout.ade,
 ) -> None:
     """Write sample data in DataComp/img2dataset layout (tars, parquet, stats) from real photos."""
     from radio.shards.sampledata import write_labeled_data, write_sample_data
 
+    if task is not None:
+        _dense(task, out, images, seed, layout)
+        return
     if labeled:
         try:
             s = write_labeled_data(out, train_per_class=images, val_per_class=max(1, images // 2), seed=seed)

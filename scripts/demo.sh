@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIPELINE=${1:-tiny}
-RADIO=.venv/bin/radio
+RADIO=${RADIO:-.venv/bin/radio}  # RADIO="python -m radio.cli" runs a checkout without installing it
 export RAY_AUTH_MODE=disabled RAY_DATA_DISABLE_PROGRESS_BARS=1
 # The file's default pipeline (tiny) needs no --pipeline: the commands below then read exactly
 # as the design card writes them (`radio featurize --teacher sam --mosaic 4`, `radio fit-phis`,
@@ -55,3 +55,9 @@ $RADIO sample-data --labeled --out data/labeled --images 2
 $RADIO eval equivariance --model "$OUT/export" --images data/labeled/val --resolutions 128,192,256,384,512 --max-images 8 --tiling
 $RADIO eval fidelity --model "$OUT/export" "${P[@]}"
 $RADIO viz pca --model "$OUT/export" --images data/labeled/val --max-images 3 --resolutions 128,256,512 --out "$OUT/pca.png"
+
+echo "== 8. downstream probe: linear-probe segmentation of the demo student on texture mosaics (ADE20k layout),"
+echo "      with a random-init student of the same size, the store's teachers and a chance-level head"
+rm -rf data/seg
+$RADIO sample-data --task seg --out data/seg --images 24
+$RADIO eval seg --model "$OUT/export" --data data/seg/ADEChallengeData2016 --crop 64 --iterations 60 --warmup 5 --lr 0.01 --scale-range 1,1

@@ -1,0 +1,1 @@
+"""Dense downstream probes on a frozen backbone: linear segmentation, depth, correspondence."""
