@@ -239,7 +239,7 @@ class FeatureStore:
             if store.plan.crops_per_image != plan.crops_per_image:
                 raise StoreError(
                     f"{path}: the store was featurized with crops_per_image {store.plan.crops_per_image}, "
-                    f"the config says {plan.crops_per_image}; use a new --store or --overwrite"
+                    f"the config says {plan.crops_per_image}; its rows are laid out per crop: use a new --store"
                 )
             if store.plan != plan:
                 raise StoreError(

@@ -111,3 +111,16 @@ def test_a_manifest_with_only_crop_size_reads_as_a_square_box(repo, tmp_path):
     )
     m = Manifest.build(store)
     assert int(m.columns["crop_w"][first["row"]]) == int(m.columns["crop_h"][first["row"]]) == first["crop_size"]
+
+
+def test_k_crops_of_the_centre_square_are_refused_in_the_config():
+    import pytest
+    from pydantic import ValidationError
+
+    from radio.config.schema import CropConfig, FeaturizeConfig
+
+    assert FeaturizeConfig().crops_per_image == 1 and FeaturizeConfig().crop.kind == "random_resized"
+    with pytest.raises(ValidationError, match=r"crops_per_image > 1 needs a random crop kind"):
+        FeaturizeConfig(crops_per_image=2, crop=CropConfig(kind="center_square"))
+    with pytest.raises(ValidationError, match=r"ratio \[2\.0, 1\.0\] must satisfy 0 < low <= high"):
+        CropConfig(ratio=(2.0, 1.0))

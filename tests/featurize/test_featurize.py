@@ -295,7 +295,8 @@ def test_a_store_with_other_crops_per_image_is_refused(uninterrupted_k2, repo, s
     with pytest.raises(StoreError) as e:
         run_featurize(_config(repo, shards, store), teachers=list(K2_KEYS))
     assert str(e.value) == (
-        f"{store}: the store was featurized with crops_per_image 2, the config says 1; use a new --store or --overwrite"
+        f"{store}: the store was featurized with crops_per_image 2, the config says 1; "
+        "its rows are laid out per crop: use a new --store"
     )
 
 
