@@ -275,6 +275,12 @@ def test_two_crops_per_image_give_two_rows_with_distinct_boxes(uninterrupted, un
     feats = zarr.open_array(str(uninterrupted_k2[0] / "targets" / "clip@112" / "features"), mode="r")
     first = next(c for c in by_image.values() if c[0]["valid"])
     assert not np.array_equal(feats[first[0]["row"]], feats[first[1]["row"]])
+    # phase 2 reads each row's own w x h box (squashed to the square side), not the image's first
+    from radio.distill.data import PartitionRows
+
+    student = PartitionRows(str(uninterrupted_k2[0]), 64, [])
+    a, b = (student.image(c["row"]) for c in first)
+    assert a.shape == b.shape == (64, 64, 3) and not np.array_equal(a, b)
     assert verify_store(uninterrupted_k2[0]) == []
     info = CliRunner().invoke(app, ["store", "info", str(uninterrupted_k2[0])])
     assert info.exit_code == 0
