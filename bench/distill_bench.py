@@ -70,7 +70,9 @@ def main() -> None:
             for r in rows:
                 image = read_image(m.tar_paths[int(m.tar_of(np.array([r]))[0])], int(c["offset"][r]), int(c["size"][r]))
                 crop_resize(
-                    image, CropBox(int(c["crop_x"][r]), int(c["crop_y"][r]), int(c["crop_size"][r])), resolution
+                    image,
+                    CropBox(int(c["crop_x"][r]), int(c["crop_y"][r]), int(c["crop_w"][r]), int(c["crop_h"][r])),
+                    resolution,
                 )
 
         def loader():  # worker batch slices of 8 rows, as the trainer's DataLoader asks

@@ -125,7 +125,9 @@ def _crops(shards: Path, resolution: int) -> torch.Tensor:
             if x.valid:
                 h, w = x.pixels.shape[:2]
                 crops.append(
-                    crop_resize(x.pixels, choose_crop(s.seed, x.key, w, h, s.crop_kind, s.crop_scale), resolution)
+                    crop_resize(
+                        x.pixels, choose_crop(s.seed, x.key, w, h, s.crop_kind, s.crop_scale, s.crop_ratio), resolution
+                    )
                 )
     return torch.from_numpy(np.stack(crops))
 

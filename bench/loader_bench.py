@@ -155,7 +155,7 @@ m = Manifest.load(sys.argv[1])
 rows = np.random.default_rng(0).integers(0, len(m), 1024)
 tars = m.tar_of(rows)
 lookups = [(m.tar_paths[t], int(m.columns["offset"][r]), int(m.columns["size"][r]),
-            int(m.columns["crop_x"][r]), int(m.columns["crop_y"][r]), int(m.columns["crop_size"][r])) for r, t in zip(rows, tars)]
+            int(m.columns["crop_x"][r]), int(m.columns["crop_y"][r]), int(m.columns["crop_w"][r]), int(m.columns["crop_h"][r])) for r, t in zip(rows, tars)]
 print(json.dumps({"rows": len(m), "rss_mb": rss_mb() - before, "rss_file_mb": rss_mb("RssFile:") - before_file}))
 """
 
@@ -197,7 +197,8 @@ def manifest_rss(folder: Path, n: int) -> dict:
         "size": np.full(plan.total_rows, 40_000),
         "crop_x": rng.integers(0, 100, plan.total_rows),
         "crop_y": rng.integers(0, 100, plan.total_rows),
-        "crop_size": np.full(plan.total_rows, 224),
+        "crop_w": np.full(plan.total_rows, 224),
+        "crop_h": np.full(plan.total_rows, 224),
         "valid": np.ones(plan.total_rows, bool),
     }
     Manifest.from_arrays(plan, cols).save(folder)

@@ -37,9 +37,10 @@ def info(
         return
     console = make_console()
     bad = ", ".join(f"{r} {n}" for r, n in sorted(s["reasons"].items())) or "none"
+    crops = f" ({s['crops_per_image']} crops, i.e. rows, each)" if s["crops_per_image"] > 1 else ""
     console.print(
         f"{s['path']}: {s['tars']} tars, {s['rows']} rows ({s['shard_rows']} per Zarr shard), "
-        f"{s['samples']} samples, {s['valid']} valid; bad: {bad}"
+        f"{s['samples']} samples{crops}, {s['valid']} valid; bad: {bad}"
     )
     table = Table(
         "target key",

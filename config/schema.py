@@ -66,11 +66,20 @@ class StoreConfig(Frozen):
 
 
 class CropConfig(Frozen):
-    """How featurize chooses each sample's crop box (seeded by run seed and sample key)."""
+    """How featurize chooses each crop box (seeded by run seed, sample key and crop index)."""
 
-    kind: Literal["random_square", "center_square"] = "random_square"
+    kind: Literal["random_resized", "random_square", "center_square"] = Field(
+        "random_resized",
+        description="random_resized: RADIO's law (torchvision RandomResizedCrop: area and aspect jitter); "
+        "random_square: a square whose side is U(scale) of the shorter side; center_square: the centred square",
+    )
     scale: tuple[float, float] = Field(
-        (0.5, 1.0), description="range of the crop side as a fraction of the image's shorter side"
+        (0.5, 1.0),
+        description="random_resized: range of the crop's area as a fraction of the image's; "
+        "square kinds: range of the side as a fraction of the shorter side",
+    )
+    ratio: tuple[float, float] = Field(
+        (3 / 4, 4 / 3), description="random_resized: range of the aspect ratio w/h (drawn log-uniform)"
     )
 
     @field_validator("scale")
@@ -81,11 +90,32 @@ class CropConfig(Frozen):
             raise ValueError(f"scale {list(v)} must satisfy 0 < low <= high <= 1")
         return v
 
+    @field_validator("ratio")
+    @classmethod
+    def _ratio_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not 0 < lo <= hi:
+            raise ValueError(f"ratio {list(v)} must satisfy 0 < low <= high")
+        return v
+
 
 class FeaturizeConfig(Frozen):
     seed: int = 0
     batch_size: int = Field(16, gt=0, description="images per teacher forward (mosaic teachers: tiles)")
     crop: CropConfig = CropConfig()
+    crops_per_image: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="K: crops featurized per image, as K store rows (decoded once; K x the bytes and teacher "
+        "time); each epoch, distill draws one of an image's K crops",
+    )
+
+    @model_validator(mode="after")
+    def _distinct_crops(self) -> FeaturizeConfig:
+        if self.crops_per_image > 1 and self.crop.kind == "center_square":
+            raise ValueError("crops_per_image > 1 needs a random crop kind (center_square gives K equal crops)")
+        return self
 
 
 class TargetConfig(Frozen):
@@ -268,7 +298,10 @@ class EvalConfig(Frozen):
     k, temperature) are the `radio eval` commands' options."""
 
     held_out: int = Field(
-        0, ge=0, description="rows reserved for evaluation (the last rows of the store); training never reads them"
+        0,
+        ge=0,
+        description="images reserved for evaluation (the last images of the store, with all their "
+        "crops_per_image rows); training never reads them",
     )
 
 

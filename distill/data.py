@@ -37,14 +37,36 @@ from .loss import KeyTarget
 Sampling = Literal["rows", "blocks"]
 
 
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finalizer on ``uint64`` arrays: a bijective bit mixer (wrapping arithmetic)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def crop_choice(seed: int, epoch: int, images: np.ndarray, crops: np.ndarray) -> np.ndarray:
+    """``[n]`` which of each image's ``crops [n]`` rows an epoch visits: a pure function of
+    (seed, epoch, image id), whatever else is in the batch or the run (so resume is exact)."""
+    base = np.random.SeedSequence([seed, epoch, 23]).generate_state(1, np.uint64)[0]
+    with np.errstate(over="ignore"):
+        h = _splitmix64(np.asarray(images, dtype=np.int64).astype(np.uint64) ^ base)
+    return (h % np.asarray(crops, dtype=np.uint64)).astype(np.int64)
+
+
 class EpochOrder:
     """The order rows are visited in, one seeded permutation per epoch, computed once per epoch
     (at 100M rows a permutation takes seconds; a step only slices it).
 
+    ``images`` (``[N]``, parallel to ``rows``): the image id of each row (its first row, see
+    :meth:`radio.store.layout.Plan.image_rows`). A store with ``crops_per_image`` K has K rows per
+    image; each epoch visits each image once, through one of its rows chosen by
+    :func:`crop_choice` (RADIO redraws the crop at every visit; this is its cached form). None:
+    every row is its own image.
+
     ``rows``: every step draws ``batch_size`` rows of the epoch's permutation.
     ``blocks``: the permutation is over Zarr shards (``shard_rows`` consecutive row ids); a step
     takes the rows of the next few shards, so its reads are contiguous. Each epoch still visits
-    every training row once; what is lost is mixing within a batch (see README).
+    every training image once; what is lost is mixing within a batch (see README).
     """
 
     def __init__(
@@ -55,36 +77,55 @@ class EpochOrder:
         partition: int,
         sampling: Sampling = "rows",
         shard_rows: int = 1,
+        images: np.ndarray | None = None,
     ):
         self.rows = np.asarray(rows, dtype=np.int64)
         self.batch_size, self.seed, self.partition = batch_size, seed, partition
         self.sampling, self.shard_rows = sampling, shard_rows
-        self.per_epoch = len(self.rows) // batch_size
+        self._groups: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # image id, first index, crops
+        if images is not None and len(self.rows):
+            images = np.asarray(images, dtype=np.int64)
+            order = np.lexsort((self.rows, images))  # by image, then row: crop k is the k-th row
+            ids, first, counts = np.unique(images[order], return_index=True, return_counts=True)
+            if counts.max() > 1:  # else every row is one image: today's order exactly
+                self.rows = self.rows[order]
+                self._groups = (ids, first, counts)
+        self.images = len(self._groups[0]) if self._groups is not None else len(self.rows)
+        self.per_epoch = self.images // batch_size
         if self.per_epoch == 0:
-            raise ValueError(f"batch size {batch_size} exceeds the {len(self.rows)} training rows")
-        if sampling == "blocks":
-            shard = self.rows // shard_rows
-            self._block_start = np.flatnonzero(np.concatenate([[True], shard[1:] != shard[:-1]]))
-            self._block_len = np.diff(np.concatenate([self._block_start, [len(self.rows)]]))
-        self._epoch, self._perm = -1, np.zeros(0, np.int64)
+            what = "training images" if self._groups is not None else "training rows"
+            raise ValueError(f"batch size {batch_size} exceeds the {self.images} {what}")
+        self._epoch, self._perm, self._rows = -1, np.zeros(0, np.int64), self.rows
+
+    def epoch_rows(self, epoch: int) -> np.ndarray:
+        """``[images]`` the rows epoch ``epoch`` visits, one per image, in row order."""
+        if self._groups is None:
+            return self.rows
+        ids, first, counts = self._groups
+        return self.rows[first + crop_choice(self.seed, epoch, ids, counts)]
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._epoch:
+            self._rows = rows = self.epoch_rows(epoch)
             rng = np.random.default_rng([self.seed, self.partition, epoch])
             if self.sampling == "rows":
-                self._perm = rng.permutation(len(self.rows))
+                self._perm = rng.permutation(len(rows))
             else:
-                order = rng.permutation(len(self._block_start))
-                lengths = self._block_len[order]
-                first = np.repeat(self._block_start[order] - (np.cumsum(lengths) - lengths), lengths)
-                self._perm = first + np.arange(len(self.rows))
+                shard = rows // self.shard_rows
+                block_start = np.flatnonzero(np.concatenate([[True], shard[1:] != shard[:-1]]))
+                block_len = np.diff(np.concatenate([block_start, [len(rows)]]))
+                order = rng.permutation(len(block_start))
+                lengths = block_len[order]
+                first = np.repeat(block_start[order] - (np.cumsum(lengths) - lengths), lengths)
+                self._perm = first + np.arange(len(rows))
             self._epoch = epoch
         return self._perm
 
     def batch(self, step: int) -> np.ndarray:
         """Row ids of the global batch at ``step`` (the last incomplete batch of an epoch is dropped)."""
         epoch, pos = divmod(step, self.per_epoch)
-        return self.rows[self._permutation(epoch)[pos * self.batch_size : (pos + 1) * self.batch_size]]
+        perm = self._permutation(epoch)
+        return self._rows[perm[pos * self.batch_size : (pos + 1) * self.batch_size]]
 
 
 def global_batch(
@@ -95,9 +136,10 @@ def global_batch(
     step: int,
     sampling: Sampling = "rows",
     shard_rows: int = 1,
+    images: np.ndarray | None = None,
 ) -> np.ndarray:
     """Row ids of the global batch at ``step`` (one-off; loops use :class:`EpochOrder`)."""
-    return EpochOrder(rows, batch_size, seed, partition, sampling, shard_rows).batch(step)
+    return EpochOrder(rows, batch_size, seed, partition, sampling, shard_rows, images).batch(step)
 
 
 def flips_for(rows: np.ndarray, seed: int, partition: int, step: int) -> np.ndarray:
@@ -174,7 +216,7 @@ class PartitionRows(Dataset):
         decoded = decode_image(self.tars.read(path, offset, int(c["size"][row])), self.limits)
         if decoded.pixels is None:
             raise ShardError(f"{path}: image at offset {offset} is {decoded.reason}")
-        box = CropBox(int(c["crop_x"][row]), int(c["crop_y"][row]), int(c["crop_size"][row]))
+        box = CropBox(int(c["crop_x"][row]), int(c["crop_y"][row]), int(c["crop_w"][row]), int(c["crop_h"][row]))
         return crop_resize(decoded.pixels, box, self.resolution)
 
     def __getitems__(self, items: Sequence[tuple[int, bool]]) -> dict:
@@ -249,7 +291,8 @@ def next_batch(loader: Iterator[dict]) -> dict:
 
 
 class StepBatches:
-    """Batch sampler for a DataLoader: this rank's ``(row, flip)`` items for steps ``start..stop-1``."""
+    """Batch sampler for a DataLoader: this rank's ``(row, flip)`` items for steps ``start..stop-1``
+    (``images``: each row's image id, see :class:`EpochOrder`)."""
 
     def __init__(
         self,
@@ -264,10 +307,11 @@ class StepBatches:
         flip: bool = False,
         sampling: Sampling = "rows",
         shard_rows: int = 1,
+        images: np.ndarray | None = None,
     ):
         if batch_size % world:
             raise ValueError(f"global batch size {batch_size} is not divisible by {world} ranks")
-        self.order = EpochOrder(rows, batch_size, seed, partition, sampling, shard_rows)  # fails early
+        self.order = EpochOrder(rows, batch_size, seed, partition, sampling, shard_rows, images)  # fails early
         self.batch_size, self.seed, self.partition = batch_size, seed, partition
         self.start, self.stop, self.rank, self.world, self.flip = start, stop, rank, world, flip
 

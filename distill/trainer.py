@@ -400,6 +400,7 @@ def _train(
                 flip,
                 cfg.sampling,
                 store.plan.shard_rows,
+                store.plan.image_rows(split.train),  # crops_per_image > 1: one crop per image per epoch
             )
         except ValueError as e:
             raise DistillError(f"stage {stage} partition {resolution} px: {e}") from None

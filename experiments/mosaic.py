@@ -171,7 +171,10 @@ def _crops(config, n: int):
     pixels: dict[str, np.ndarray] = {}
     for tar in dict.fromkeys(r["tar"] for r in rows):
         pixels |= {s.key: cast(np.ndarray, s.pixels) for s in ShardReader(tar) if s.valid}  # valid: decoded
-    crops = [crop_resize(pixels[r["key"]], CropBox(r["crop_x"], r["crop_y"], r["crop_size"]), RESOLUTION) for r in rows]
+    crops = [
+        crop_resize(pixels[r["key"]], CropBox(r["crop_x"], r["crop_y"], r["crop_w"], r["crop_h"]), RESOLUTION)
+        for r in rows
+    ]
     return [r["key"] for r in rows], torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
 
 
@@ -210,7 +213,9 @@ def tile_check(config, key: str, k: int, n: int) -> dict:
     stored = fs.array(key, "features")
     errors, cosines = [], []
     for slot_index, row in enumerate(window[:n]):
-        crop = crop_resize(pixels[row["key"]], CropBox(row["crop_x"], row["crop_y"], row["crop_size"]), RESOLUTION)
+        crop = crop_resize(
+            pixels[row["key"]], CropBox(row["crop_x"], row["crop_y"], row["crop_w"], row["crop_h"]), RESOLUTION
+        )
         x = teacher.normalize(torch.from_numpy(np.array(crop)).permute(2, 0, 1)[None].float() / 255.0)
         slot = slot_index % (k * k)  # the worker fills canvases with the window's valid images in order
         offsets = np.zeros((slot + 1, 2), dtype=np.int64)

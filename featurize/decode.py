@@ -1,5 +1,6 @@
-"""The CPU stage of featurize: read a tar once, decode each image once, crop and resize it to
-every geometry the selected target keys need, and write the tar's manifest once.
+"""The CPU stage of featurize: read a tar once, decode each image once, crop it
+``crops_per_image`` times (K rows per image), resize each crop to every geometry the selected
+target keys need, and write the tar's manifest once.
 
 Its output is a stream of **groups**: ``W`` consecutive Zarr shards (windows of ``shard_rows``
 rows) of one tar, with ``W * shard_rows ≈`` the teachers' batch size, so a group is the unit
@@ -46,6 +47,7 @@ class TarDecoder:
         self.store = FeatureStore(store_path)
         self.settings = settings
         self.group = windows_per_group(batch_size, self.store.plan.shard_rows)
+        self.crops = self.store.plan.crops_per_image  # K rows per image
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         for s in batch["item"]:
@@ -62,30 +64,32 @@ class TarDecoder:
         reader = ShardReader(tp.path, ImageLimits(self.settings.min_image_size, self.settings.max_image_pixels))
         index, pending, error = 0, None, None
         try:
-            samples: list[Sample] = []
+            samples: list[tuple[Sample, int]] = []  # one (sample, crop index) per row
             for sample in reader:
                 if sample.ordinal >= tp.samples:
                     raise RuntimeError(f"{tp.path} holds more samples than planned ({tp.samples}); was it rewritten?")
-                samples.append(sample)
-                if len(samples) == w * r:
-                    if pending is not None:
-                        yield pending
-                    pending = self._group(item, tp, index, samples, res, manifest, reasons)
-                    index, samples = index + 1, []
+                reasons[sample.reason or "valid"] += 1
+                for k in range(self.crops):  # decoded once, cropped K times
+                    samples.append((sample, k))
+                    if len(samples) == w * r:
+                        if pending is not None:
+                            yield pending
+                        pending = self._group(item, tp, index, samples, res, manifest)
+                        index, samples = index + 1, []
             if samples or pending is None:
                 if pending is not None:
                     yield pending
-                pending = self._group(item, tp, index, samples, res, manifest, reasons)
+                pending = self._group(item, tp, index, samples, res, manifest)
                 index += 1
             self.store.write_manifest(tp.index, manifest)  # once per tar, before the last group leaves
         except Exception as e:  # noqa: BLE001 - one bad tar must not stop the job
             error = f"{type(e).__name__}: {e}"
             if pending is None:
-                pending = self._group(item, tp, index, [], res, [], Counter())
+                pending = self._group(item, tp, index, [], res, [])
                 index += 1
         end = TarEnd(
             index,
-            len(manifest),
+            len(manifest) // self.crops,  # samples (images), not rows
             reasons["valid"],
             {k: v for k, v in reasons.items() if k != "valid"},
             reader.error if reader.truncated else None,
@@ -98,20 +102,18 @@ class TarDecoder:
         item: TarItem,
         tp: TarPlan,
         index: int,
-        samples: list[Sample],
+        samples: list[tuple[Sample, int]],
         res: list[int],
         manifest: list[dict[str, Any]],
-        reasons: Counter[str],
     ) -> dict[str, np.ndarray]:
         r, n = self.store.plan.shard_rows, self.group * self.store.plan.shard_rows
         row_start = tp.row_start + index * n
         valid = np.zeros(n, bool)
         px = {s: np.zeros((n, s, s, 3), np.uint8) for s in res}
         keys = [""] * n
-        for i, x in enumerate(samples):
-            box = self._box(x)
-            manifest.append(_manifest_row(tp, row_start + i, x, box))
-            reasons[x.reason or "valid"] += 1
+        for i, (x, k) in enumerate(samples):
+            box = self._box(x, k)
+            manifest.append(_manifest_row(tp, row_start + i, x, k, box))
             keys[i] = x.key
             if box is not None:
                 assert x.pixels is not None  # a box only for a valid sample
@@ -123,16 +125,16 @@ class TarDecoder:
         out |= {pixel_column(s): a[None] for s, a in px.items()}
         return out
 
-    def _box(self, sample: Sample) -> CropBox | None:
+    def _box(self, sample: Sample, index: int) -> CropBox | None:
         if not sample.valid:
             return None
         assert sample.pixels is not None  # valid: decoded
         h, w = sample.pixels.shape[:2]
         s = self.settings
-        return choose_crop(s.seed, sample.key, w, h, s.crop_kind, s.crop_scale)
+        return choose_crop(s.seed, sample.key, w, h, s.crop_kind, s.crop_scale, s.crop_ratio, index)
 
 
-def _manifest_row(tp: TarPlan, row: int, x: Sample, box: CropBox | None) -> dict[str, Any]:
+def _manifest_row(tp: TarPlan, row: int, x: Sample, index: int, box: CropBox | None) -> dict[str, Any]:
     h, w = x.pixels.shape[:2] if x.pixels is not None else (None, None)
     return {
         "row": row,
@@ -149,7 +151,9 @@ def _manifest_row(tp: TarPlan, row: int, x: Sample, box: CropBox | None) -> dict
         "height": h,
         "crop_x": box.x if box else None,
         "crop_y": box.y if box else None,
-        "crop_size": box.size if box else None,
+        "crop_w": box.w if box else None,
+        "crop_h": box.h if box else None,
+        "crop_index": index,
     }
 
 

@@ -161,9 +161,10 @@ class FeaturizeReport:
         return not self.failed and not self.unreadable and not self.truncated
 
 
-def plan_rows(tars: list[str], shard_rows: int, threads: int = 8) -> Plan:
+def plan_rows(tars: list[str], shard_rows: int, threads: int = 8, crops_per_image: int = 1) -> Plan:
     """Count every tar's samples (img2dataset's ``_stats.json`` / parquet when they agree with the
-    tar's size, else its headers; in parallel) and give each a shard-aligned range."""
+    tar's size, else its headers; in parallel) and give each a shard-aligned range of
+    ``crops_per_image`` rows per sample."""
 
     def one(path: str) -> tuple[str, int, int, str | None]:
         try:
@@ -175,7 +176,7 @@ def plan_rows(tars: list[str], shard_rows: int, threads: int = 8) -> Plan:
         return path, size, n, error
 
     with ThreadPoolExecutor(threads) as pool:
-        return Plan.build(list(pool.map(one, tars)), shard_rows)
+        return Plan.build(list(pool.map(one, tars)), shard_rows, crops_per_image)
 
 
 def provenance(config: PipelineConfig, teacher: str, job: KeyJob) -> TargetProvenance:
@@ -219,7 +220,12 @@ def provenance(config: PipelineConfig, teacher: str, job: KeyJob) -> TargetProve
 def _settings(config: PipelineConfig) -> FeaturizeSettings:
     f = config.featurize
     return FeaturizeSettings(
-        f.seed, f.crop.kind, tuple(f.crop.scale), config.data.min_image_size, config.data.max_image_pixels
+        f.seed,
+        f.crop.kind,
+        tuple(f.crop.scale),
+        tuple(f.crop.ratio),
+        config.data.min_image_size,
+        config.data.max_image_pixels,
     )
 
 
@@ -234,7 +240,7 @@ def prepare(
     validate_geometry(config, selection)  # before anything is created
     provs = {job.key: provenance(config, t, job) for t, (_, _, jobs) in selection.teachers.items() for job in jobs}
     tars = expand_shards(config.data.shards)
-    plan = plan_rows(tars, config.store.shard_rows)
+    plan = plan_rows(tars, config.store.shard_rows, crops_per_image=config.featurize.crops_per_image)
     settings = settings_json(asdict(_settings(config)) | {"shards_fingerprint": fingerprint(tars)})
     store = FeatureStore.create(config.store.path, plan, settings)
     items: list[WorkItem] = []

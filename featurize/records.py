@@ -81,8 +81,9 @@ class FeaturizeSettings:
     """What every worker must agree on; also recorded in the store."""
 
     seed: int = 0
-    crop_kind: str = "random_square"
+    crop_kind: str = "random_resized"
     crop_scale: tuple[float, float] = (0.5, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     min_image_size: int = 32
     max_image_pixels: int = 64_000_000
 

@@ -69,15 +69,17 @@ def store_info(path: str | Path) -> dict[str, Any]:
             info.normalizer_current = compact_mod.is_current(store, ck)
         keys.append(info)
     reasons: dict[str, int] = {}
-    for r in manifest.column("reason").to_pylist() if manifest.num_rows else []:
+    k = store.plan.crops_per_image  # an image's K rows share its validity and reason
+    for r in manifest.column("reason").to_pylist()[::k] if manifest.num_rows else []:
         if r:
             reasons[r] = reasons.get(r, 0) + 1
     return {
         "path": str(store.path),
         "tars": len(store.plan.tars),
         "rows": store.plan.total_rows,
-        "samples": manifest.num_rows,
-        "valid": int(valid.sum()),
+        "crops_per_image": k,
+        "samples": manifest.num_rows // k,  # images
+        "valid": int(valid.sum()) // k,  # valid images
         "reasons": reasons,
         "shard_rows": store.plan.shard_rows,
         "settings": store.settings,
@@ -178,8 +180,9 @@ def verify_report(path: str | Path, keys: list[str] | None = None) -> VerifyRepo
                 continue
             rows = np.asarray(m["row"], dtype=np.int64)
             valid = np.asarray(m["valid"], dtype=bool)
-            if len(rows) > tp.samples or (len(rows) < tp.samples and not tp.error):
-                report.tar(key, tp.index, f"{where}: manifest has {len(rows)} rows, plan has {tp.samples}")
+            planned = store.plan.planned_rows(tp)  # samples × crops_per_image
+            if len(rows) > planned or (len(rows) < planned and not tp.error):
+                report.tar(key, tp.index, f"{where}: manifest has {len(rows)} rows, plan has {planned}")
             if len(rows) and (rows.min() < tp.row_start or rows.max() >= tp.row_start + tp.rows):
                 report.tar(key, tp.index, f"{where}: manifest rows outside the tar's range")
                 continue

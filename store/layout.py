@@ -10,7 +10,8 @@ Layout under the store path::
         moments/summary_{count,mean,m2}    the same for the summary
         complete  [T]              uint8 completion marker per tar, written last
     normalizers/TEACHER/STREAM/FP/ one PHI-S per teacher from all its keys, by fingerprint (`radio fit-phis`, store/normalizers.py)
-    manifest/NNNNNNNN.parquet      per tar: row, key, uid, tar, ordinal, offset, size, valid, reason, crop
+    manifest/NNNNNNNN.parquet      per tar: row, key, uid, tar, ordinal, offset, size, valid, reason,
+                                   crop box (crop_x, crop_y, crop_w, crop_h) and crop_index
 
 The path is a local directory or an object-store URL (``s3://bucket/prefix``): every file above is
 an object written whole, through :class:`~radio.store.objects.Location`.
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import zarr
 
 from . import checksums
@@ -44,6 +46,9 @@ STORE_FORMAT = 1
 # What an empty folder may already hold when a store is created in it: the lease a featurize
 # run takes before planning (radio.store.lease), and a killed writer's temporary files.
 CREATE_IGNORES = ("leases",)
+# Featurize settings that stores written before issue 23 do not record, as those stores behave
+# (compared as if present, so such a store still resumes under a config that means the same).
+LEGACY_SETTINGS: dict[str, Any] = {"crop_ratio": [3 / 4, 4 / 3]}
 
 
 @dataclass(frozen=True)
@@ -61,29 +66,52 @@ class TarPlan:
 
 @dataclass(frozen=True)
 class Plan:
+    """The row layout. Each sample (image) of a tar owns ``crops_per_image`` consecutive rows, one
+    per crop: sample ``ordinal``'s crop ``k`` is row ``row_start + ordinal * K + k``."""
+
     shard_rows: int
     tars: tuple[TarPlan, ...]
+    crops_per_image: int = 1  # K; stores planned before issue 23 have 1
 
     @property
     def total_rows(self) -> int:
         return sum(t.rows for t in self.tars)
 
+    def planned_rows(self, tar: TarPlan) -> int:
+        """Rows the tar's samples fill (``samples × K``; the rest of its range is padding)."""
+        return tar.samples * self.crops_per_image
+
+    def image_rows(self, rows: np.ndarray) -> np.ndarray:
+        """``[B]`` row ids → ``[B]`` the first row (crop 0) of each row's image: the image's id."""
+        rows = np.asarray(rows, dtype=np.int64)
+        k = self.crops_per_image
+        if k == 1 or not len(rows):
+            return rows
+        starts = np.array([t.row_start for t in self.tars], dtype=np.int64)
+        first = starts[np.searchsorted(starts, rows, side="right") - 1]
+        return rows - (rows - first) % k
+
     @classmethod
-    def build(cls, listing: list[tuple[str, int, int, str | None]], shard_rows: int) -> Plan:
-        """From ``(path, bytes, samples, error)`` per tar: disjoint, shard-aligned row ranges."""
+    def build(cls, listing: list[tuple[str, int, int, str | None]], shard_rows: int, crops_per_image: int = 1) -> Plan:
+        """From ``(path, bytes, samples, error)`` per tar: disjoint, shard-aligned row ranges of
+        ``crops_per_image`` rows per sample."""
         tars, row = [], 0
         for i, (path, size, samples, error) in enumerate(listing):
-            rows = -(-samples // shard_rows) * shard_rows  # padded: no shard shared by two tars
+            rows = -(-samples * crops_per_image // shard_rows) * shard_rows  # padded: no shard shared by two tars
             tars.append(TarPlan(i, path, size, samples, row, rows, error))
             row += rows
-        return cls(shard_rows, tuple(tars))
+        return cls(shard_rows, tuple(tars), crops_per_image)
 
     def to_json(self) -> dict[str, Any]:
-        return {"shard_rows": self.shard_rows, "tars": [asdict(t) for t in self.tars]}
+        return {
+            "shard_rows": self.shard_rows,
+            "crops_per_image": self.crops_per_image,
+            "tars": [asdict(t) for t in self.tars],
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Plan:
-        return cls(d["shard_rows"], tuple(TarPlan(**t) for t in d["tars"]))
+        return cls(d["shard_rows"], tuple(TarPlan(**t) for t in d["tars"]), int(d.get("crops_per_image", 1)))
 
 
 MANIFEST_SCHEMA = pa.schema(
@@ -102,9 +130,40 @@ MANIFEST_SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("crop_x", pa.int32()),
         ("crop_y", pa.int32()),
-        ("crop_size", pa.int32()),
+        ("crop_w", pa.int32()),
+        ("crop_h", pa.int32()),
+        ("crop_index", pa.int32()),  # k of the image's K crops (its rows: row - crop_index onwards)
     ]
 )
+# Manifests written before issue 23 hold one square box per image (crop_size), no crop_index.
+LEGACY_CROP = ("crop_w", "crop_h", "crop_index")
+
+
+def read_manifest(data: bytes, name: str, columns: list[str] | None = None) -> pa.Table:
+    """One tar's manifest (page checksums verified) with the columns of :data:`MANIFEST_SCHEMA`
+    (or ``columns``); an old manifest's square ``crop_size`` reads as ``crop_w = crop_h`` and its
+    rows as crop 0."""
+    try:
+        have = pq.read_schema(pa.BufferReader(data)).names
+    except (pa.ArrowException, OSError, ValueError):
+        have = []  # a damaged footer: read_parquet says so in one line
+    if "crop_size" not in have or "crop_w" in have:
+        return checksums.read_parquet(data, name, columns)
+    want = columns if columns is not None else MANIFEST_SCHEMA.names
+    read = [c for c in want if c not in LEGACY_CROP]
+    if any(c in want for c in LEGACY_CROP) and "crop_size" not in read:
+        read.append("crop_size")
+    table = checksums.read_parquet(data, name, read)
+    size = table.column("crop_size") if "crop_size" in table.column_names else None
+    out = {}
+    for c in want:
+        if c in ("crop_w", "crop_h"):
+            out[c] = size
+        elif c == "crop_index":
+            out[c] = pa.array(np.zeros(table.num_rows, np.int32))
+        else:
+            out[c] = table.column(c)
+    return pa.table(out)
 
 
 @dataclass(frozen=True)
@@ -177,15 +236,22 @@ class FeatureStore:
         location = Location(path)
         if location.exists("zarr.json"):
             store = cls(path)
+            if store.plan.crops_per_image != plan.crops_per_image:
+                raise StoreError(
+                    f"{path}: the store was featurized with crops_per_image {store.plan.crops_per_image}, "
+                    f"the config says {plan.crops_per_image}; its rows are laid out per crop: use a new --store"
+                )
             if store.plan != plan:
                 raise StoreError(
                     f"{path}: the store was planned for other shards (tars, sizes or shard_rows differ); "
                     "use a new --store or --overwrite"
                 )
-            if store.settings != settings:
-                changed = sorted(
-                    k for k in settings.keys() | store.settings.keys() if settings.get(k) != store.settings.get(k)
-                )
+            changed = sorted(
+                k
+                for k in settings.keys() | store.settings.keys()
+                if settings.get(k, LEGACY_SETTINGS.get(k)) != store.settings.get(k, LEGACY_SETTINGS.get(k))
+            )
+            if changed:
                 raise StoreError(
                     f"{path}: the store was featurized with other settings ({', '.join(changed)}); "
                     "use a new --store or --overwrite"
@@ -352,10 +418,7 @@ class FeatureStore:
         :meth:`marked_complete`) without one is a :class:`StoreError`: its rows must never read as
         "no rows"."""
         found = self._manifest_bytes(required)
-        return {
-            t: checksums.read_parquet(data, f"{self.path}/{self.manifest_name(t)}", columns)
-            for t, data in found.items()
-        }
+        return {t: read_manifest(data, f"{self.path}/{self.manifest_name(t)}", columns) for t, data in found.items()}
 
     def manifest(self) -> pa.Table:
         """Manifest rows of every tar that has one, in row order (a complete tar must have one)."""

@@ -4,8 +4,8 @@ The store's parquet manifest (one file per tar) is read column by column into de
 indexed by row id — no Python object per row. The trainer saves them once per run under the run
 folder as one ``.npy`` of packed row records (a derived cache, rebuilt by every ``radio distill``
 invocation, never part of the store), and every DataLoader worker memory-maps it: the workers share the
-page cache instead of each holding a copy. At 10M rows the columns take 25 bytes a row
-(~250 MB on disk); a worker's resident share is only the pages of the rows it serves.
+page cache instead of each holding a copy. At 10M rows the columns take 29 bytes a row
+(~290 MB on disk); a worker's resident share is only the pages of the rows it serves.
 
 A row's tar is found from the plan's row ranges (``searchsorted``), not stored per row.
 """
@@ -26,10 +26,11 @@ COLUMNS: dict[str, np.dtype] = {
     "size": np.dtype(np.int32),
     "crop_x": np.dtype(np.int32),
     "crop_y": np.dtype(np.int32),
-    "crop_size": np.dtype(np.int32),
+    "crop_w": np.dtype(np.int32),
+    "crop_h": np.dtype(np.int32),
     "valid": np.dtype(bool),
 }
-# A saved manifest is row-major, one packed 25-byte record per row: a lookup of row r touches one
+# A saved manifest is row-major, one packed 29-byte record per row: a lookup of row r touches one
 # page for all its fields (column files would touch one page per column, and the kernel maps
 # ~64 KB of page cache around each touched page).
 RECORD = np.dtype([(name, dtype) for name, dtype in COLUMNS.items()])

@@ -23,8 +23,9 @@ class RowSplit:
 
 
 def split_rows(store: FeatureStore, keys: list[str], held_out: int, manifest: Manifest | None = None) -> RowSplit:
-    """Valid rows of tars complete for every key; the last ``held_out`` of them are reserved
-    for evaluation and never trained on. Columnar: no Python object per row."""
+    """Valid rows of tars complete for every key; the last ``held_out`` images of them (all their
+    rows: an image's crops never straddle the split) are reserved for evaluation and never
+    trained on. Columnar: no Python object per row."""
     complete = np.ones(len(store.plan.tars), dtype=bool)
     for key in keys:
         complete &= store.completed(key)
@@ -37,5 +38,8 @@ def split_rows(store: FeatureStore, keys: list[str], held_out: int, manifest: Ma
             if complete[t]:
                 parts.append(table.column("row").to_numpy()[table.column("valid").to_numpy(zero_copy_only=False)])
         usable = np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
-    cut = max(0, len(usable) - held_out)
+    # By image: the last `held_out` images, each with all its crops_per_image rows.
+    images = store.plan.image_rows(usable)
+    first = np.flatnonzero(np.concatenate([[True], images[1:] != images[:-1]])) if len(usable) else usable
+    cut = int(first[len(first) - held_out]) if 0 < held_out <= len(first) else (0 if held_out else len(usable))
     return RowSplit(usable[:cut], usable[cut:])

@@ -139,4 +139,4 @@ def test_show_prints_resolved_yaml(repo):
     shown = yaml.safe_load(result.stdout)
     assert shown["store"]["path"] == "x.zarr"
     assert shown["store"]["shard_rows"] == 8  # from the file
-    assert shown["featurize"]["crop"]["kind"] == "random_square"  # a default filled in from code
+    assert shown["featurize"]["crop"]["kind"] == "random_resized"  # a default filled in from code
