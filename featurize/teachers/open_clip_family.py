@@ -1,6 +1,7 @@
 """Any open_clip ViT by name (``model: open_clip:ViT-gopt-16-SigLIP2-384``), and SigLIP2.
 
-``weights:`` is an open_clip pretrained tag of the architecture (``webli``), a hub id or a local
+``model: open_clip:local-dir:FOLDER`` takes a folder with an ``open_clip_config.json`` (open_clip's
+own schema; its ``preprocess_cfg`` gives the normalization). ``weights:`` is an open_clip pretrained tag of the architecture (``webli``), a hub id or a local
 file (:func:`radio.featurize.teachers.clip.create_open_clip`). The rules, by image tower:
 
 * open_clip ``VisionTransformer`` (CLIP, class-token pooling): :class:`ClipTeacher`, summary =
@@ -21,7 +22,9 @@ SigLIP2 at 384, the C-RADIOv4 summary teacher, is registered at its two sizes: `
 
 from __future__ import annotations
 
+import json
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import open_clip
@@ -36,6 +39,7 @@ from radio.featurize.teachers.registry import TeacherBuilder, register_resolver,
 from radio.featurize.teachers.siglip import SiglipTeacher
 
 LIBRARY = "open_clip"
+LOCAL_DIR = "local-dir:"  # open_clip's schema for a folder holding open_clip_config.json (+ weights)
 
 
 def _teacher_class(name: str, visual: nn.Module) -> type[OpenClipTeacher]:
@@ -67,18 +71,31 @@ def _side(size: Any) -> int:
     return int(size[-1] if isinstance(size, tuple | list) else size)
 
 
+def _local_dir_config(name: str, model_name: str) -> dict[str, Any] | None:
+    """``local-dir:FOLDER`` (open_clip's own schema): its ``open_clip_config.json``, else None."""
+    if not model_name.startswith(LOCAL_DIR):
+        return None
+    path = Path(model_name.removeprefix(LOCAL_DIR)) / "open_clip_config.json"
+    if not path.is_file():
+        raise TeacherError(f"unknown teacher {name!r}: no open_clip_config.json in {path.parent}")
+    return json.loads(path.read_text())
+
+
 def describe(name: str, arch: OpenClipArch, weights: str | None = None, **spec_fields: Any) -> TeacherSpec:
     """The spec of ``arch`` read off its meta-device instance (see the module's rules)."""
-    if open_clip.get_model_config(arch.model_name) is None:
+    folder_config = _local_dir_config(name, arch.model_name)
+    if folder_config is None and open_clip.get_model_config(arch.model_name) is None:
         raise TeacherError(f"unknown teacher {name!r}: open_clip has no model config {arch.model_name!r}")
     with torch.device("meta"):
         model = arch.create()
     visual = model.visual
     teacher_class = _teacher_class(name, visual)
     summary_dim, feature_dim, patch = _dims(name, visual)
-    tags = open_clip.list_pretrained_tags_by_model(arch.model_name)
+    tags = [] if folder_config is not None else open_clip.list_pretrained_tags_by_model(arch.model_name)
     tag = weights if weights in tags else (tags[0] if tags else None)
     pretrained = open_clip.get_pretrained_cfg(arch.model_name, tag) if tag else {}
+    if folder_config is not None:
+        pretrained = folder_config.get("preprocess_cfg", {})
     preprocess = getattr(visual, "preprocess_cfg", {}) or {}
     fields: dict[str, Any] = dict(
         name=name,

@@ -6,6 +6,8 @@ architecture; the real sizes on the meta device (dims, grid, parameter count).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import textwrap
 
 import open_clip
@@ -160,14 +162,41 @@ def test_open_clip_siglip2_equals_encode_image_and_trunk_features():
     assert torch.equal(out.features, tokens.reshape(2, 4, 4, 32))
 
 
-def test_open_clip_by_name_equals_encode_image():
-    teacher = create_teacher("open_clip:ViT-S-32")
-    assert teacher.spec.family == "clip" and teacher.spec.patch == 32
+def tiny_open_clip_folder(tmp_path) -> str:
+    """A folder in open_clip's ``local-dir:`` layout: a tiny CLIP config, no weights (random init)."""
+    folder = tmp_path / "open_clip"
+    folder.mkdir()
+    model_cfg = dict(
+        embed_dim=32,
+        vision_cfg=dict(image_size=64, layers=2, width=64, head_width=32, patch_size=16),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
+    )
+    preprocess_cfg = dict(mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+    (folder / "open_clip_config.json").write_text(json.dumps(dict(model_cfg=model_cfg, preprocess_cfg=preprocess_cfg)))
+    return str(folder)
+
+
+def test_open_clip_folder_by_name_equals_encode_image(tmp_path):
+    folder = tiny_open_clip_folder(tmp_path)
+    teacher = create_teacher(f"open_clip:local-dir:{folder}")
+    spec = teacher.spec
+    assert (spec.family, spec.patch, spec.input_size, spec.std) == ("clip", 16, 64, (0.25, 0.25, 0.25))
     with seeded_init():
-        model = open_clip.create_model("ViT-S-32").eval()
-    x = _images(224, 224, batch=1)
+        model = open_clip.create_model(f"local-dir:{folder}").eval()
+    x = _images(64, 64)
+    model.visual.output_tokens = True  # open_clip's own patch tokens (after ln_post)
     with torch.no_grad():
-        assert torch.equal(teacher(x).summary, model.encode_image(x))
+        embedding = model.encode_image(x)[0]
+        _, tokens = model.visual(x)
+    out = teacher(x)
+    assert torch.equal(out.summary, embedding)
+    assert torch.equal(out.features, tokens.reshape(2, 4, 4, 64))
+
+
+def test_open_clip_builtin_name_reads_the_registered_siglip2_spec():
+    spec = get_spec("open_clip:ViT-SO400M-16-SigLIP2-384")
+    registered = get_spec("siglip2_so400m_384")
+    assert dataclasses.replace(spec, family="siglip2", licence="apache-2.0", name=registered.name) == registered
 
 
 # --- transformers -------------------------------------------------------------------------------
