@@ -18,7 +18,7 @@ Patch size and native resolution come from the config; normalization from the fo
 the licence from the model card's ``license:`` field when the card is at hand. Any other
 ``model_type`` is refused in one line naming it.
 
-``weights:`` for an ``hf:`` teacher is the hub id (``hf-hub:ORG/NAME`` or ``ORG/NAME``) or folder
+``weights:`` for an ``hf:`` teacher is the hub id (``hf-hub:ORG/NAME``) or folder
 whose ``*.safetensors`` hold the model (the part the rule uses is taken by key prefix, e.g. SAM3's
 ``vision_encoder.backbone.``), or one local checkpoint file of the part itself.
 """
@@ -89,11 +89,12 @@ def _create(config: Any) -> nn.Module:
 
 
 def _default_normalization(rule: HfRule) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    processor: Any
     if rule.family == "sam3":
-        from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor as Processor
+        from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor as processor
     else:
-        from transformers.models.dinov3_vit.image_processing_dinov3_vit import DINOv3ViTImageProcessor as Processor
-    return tuple(Processor.image_mean), tuple(Processor.image_std)
+        from transformers.models.dinov3_vit.image_processing_dinov3_vit import DINOv3ViTImageProcessor as processor
+    return tuple(processor.image_mean), tuple(processor.image_std)
 
 
 def _repo_file(ref: str, filename: str) -> Path | None:
@@ -128,6 +129,8 @@ def _card_licence(ref: str) -> str | None:
 def load_config(name: str, ref: str) -> Any:
     from transformers import AutoConfig
 
+    if ref.startswith(("/", ".", "~")) and not Path(ref).expanduser().is_dir():
+        raise TeacherError(f"unknown teacher {name!r}: no such folder {ref}")
     try:
         return AutoConfig.from_pretrained(ref)
     except (OSError, ValueError, KeyError) as err:
@@ -144,7 +147,7 @@ class HfTeacher(Teacher):
 
     def __init__(self, spec: TeacherSpec, model: nn.Module, rule: HfRule):
         super().__init__()
-        config = model.config
+        config: Any = model.config
         prefix = 0 if rule.family == "sam3" else 1 + int(getattr(config, "num_register_tokens", 0))
         check_architecture(
             spec,

@@ -52,7 +52,7 @@ def _teacher_class(name: str, visual: nn.Module) -> type[OpenClipTeacher]:
     )
 
 
-def _dims(name: str, visual: nn.Module) -> tuple[int | None, int, int]:
+def _dims(name: str, visual: Any) -> tuple[int | None, int, int]:
     """``(summary_dim, feature_dim, patch)`` as the teacher classes read them."""
     if isinstance(visual, OpenClipViT):
         if visual.proj is None:
@@ -87,7 +87,7 @@ def describe(name: str, arch: OpenClipArch, weights: str | None = None, **spec_f
     if folder_config is None and open_clip.get_model_config(arch.model_name) is None:
         raise TeacherError(f"unknown teacher {name!r}: open_clip has no model config {arch.model_name!r}")
     with torch.device("meta"):
-        model = arch.create()
+        model: Any = arch.create()
     visual = model.visual
     teacher_class = _teacher_class(name, visual)
     summary_dim, feature_dim, patch = _dims(name, visual)
@@ -113,7 +113,7 @@ def describe(name: str, arch: OpenClipArch, weights: str | None = None, **spec_f
 
 
 def build_open_clip_teacher(spec: TeacherSpec, weights: str | None, *, arch: OpenClipArch) -> OpenClipTeacher:
-    model = create_open_clip(arch, spec, weights)
+    model: Any = create_open_clip(arch, spec, weights)
     return _teacher_class(spec.name, model.visual)(spec, model, tokenizer_name(arch, weights))
 
 

@@ -49,7 +49,7 @@ class TimmModelArch:
         return timm.create_model(self.model_name, pretrained=pretrained, **kwargs)
 
 
-def _mappable(name: str, model: nn.Module) -> tuple[int, int, int]:
+def _mappable(name: str, model: Any) -> tuple[int, int, int]:
     """``(summary_dim, feature_dim, patch)`` of a timm ViT, or a one-line error naming the field."""
     patch_embed = getattr(model, "patch_embed", None)
     patch_size = getattr(patch_embed, "patch_size", None)
@@ -82,9 +82,10 @@ class TimmTeacher(Teacher):
 
     def forward(self, x: torch.Tensor) -> TeacherOutput:
         grid = self.input_grid(x)
-        tokens = self.model.forward_features(x)  # [B, P + h*w, C]
-        summary = self.model.forward_head(tokens, pre_logits=True)  # [B, Cs]
-        features = to_grid(tokens[:, self.model.num_prefix_tokens :], grid)
+        model: Any = self.model  # a timm model: its methods are not in nn.Module's types
+        tokens = model.forward_features(x)  # [B, P + h*w, C]
+        summary = model.forward_head(tokens, pre_logits=True)  # [B, Cs]
+        features = to_grid(tokens[:, model.num_prefix_tokens :], grid)
         return TeacherOutput(summary=summary, features=features)
 
 
@@ -109,11 +110,11 @@ def describe(name: str, arch: TimmModelArch, **spec_fields: Any) -> TeacherSpec:
         raise TeacherError(f"unknown teacher {name!r}: timm has no model {arch.model_name!r}")
     with torch.device("meta"):
         try:
-            model = arch.create()
+            model: Any = arch.create()
         except TypeError as err:  # e.g. a CNN refusing dynamic_img_size
             raise TeacherError(f"{name}: cannot map outputs: timm cannot build it as a ViT ({err})") from err
     summary_dim, feature_dim, patch = _mappable(name, model)
-    cfg = model.pretrained_cfg
+    cfg: dict[str, Any] = dict(model.pretrained_cfg)
     fields: dict[str, Any] = dict(
         name=name,
         family=LIBRARY,

@@ -83,26 +83,22 @@ def test_written_out_specs_are_what_the_libraries_say():
 
 
 def test_timm_by_name_equals_timm_forward():
-    name = "timm:vit_small_patch16_dinov3"
+    name = "timm:test_vit"  # timm's own tiny ViT (64 wide, patch 16, native 160)
     spec = get_spec(name)
-    assert (spec.library, spec.family, spec.patch, spec.feature_dim, spec.licence) == (
-        "timm",
-        "timm",
-        16,
-        384,
-        "dinov3-license",
-    )
+    assert (spec.library, spec.family, spec.patch, spec.input_size, spec.feature_dim) == ("timm", "timm", 16, 160, 64)
     teacher = create_teacher(name)
     with seeded_init():
-        model = timm.create_model("vit_small_patch16_dinov3", pretrained=False).eval()
-    for side in (64, 96):
-        x = _images(side, side)
+        model = timm.create_model("test_vit", pretrained=False).eval()
+    for height, width in ((160, 160), (64, 96)):  # native, and another grid (timm's dynamic size)
+        x = _images(height, width)
         out = teacher(x)
         with torch.no_grad():
+            model.set_input_size((height, width))
             tokens = model.forward_features(x)
-            pooled = model.forward_head(tokens, pre_logits=True)  # timm's image embedding (avg here)
+            pooled = model.forward_head(tokens, pre_logits=True)  # timm's image embedding
         assert torch.equal(out.summary, pooled)
-        assert torch.equal(out.features, tokens[:, 5:].reshape(2, side // 16, side // 16, 384))
+        grid = (height // 16, width // 16)
+        assert torch.equal(out.features, tokens[:, model.num_prefix_tokens :].reshape(2, *grid, 64))
 
 
 def test_dinov3_summary_is_the_class_token_and_registers_are_dropped():
@@ -299,6 +295,7 @@ def test_hf_unmappable_model_type_is_one_line(tmp_path):
         ("open_clip:no_such_model", "unknown teacher 'open_clip:no_such_model': open_clip has no model config"),
         ("timm:resnet18", "timm:resnet18: cannot map outputs: timm cannot build it as a ViT"),
         ("radio_no_such_pkg.mod:build", "unknown teacher 'radio_no_such_pkg.mod:build': no library prefix"),
+        ("hf:/no/such/folder", "unknown teacher 'hf:/no/such/folder': no such folder /no/such/folder"),
         ("json:no_builder", "teacher 'json:no_builder': module 'json' has no function 'no_builder'"),
     ],
 )
