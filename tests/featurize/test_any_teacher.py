@@ -337,3 +337,26 @@ def test_module_builder_teacher_without_installation(tmp_path, monkeypatch):
     assert out.features.shape == (2, 8, 8, 48) and out.summary.shape == (2, 48)
     # random init comes from the registry's fixed seed: same weights as the registered tiny DINOv3
     assert torch.equal(out.features, create_teacher("dinov3_tiny")(_images(128, 128)).features)
+
+
+def test_hf_weights_load_from_a_saved_model_folder(tmp_path):
+    """A saved SAM3 vision model (backbone + neck): the backbone's keys load, and the teacher's
+    features are that model's own pre-neck output."""
+    from transformers import AutoConfig
+    from transformers.models.sam3.configuration_sam3 import Sam3VisionConfig
+    from transformers.models.sam3.modeling_sam3 import Sam3VisionModel
+
+    backbone = AutoConfig.from_pretrained(tiny_sam3_folder(tmp_path)).to_dict()
+    vision = Sam3VisionModel(
+        Sam3VisionConfig(
+            backbone_config=backbone, fpn_hidden_size=16, backbone_feature_sizes=[[64, 64], [32, 32], [16, 16]]
+        )
+    ).eval()
+    folder = tmp_path / "saved"
+    vision.save_pretrained(folder)
+    teacher = create_teacher(f"hf:{folder}", str(folder))
+    assert teacher.spec.family == "sam3"
+    x = _images(224, 224)
+    with torch.no_grad():
+        ref = vision(pixel_values=x).last_hidden_state
+    assert torch.equal(teacher(x).features, ref.reshape(2, 16, 16, 32))
