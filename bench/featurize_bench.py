@@ -34,7 +34,7 @@ import radio.shards.tar as shards_module
 from radio.featurize import mosaic as mosaic_module
 from radio.featurize.graph import build_stages, run_local
 from radio.featurize.hostmem import keep_heap_for_cpu_teachers
-from radio.featurize.job import plan_rows
+from radio.featurize.job import CODE_VERSION, plan_rows
 from radio.featurize.records import FeaturizeSettings, KeyJob, WorkItem
 from radio.featurize.teachers import create_teacher, get_spec
 from radio.shards.crops import choose_crop, crop_resize
@@ -42,6 +42,7 @@ from radio.shards.sampledata import write_sample_data
 from radio.shards.tar import ShardReader, expand_shards
 from radio.store.inspect import store_info
 from radio.store.layout import FeatureStore
+from radio.store.provenance import TargetProvenance
 
 
 def _store(tmp: Path, name: str, shards: Path, jobs: dict[str, KeyJob], shard_rows: int) -> FeatureStore:
@@ -56,12 +57,25 @@ def _store(tmp: Path, name: str, shards: Path, jobs: dict[str, KeyJob], shard_ro
             grid=(g, g),
             feature_dim=spec.feature_dim,
             summary_dim=spec.summary_dim,
-            provenance={
-                "grid": [g, g],
-                "feature_dim": spec.feature_dim,
-                "summary_dim": spec.summary_dim,
-                "model": model,
-            },
+            # a full featurize provenance: `store_info` (the bytes case) reads it typed
+            provenance=TargetProvenance(
+                target_key=job.key,
+                teacher=model,
+                model=model,
+                family=spec.family,
+                weights="random-init",
+                resolution=job.resolution,
+                input_size=job.resolution,
+                patch=spec.patch,
+                mosaic=None,
+                grid=(g, g),
+                feature_dim=spec.feature_dim,
+                summary_dim=spec.summary_dim,
+                mean=tuple(spec.mean),
+                std=tuple(spec.std),
+                output_scale=1.0,
+                code_version=CODE_VERSION,
+            ),
         )
     return store
 

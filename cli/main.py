@@ -16,6 +16,7 @@ from .featurize_cmd import featurize
 from .fit_phis_cmd import fit_phis
 from .sample_data import sample_data
 from .scan import scan
+from .teachers_cmd import teachers
 
 app = typer.Typer(
     name="radio",
@@ -33,6 +34,7 @@ app = typer.Typer(
 # In pipeline order, which is the order `radio --help` lists them in.
 app.command("sample-data")(sample_data)
 app.command("scan")(scan)
+app.command("teachers")(teachers)
 app.add_typer(config_cmd.app, name="config")
 app.command("featurize")(featurize)
 app.add_typer(store_cmd.app, name="store")

@@ -130,19 +130,26 @@ class TargetConfig(Frozen):
         description="k: tile k×k images into one canvas-sized input (SAM); 1 pads one image to the canvas",
     )
     canvas: int = Field(1024, gt=0, description="teacher input side that mosaic tiles divide (SAM: 1024)")
+    patch: int = Field(
+        PATCH,
+        gt=0,
+        description="the canvas teacher's patch that mosaic tiles and resolution align to (SAM: 16, SAM3: 14); "
+        "featurize checks the geometry again with the teacher's own patch",
+    )
 
     @model_validator(mode="after")
     def _mosaic_geometry(self) -> TargetConfig:
         if self.mosaic is None:
             return self
         k = self.mosaic
-        why = misfit(self.canvas, k, self.resolution, PATCH)  # student-patch-aligned tiles
+        why = misfit(self.canvas, k, self.resolution, self.patch)  # teacher-patch-aligned tiles
         if why is Misfit.NOT_POWER_OF_TWO:
             raise ValueError(f"mosaic {k} must be a power of two (1, 2, 4, ...)")
-        _multiple_of_patch(self.resolution, "resolution")
+        if self.resolution % self.patch:
+            raise ValueError(f"resolution {self.resolution} is not a positive multiple of {self.patch}")
         tile = tile_side(self.canvas, k)
         if why is Misfit.UNALIGNED:
-            raise ValueError(f"mosaic {k} does not split canvas {self.canvas} into {PATCH}-aligned tiles")
+            raise ValueError(f"mosaic {k} does not split canvas {self.canvas} into {self.patch}-aligned tiles")
         if why is Misfit.TOO_SMALL:
             raise ValueError(f"mosaic {k} tiles are {tile} px and cannot hold resolution {self.resolution}")
         return self
@@ -176,7 +183,7 @@ class TeacherConfig(Frozen):
         return targets
 
 
-StudentSize = Literal["tiny", "b", "l", "h", "g"]
+StudentSize = Literal["tiny", "b", "so400m", "l", "h", "g"]
 
 
 class StudentConfig(Frozen):

@@ -64,6 +64,8 @@ STUDENT_SIZES: dict[str, StudentSpec] = {
     for spec in (
         StudentSpec("tiny", dim=64, depth=2, heads=2),  # CPU tests
         StudentSpec("b", dim=768, depth=12, heads=12),
+        # timm's vit_so400m_patch16_radio_v4 (C-RADIOv4-SO400M): MLP 4304 = int(1152 * 3.7362)
+        StudentSpec("so400m", dim=1152, depth=27, heads=16, mlp_ratio=3.7362),
         StudentSpec("l", dim=1024, depth=24, heads=16),
         StudentSpec("h", dim=1280, depth=32, heads=16),
         # DINOv2's ViT-g uses a SwiGLU MLP (ratio ~2.67 x 2); a plain GELU MLP at ratio 4 has

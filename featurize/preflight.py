@@ -3,7 +3,7 @@
 Each selected teacher's ``weights`` is resolved on the driver, without building a model:
 
 * none (random init, the tiny teachers): nothing to resolve;
-* a local checkpoint file: it must exist;
+* a local checkpoint file (or, for an ``hf:`` teacher, a saved model's folder): it must exist;
 * a hub id ``hf-hub:org/repo``: the repo must be in the local Hugging Face cache, or (when
   ``HF_HUB_OFFLINE`` is not set) the hub must answer for it;
 * an open_clip pretrained tag (``openai``): one of the hub repos open_clip maps the tag to must
@@ -96,7 +96,7 @@ def weights_problem(teacher: str, model: str, weights: str | None) -> str | None
             else f"{weights} is not in the hub cache and the hub did not answer ({why}); {_cache_hint(teacher)}"
         )
     path = Path(weights)
-    if path.is_file():
+    if path.is_file() or path.is_dir():  # a folder: an hf: teacher's saved model (hf_family)
         return None
     if path.suffix in CHECKPOINT_SUFFIXES or "/" in weights or os.sep in weights:
         return f"weights file {weights} not found; put the checkpoint there or set {field} in the pipelines file to its path"

@@ -8,14 +8,16 @@ inside a teacher; it only reads the spec (input size, patch, dims) and calls ``f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
 from radio.errors import RadioError
 
-Family = Literal["clip", "siglip", "dinov2", "sam"]
+Family = str
+"""The rules a teacher's outputs follow: ``clip``, ``siglip``, ``dinov2``, ``sam`` (the 2024 set),
+``timm``, ``open_clip``, ``hf`` (any model of that library by name, :mod:`.by_name`), or a
+plugin's own word. ``radio featurize --teacher FAMILY`` selects by it."""
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -43,6 +45,8 @@ class TeacherSpec:
     feature_dim: int
     weights: str | None = None  # released weights: hub id, file, or open_clip tag; None for tiny sizes
     canvas: bool = False  # True: fixed-size input; smaller images are placed (mosaic/padding) on it
+    library: str = "radio"  # the library whose code runs the model: timm, open_clip, transformers, ...
+    licence: str | None = None  # the weights' licence as the model card states it; None: random init only
 
     def grid(self, resolution: int) -> int:
         """Tokens per side at an input side of ``resolution``."""

@@ -163,6 +163,7 @@ _CLIP_SIZES: tuple[tuple[TeacherSpec, OpenClipArch], ...] = (
         TeacherSpec(
             name="dfn_clip_h14_378",
             family="clip",
+            library="open_clip",
             input_size=378,
             patch=14,
             mean=OPENAI_CLIP_MEAN,
@@ -170,6 +171,7 @@ _CLIP_SIZES: tuple[tuple[TeacherSpec, OpenClipArch], ...] = (
             summary_dim=1024,
             feature_dim=1280,
             weights="hf-hub:apple/DFN5B-CLIP-ViT-H-14-378",
+            licence="apple-sample-code-license",
         ),
         OpenClipArch("ViT-H-14-378-quickgelu"),
     ),
@@ -179,6 +181,7 @@ _CLIP_SIZES: tuple[tuple[TeacherSpec, OpenClipArch], ...] = (
         TeacherSpec(
             name="openai_clip_l14_336",
             family="clip",
+            library="open_clip",
             input_size=336,
             patch=14,
             mean=OPENAI_CLIP_MEAN,
@@ -186,6 +189,7 @@ _CLIP_SIZES: tuple[tuple[TeacherSpec, OpenClipArch], ...] = (
             summary_dim=768,
             feature_dim=1024,
             weights="openai",
+            licence="mit",
         ),
         OpenClipArch("ViT-L-14-336-quickgelu"),
     ),
@@ -193,6 +197,7 @@ _CLIP_SIZES: tuple[tuple[TeacherSpec, OpenClipArch], ...] = (
         TeacherSpec(
             name="clip_tiny",
             family="clip",
+            library="open_clip",
             input_size=112,
             patch=14,
             mean=OPENAI_CLIP_MEAN,

@@ -93,6 +93,7 @@ _DINOV2_SIZES: tuple[tuple[TeacherSpec, TimmArch], ...] = (
         TeacherSpec(
             name="dinov2_g_reg",
             family="dinov2",
+            library="timm",
             input_size=378,
             patch=14,
             mean=IMAGENET_MEAN,
@@ -100,6 +101,7 @@ _DINOV2_SIZES: tuple[tuple[TeacherSpec, TimmArch], ...] = (
             summary_dim=1536,
             feature_dim=1536,
             weights="hf-hub:timm/vit_giant_patch14_reg4_dinov2.lvd142m",
+            licence="apache-2.0",
         ),
         TimmArch("vit_giant_patch14_reg4_dinov2.lvd142m"),
     ),
@@ -107,6 +109,7 @@ _DINOV2_SIZES: tuple[tuple[TeacherSpec, TimmArch], ...] = (
         TeacherSpec(
             name="dinov2_b_reg",
             family="dinov2",
+            library="timm",
             input_size=224,
             patch=14,
             mean=IMAGENET_MEAN,
@@ -114,6 +117,7 @@ _DINOV2_SIZES: tuple[tuple[TeacherSpec, TimmArch], ...] = (
             summary_dim=768,
             feature_dim=768,
             weights="hf-hub:timm/vit_base_patch14_reg4_dinov2.lvd142m",
+            licence="apache-2.0",
         ),
         TimmArch("vit_base_patch14_reg4_dinov2.lvd142m"),
     ),
@@ -121,6 +125,7 @@ _DINOV2_SIZES: tuple[tuple[TeacherSpec, TimmArch], ...] = (
         TeacherSpec(
             name="dinov2_tiny",
             family="dinov2",
+            library="timm",
             input_size=112,
             patch=14,
             mean=IMAGENET_MEAN,

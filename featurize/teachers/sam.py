@@ -115,6 +115,7 @@ _SAM_SIZES: tuple[tuple[TeacherSpec, dict[str, Any]], ...] = (
         TeacherSpec(
             name="sam_h",
             family="sam",
+            library="segment_anything",
             input_size=1024,
             patch=16,
             mean=SAM_MEAN,
@@ -123,6 +124,7 @@ _SAM_SIZES: tuple[tuple[TeacherSpec, dict[str, Any]], ...] = (
             feature_dim=1280,
             # the official release file (dl.fbaipublicfiles.com/segment_anything/), a local path
             weights="sam_vit_h_4b8939.pth",
+            licence="apache-2.0",
             canvas=True,
         ),
         SAM_H_ARGS,
@@ -131,6 +133,7 @@ _SAM_SIZES: tuple[tuple[TeacherSpec, dict[str, Any]], ...] = (
         TeacherSpec(
             name="sam_b",
             family="sam",
+            library="segment_anything",
             input_size=1024,
             patch=16,
             mean=SAM_MEAN,
@@ -138,6 +141,7 @@ _SAM_SIZES: tuple[tuple[TeacherSpec, dict[str, Any]], ...] = (
             summary_dim=None,
             feature_dim=768,
             weights="sam_vit_b_01ec64.pth",
+            licence="apache-2.0",
             canvas=True,
         ),
         SAM_B_ARGS,
@@ -146,6 +150,7 @@ _SAM_SIZES: tuple[tuple[TeacherSpec, dict[str, Any]], ...] = (
         TeacherSpec(
             name="sam_tiny",
             family="sam",
+            library="segment_anything",
             input_size=256,
             patch=16,
             mean=SAM_MEAN,

@@ -117,6 +117,7 @@ _SIGLIP_SIZES: tuple[tuple[TeacherSpec, OpenClipArch], ...] = (
         TeacherSpec(
             name="siglip_so400m_378",
             family="siglip",
+            library="open_clip",
             input_size=378,
             patch=14,
             mean=SIGLIP_MEAN,
@@ -124,6 +125,7 @@ _SIGLIP_SIZES: tuple[tuple[TeacherSpec, OpenClipArch], ...] = (
             summary_dim=1152,
             feature_dim=1152,
             weights="hf-hub:timm/ViT-SO400M-14-SigLIP-384",
+            licence="apache-2.0",
         ),
         OpenClipArch("ViT-SO400M-14-SigLIP-384"),
     ),
@@ -131,6 +133,7 @@ _SIGLIP_SIZES: tuple[tuple[TeacherSpec, OpenClipArch], ...] = (
         TeacherSpec(
             name="siglip_tiny",
             family="siglip",
+            library="open_clip",
             input_size=112,
             patch=14,
             mean=SIGLIP_MEAN,

@@ -23,7 +23,15 @@ def raw(repo) -> dict:
 def test_shipped_file_has_every_named_pipeline(repo):
     pipelines = read_pipelines(repo / "pipelines.yaml")
     assert pipelines.default == "tiny"
-    assert set(pipelines.pipelines) == {"tiny", "radio-amp-b", "radio-amp-l", "radio-amp-h", "radio-amp-g"}
+    assert set(pipelines.pipelines) == {
+        "tiny",
+        "radio-amp-b",
+        "radio-amp-l",
+        "radio-amp-h",
+        "radio-amp-g",
+        "c-radio-v4-so400m",
+        "c-radio-v4-h",
+    }
     amp = pipelines.pipelines["radio-amp-h"]
     assert amp.student.size == "h"
     assert [tuple(p.resolution for p in s.partitions) for s in amp.stages] == [(256,), (432,), (432, 1024)]
