@@ -294,6 +294,31 @@ def test_sigkill_then_resume_with_two_crops_per_image(uninterrupted_k2, k2_pipel
     _kill_then_resume(cmd, store, uninterrupted_k2[0], len(K2_KEYS) * 4, kill_after=1, strict=False)
 
 
+def test_distill_trains_on_a_two_crop_store(uninterrupted_k2, k2_pipelines, shards, tmp_path):
+    """Phase 2 end to end on a ``crops_per_image: 2`` store: fit-phis, then a stage that trains,
+    checkpoints and finishes with finite losses (the sampler draws one crop per image and epoch)."""
+    import shutil
+
+    import yaml
+
+    from radio.distill.trainer import train_stage
+    from radio.store.normalizers import fit_store
+
+    doc = yaml.safe_load(k2_pipelines.read_text())
+    tiny = doc["pipelines"]["tiny"]
+    only_clip = [{"resolution": 128, "batch_size": 4, "targets": list(K2_KEYS)}]
+    tiny["stages"] = [tiny["stages"][0] | {"partitions": only_clip, "checkpoint_every": 2}]
+    tiny["teachers"] = {"clip": tiny["teachers"]["clip"]}
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    store = tmp_path / "store.zarr"
+    shutil.copytree(uninterrupted_k2[0], store)  # the module's store stays as featurize wrote it
+    fit_store(FeatureStore(store))
+    config = load_pipeline(path, "tiny", data=str(shards / "*.tar"), store=str(store), out=str(tmp_path / "run"))
+    result = train_stage(config, 1, steps=4)
+    assert result.end_step == 4 and len(result.losses) == 4 and np.isfinite(result.losses).all()
+
+
 def test_a_store_with_other_crops_per_image_is_refused(uninterrupted_k2, repo, shards):
     from radio.store.objects import StoreError
 
