@@ -89,7 +89,7 @@ def test_input_off_the_patch_grid_is_refused(height, width):
 
 
 def test_unknown_size_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unknown student size 'xl'; known sizes: tiny, b, l, h, g"):
+    with pytest.raises(ValueError, match="unknown student size 'xl'; known sizes: tiny, b, so400m, l, h, g"):
         student_spec("xl")
 
 
