@@ -202,16 +202,6 @@ def write_backbone(fmt: str, tensors: dict[str, torch.Tensor], meta: dict, out: 
         raise ExportError(f"--format {fmt}: {e}") from None
 
 
-def final_student_size(run: Path, stage: int | None = None) -> str:
-    """The student size (``b``, ``l``, ...) of a run's exported stage, from its final weights."""
-    from safetensors import safe_open
-
-    folder = RunFolder(run)
-    stages = [stage] if stage else folder.finished_stages()
-    with safe_open(str(folder.stage(stages[0]).weights), "pt") as f:
-        return json.loads((f.metadata() or {})[EXPORT_META])["student"]["size"]
-
-
 def write_export(out: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
     """Write an export folder: ``tensors`` (``student.*``, ``normalizers.*``) and ``meta`` (the
     ``format``, the student's architecture, one entry per teacher: ``name``, ``summary_dim``,

@@ -13,6 +13,7 @@ branch on the size is needed. Adaptors and normalizers are not exported (backbon
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,8 @@ class OnnxBackbone(nn.Module):
         h, w = images.shape[-2] // patch, images.shape[-1] // patch
         patches = s.patch_embed(s.input_conditioner(images))  # [B, D, h, w]
         # as_tensor keeps the traced sizes symbolic; max() of Python ints would not.
-        side = torch.maximum(torch.as_tensor(h), torch.as_tensor(w)) if torch.jit.is_tracing() else max(h, w)
+        side: Any = torch.maximum(torch.as_tensor(h), torch.as_tensor(w)) if torch.jit.is_tracing() else max(h, w)
+        # (a traced 0-d tensor where interpolate is typed for ints; the tracer records it as a shape)
         table = F.interpolate(
             s.cpe.grid.float().permute(0, 3, 1, 2), size=(side, side), mode="bilinear", align_corners=True
         )
