@@ -250,7 +250,7 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     ),
     "unknown student size": (
         _consistent(change_meta=_set("student.size", "zz")),
-        f"{C}: field student.size 'zz' is not a student size (tiny, b, l, h, g)",
+        f"{C}: field student.size 'zz' is not a student size (tiny, b, so400m, l, h, g)",
     ),
     "unknown normalization": (
         _consistent(change_meta=_set("teachers.0.normalization", "whiten")),
