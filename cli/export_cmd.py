@@ -17,7 +17,8 @@ FORMAT_HELP = (
     "radio: for radio.load; keeps adaptors and each teacher's PHI-S inverse. "
     "timm: backbone for timm's vit_*_patch16_radio_v3, grid resampled for one img_size (equal to radio.load "
     "only there). timm-naflex: backbone for timm's naflexvit_*_radio_v3/v4, full CPE grid (equal at any size "
-    "and aspect). hf: folder for transformers.RadioModel.from_pretrained, no remote code (backbone). "
+    "and aspect). hf: folder for transformers.RadioModel.from_pretrained, no remote code (backbone; equal "
+    "where the longer side is cpe_max_size). "
     "onnx: backbone graph, dynamic batch/height/width. All but radio drop the adaptors; every format "
     "exports the EMA weights instead with --ema."
 )
