@@ -13,9 +13,20 @@ from .options import DEFAULT_CONFIG, ConfigOpt, PipelineOpt, StoreOpt, load
 RunOpt = Annotated[Path | None, typer.Option("--run", help="run folder [default: the pipeline's `out`]")]
 
 
+FORMAT_HELP = (
+    "radio: for radio.load; keeps adaptors and each teacher's PHI-S inverse. "
+    "timm: backbone for timm's vit_*_patch16_radio_v3, grid resampled for one img_size (equal to radio.load "
+    "only there). timm-naflex: backbone for timm's naflexvit_*_radio_v3/v4, full CPE grid (equal at any size "
+    "and aspect). hf: folder for transformers.RadioModel.from_pretrained, no remote code (backbone; equal "
+    "where the longer side is cpe_max_size). "
+    "onnx: backbone graph, dynamic batch/height/width. All but radio drop the adaptors; every format "
+    "exports the EMA weights instead with --ema."
+)
+
+
 @user_errors
 def export(
-    out: Annotated[Path, typer.Option("--out", help="folder to write model.safetensors and config.json into")],
+    out: Annotated[Path, typer.Option("--out", help="folder to write the export into")],
     run: RunOpt = None,
     stage: Annotated[
         int | None, typer.Option("--stage", help="stage to export [default: the last finished one]")
@@ -23,32 +34,23 @@ def export(
     config: ConfigOpt = DEFAULT_CONFIG,
     pipeline: PipelineOpt = None,
     store: StoreOpt = None,
-    fmt: Annotated[
-        str,
-        typer.Option("--format", help="radio (for radio.load) or timm (backbone for timm's vit_*_patch16_radio_v3)"),
-    ] = "radio",
+    fmt: Annotated[str, typer.Option("--format", help=FORMAT_HELP)] = "radio",
+    ema: Annotated[
+        bool,
+        typer.Option("--ema", help="export the EMA weights the run kept instead of the student's (exit 2: none kept)"),
+    ] = False,
 ) -> None:
-    """Export the trained student, its adaptors and each teacher's PHI-S inverse for `radio.load`.
+    """Export the trained student: for `radio.load` (student, adaptors, each teacher's PHI-S
+    inverse), or its backbone for timm, transformers or ONNX (--format).
 
     Reads only the run folder: a stage's final weights carry the dims, normalizers and teacher
     provenance, so neither the store nor (with --run) the pipelines file is needed.
     """
-    from radio.distill.export import export as do_export
+    from radio.distill.export import export_as
 
     cfg: Any = load(config, pipeline, store=store) if run is None or pipeline or store else None  # set if run is None
-    where = do_export(run or Path(cfg.out), out, _store_if_present(cfg), cfg, stage, fmt)
-    if fmt == "timm":
-        from radio.distill.export import final_student_size
-        from radio.distill.export_timm import TIMM_VARIANTS, prefix_tokens
-
-        size = final_student_size(run or Path(cfg.out), stage)
-        print(
-            f"exported to {where}: load with timm.create_model({TIMM_VARIANTS[size]!r}, pretrained=True, "
-            f"pretrained_cfg_overlay=dict(file={str(where)!r}), img_size=SIZE, "
-            f"reg_tokens={prefix_tokens(where) - 1}); SIZE: the input size you run at"
-        )
-        return
-    print(f"exported to {where}: model.safetensors, config.json (load with radio.load({str(where)!r}))")
+    where, line = export_as(run or Path(cfg.out), out, _store_if_present(cfg), cfg, stage, fmt, ema)
+    print(f"exported to {where}: {line}")
 
 
 def _store_if_present(cfg):

@@ -33,7 +33,15 @@ from .export_integrity import (
     non_finite,
     read_export,
 )
-from .final_weights import EXPORT_META, EXPORT_PREFIX, export_payload, store_spaces, student_state
+from .final_weights import (
+    EMA_PREFIX,
+    EXPORT_META,
+    EXPORT_PREFIX,
+    ema_state,
+    export_payload,
+    store_spaces,
+    student_state,
+)
 from .run import FINAL_WEIGHTS, RunFolder
 from .student import Student
 
@@ -89,9 +97,26 @@ class RadioModel(nn.Module):
         return self._output(out), inter
 
 
-def export(run: Path, out: Path, store=None, config=None, stage: int | None = None, fmt: str = "radio") -> Path:
-    """Write ``out/model.safetensors`` and ``out/config.json`` from a run's final weights
-    (``fmt="timm"``: only the backbone, as ``out/timm.safetensors`` for timm's RADIO models).
+FORMATS = ("radio", "timm", "timm-naflex", "hf", "onnx")
+
+
+def export(
+    run: Path, out: Path, store=None, config=None, stage: int | None = None, fmt: str = "radio", ema: bool = False
+) -> Path:
+    """Write a run's final weights as ``fmt`` into ``out``; returns what :func:`export_as` wrote."""
+    return export_as(run, out, store, config, stage, fmt, ema)[0]
+
+
+def export_as(
+    run: Path, out: Path, store=None, config=None, stage: int | None = None, fmt: str = "radio", ema: bool = False
+) -> tuple[Path, str]:
+    """Write ``out/model.safetensors`` and ``out/config.json`` from a run's final weights, or
+    another format (:data:`FORMATS`): ``timm`` (backbone as ``out/timm.safetensors``, fixed grid),
+    ``timm-naflex`` (backbone, full CPE grid), ``hf`` (transformers ``RadioModel`` folder) or
+    ``onnx`` (backbone graph). Returns what was written and one line saying how to load it.
+
+    ``ema``: the EMA weights the stage's final weights carry (``ema.*``) instead of the
+    student's; a run that kept none is an :class:`ExportError`.
 
     Everything comes from the stage's ``final.safetensors`` (student weights, and what
     :func:`export_payload` put there: dims, normalizers, provenance), so neither the store nor
@@ -100,6 +125,8 @@ def export(run: Path, out: Path, store=None, config=None, stage: int | None = No
     """
     from safetensors import safe_open
 
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r} (known: {', '.join(FORMATS)})")
     folder = RunFolder(run)
     stages = [stage] if stage else folder.finished_stages()
     if not stages or not folder.stage(stages[0]).finished:
@@ -114,16 +141,24 @@ def export(run: Path, out: Path, store=None, config=None, stage: int | None = No
         raise NonFiniteWeights(f"{path}: tensor {bad} is not finite (NaN or inf); the run diverged: nothing exported")
     with safe_open(str(path), "pt") as f:
         embedded = (f.metadata() or {}).get(EXPORT_META)
-    if fmt not in ("radio", "timm"):
-        raise ExportError(f"unknown export format {fmt!r} (known: radio, timm)")
+    student_weights = student_state(weights)
+    if ema:
+        student_weights = ema_state(weights)
+        if not student_weights:
+            raise ExportError(f"{path}: this run kept no EMA weights (no {EMA_PREFIX}* tensors); export without --ema")
     if fmt == "timm":
-        from .export_timm import write_timm
+        from .export_timm import TIMM_VARIANTS, prefix_tokens, write_timm
 
         size = json.loads(embedded)["student"]["size"] if embedded is not None else config.student.size
         try:
-            return write_timm(student_state(weights), size, out)
+            where = write_timm(student_weights, size, out)
         except ValueError as e:
             raise ExportError(f"--format timm: {e}") from None
+        return where, (
+            f"load with timm.create_model({TIMM_VARIANTS[size]!r}, pretrained=True, "
+            f"pretrained_cfg_overlay=dict(file={str(where)!r}), img_size=SIZE, "
+            f"reg_tokens={prefix_tokens(where) - 1}); SIZE: the one input size it equals radio.load at"
+        )
     if embedded is not None:
         meta = json.loads(embedded)
         extra = {k: v for k, v in weights.items() if k.startswith(EXPORT_PREFIX)}
@@ -134,20 +169,37 @@ def export(run: Path, out: Path, store=None, config=None, stage: int | None = No
             f"{path} carries no export metadata (written by an older radio); "
             "export it with the pipeline's store available"
         )
-    tensors = {f"student.{k}": v for k, v in student_state(weights).items()}
+    tensors = {f"student.{k}": v for k, v in student_weights.items()}
     tensors |= {k[len(EXPORT_PREFIX) :]: v for k, v in extra.items()}
     meta = {"format": EXPORT_FORMAT, **meta, "input": "RGB in [0, 1], [B, 3, H, W] with H and W multiples of 16"}
-    return write_export(out, tensors, meta)
+    if fmt == "radio":
+        where = write_export(out, tensors, meta)
+        return where, f"load with radio.load({str(where)!r})"
+    return write_backbone(fmt, tensors, meta, out)
 
 
-def final_student_size(run: Path, stage: int | None = None) -> str:
-    """The student size (``b``, ``l``, ...) of a run's exported stage, from its final weights."""
-    from safetensors import safe_open
+def write_backbone(fmt: str, tensors: dict[str, torch.Tensor], meta: dict, out: Path) -> tuple[Path, str]:
+    """Write the student that a radio export of ``tensors`` and ``meta`` holds as ``fmt``
+    (``timm-naflex``, ``hf`` or ``onnx``): built and checked through :func:`load` first, so every
+    format ships exactly the model ``radio.load`` gives."""
+    import tempfile
 
-    folder = RunFolder(run)
-    stages = [stage] if stage else folder.finished_stages()
-    with safe_open(str(folder.stage(stages[0]).weights), "pt") as f:
-        return json.loads((f.metadata() or {})[EXPORT_META])["student"]["size"]
+    with tempfile.TemporaryDirectory() as tmp:
+        student = load(write_export(Path(tmp) / "radio", tensors, meta)).student
+    try:
+        if fmt == "hf":
+            from .export_hf import write_hf
+
+            return write_hf(student, out)
+        if fmt == "timm-naflex":
+            from .export_naflex import write_naflex
+
+            return write_naflex(student, out)
+        from .export_onnx import write_onnx
+
+        return write_onnx(student, out)
+    except ValueError as e:
+        raise ExportError(f"--format {fmt}: {e}") from None
 
 
 def write_export(out: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:

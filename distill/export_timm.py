@@ -43,6 +43,12 @@ def timm_state_dict(student: dict[str, torch.Tensor], size: str) -> dict[str, to
     """A student's state dict (``Student.state_dict()`` keys) → RADIO checkpoint keys for timm."""
     if size not in TIMM_VARIANTS:
         raise ValueError(f"timm has RADIO variants for student sizes {', '.join(TIMM_VARIANTS)}, not {size!r}")
+    return radio_checkpoint(student, size in LAYER_SCALE)
+
+
+def radio_checkpoint(student: dict[str, torch.Tensor], layer_scale: bool) -> dict[str, torch.Tensor]:
+    """A student's state dict → RADIO's backbone keys (``radio_model.model.*``), with LayerScale
+    ``gamma = 1`` (the identity) when the timm variant has LayerScale parameters."""
     prefix = [student[k][0] for k in ("cls_tokens", "registers") if k in student]
     if not prefix:
         raise ValueError("a timm RADIO model needs a CLS token; this student has no summary teacher")
@@ -58,7 +64,7 @@ def timm_state_dict(student: dict[str, torch.Tensor], size: str) -> dict[str, to
         if k.startswith("blocks."):
             out[PREFIX + k] = v
             depth = max(depth, int(k.split(".")[1]) + 1)
-    if size in LAYER_SCALE:
+    if layer_scale:
         dim = patch.shape[0]
         for i in range(depth):
             for ls in ("ls1", "ls2"):

@@ -19,6 +19,8 @@ from .spaces import TENSORS, TargetSpace
 
 EXPORT_META = "radio_export"  # safetensors metadata key of a final weights file: what export needs (JSON)
 EXPORT_PREFIX = "export."  # tensors of a final weights file that only export reads (not the student's)
+# The EMA of the student's weights (``ema.`` + a student key), when the run kept one: `radio export --ema`.
+EMA_PREFIX = "ema."
 
 
 def stage_keys(config, stage: int) -> dict[str, str]:
@@ -106,5 +108,10 @@ def final_meta(path) -> dict | None:
 
 
 def student_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The student's own weights from a final weights file (without the export tensors)."""
-    return {k: v for k, v in tensors.items() if not k.startswith(EXPORT_PREFIX)}
+    """The student's own weights from a final weights file (without the export and EMA tensors)."""
+    return {k: v for k, v in tensors.items() if not k.startswith((EXPORT_PREFIX, EMA_PREFIX))}
+
+
+def ema_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The EMA student's weights of a final weights file, in student keys (empty: none kept)."""
+    return {k[len(EMA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)}
