@@ -457,7 +457,7 @@ def convert(src: Source, own: Mapping[str, torch.Tensor], teachers: list[tuple[s
         head = src.heads.get(name)
         if head is None:
             continue
-        mapped = {}
+        mapped: dict[str, torch.Tensor] = {}
         for part, mlp in head.items():
             if part == "summary" and f"adaptors.{name}.summary.fc1.weight" not in own:
                 continue  # a released summary head of a teacher we train without one (SAM)

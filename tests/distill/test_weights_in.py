@@ -282,3 +282,43 @@ def test_distill_init_from_a_released_checkpoint_warms_up_its_heads(tiny_store, 
         f"--init {file}: its student has cpe_max_size 256, the pipeline's student: says cpe_max_size 512; "
         "set student.cpe_max_size: 256 (or remove it)"
     )
+
+
+def _cache(root: Path, repo: str) -> Path:
+    """A Hugging Face cache entry for ``repo`` (as `hf download` leaves it): its snapshot folder."""
+    entry = root / f"models--{repo.replace('/', '--')}"
+    (entry / "refs").mkdir(parents=True)
+    (entry / "refs" / "main").write_text("0" * 40)
+    snapshot = entry / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    return snapshot
+
+
+def test_timm_and_hub_names_resolve_through_the_cache_only(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    name = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
+    with pytest.raises(InitError) as e:
+        open_source(f"timm:{name}")
+    assert str(e.value) == (
+        f"--init timm:{name}: timm/{name} is not in the Hugging Face cache {tmp_path / 'hub'}; "
+        f"download it first (`hf download timm/{name}`; HF_HUB_CACHE / HF_HOME select the cache)"
+    )
+    model = timm.create_model("vit_base_patch16_224", **SMALL)  # the real name's key map, at width 64
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(_cache(tmp_path / "hub", f"timm/{name}") / "model.safetensors"),
+    )
+    source = open_source(f"timm:{name}")
+    assert source.layout == "timm"
+    assert torch.allclose(source.backbone.mean, torch.tensor([0.5, 0.5, 0.5]))  # timm's config, not CLIP's
+    from transformers import RadioConfig, RadioModel
+
+    RadioModel(
+        RadioConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, max_img_size=128)
+    ).save_pretrained(_cache(tmp_path / "hub", "org/radio"))
+    assert student_fields(open_source("hf-hub:org/radio"))["cpe_max_size"] == 128
+    with pytest.raises(InitError, match=r"^--init hf-hub:org/absent: org/absent is not in the Hugging Face cache "):
+        open_source("hf-hub:org/absent")
