@@ -207,6 +207,8 @@ def _foreign(state: dict, label: str) -> Source:
         return _from_nvidia(state, label)
     if "embeddings.patch_projection.weight" in state:
         return _from_nvidia(_transformers_to_nvidia(state), label)
+    if "embeds.proj.weight" in state:  # timm's NaFlexViT (naflexvit_*_radio_v3/v4): the full grid
+        state = _naflex_to_timm(state)
     if "patch_embed.proj.weight" in state:
         return Source(label, "timm", backbone=_from_timm(state, label))
     if _is_own(state):
@@ -262,6 +264,22 @@ def _from_timm(state: dict[str, torch.Tensor], label: str) -> Backbone:
     return Backbone(
         kernel, grid, prefix, _fold_layer_scale(blocks), patch_bias=state.get("patch_embed.proj.bias"), num_cls=1
     )
+
+
+def _naflex_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm NaFlexViT keys → VisionTransformer keys: its Linear patch projection over (ph, pw, C)
+    patches becomes a conv kernel ``[D, C, ph, pw]``; its ``pos_embed [1, H, W, D]`` a token list."""
+    out = {k: v for k, v in state.items() if not k.startswith("embeds.")}
+    weight = state["embeds.proj.weight"]
+    p = math.isqrt(weight.shape[1] // 3)
+    out["patch_embed.proj.weight"] = weight.reshape(weight.shape[0], p, p, 3).permute(0, 3, 1, 2).contiguous()
+    for k in ("proj.bias", "cls_token", "reg_token"):
+        if f"embeds.{k}" in state:
+            out["patch_embed.proj.bias" if k == "proj.bias" else k] = state[f"embeds.{k}"]
+    if "embeds.pos_embed" in state:
+        pos = state["embeds.pos_embed"]
+        out["pos_embed"] = pos.reshape(1, -1, pos.shape[-1])
+    return out
 
 
 def _transformers_to_nvidia(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

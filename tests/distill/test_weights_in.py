@@ -80,6 +80,22 @@ def test_timm_radio_model_is_exact_cpe_grid_included(tmp_path):
     assert torch.allclose(student.cpe.grid.reshape(1, -1, 64), grid, atol=1e-6)
 
 
+def test_timm_naflex_radio_model_is_exact(tmp_path):
+    # naflexvit_base_patch16_radio_v3's key map (Linear patch projection over (ph, pw, C), [1, H, W, D] grid)
+    model = timm.create_model("naflexvit_base_patch16_radio_v3", pos_embed_grid_size=(8, 8), **SMALL).eval()
+    _randomize(model)
+    file = tmp_path / "naflex.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(file))
+    student = _student([AdaptorSpec("a", 32, 48), AdaptorSpec("b", 32, 48)], cpe_max_size=128)
+    _load(student, open_source(file))
+    x = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model.forward_features(student.input_conditioner(x))
+        ours = _tokens(student, x)
+    assert ours.shape == ref.shape
+    assert (ours - ref).abs().max() < 1e-4
+
+
 def test_plain_timm_vit_equals_at_its_own_resolution(tmp_path):
     # vit_base_patch16_224's key map: patch bias, class token with its own position embedding, final norm
     model = timm.create_model("vit_base_patch16_224", **SMALL).eval()
