@@ -190,7 +190,8 @@ def _load_source(student: Student, source: Source, log) -> tuple[dict[str, Targe
     teachers = [(t.name, t.summary_dim is not None) for t in student.teachers]
     state, loaded = convert(source, student.state_dict(), teachers)
     new_heads = fit_state(student, state, Path(source.label), new_heads=True)
-    unknown = set() if source.spaces else loaded  # released heads: RADIO's own PHI-S space, not the store's
+    # released heads whose space the source does not record: RADIO's own PHI-S space, not the store's
+    unknown = {h for h in loaded if h not in (source.spaces or {})}
     lines = [*source.notes]
     lines += [
         f"{name}: head loaded from {source.label}, trained in a target space it does not record "
