@@ -113,10 +113,10 @@ def _timm_file(name: str, label: str) -> tuple[Path, dict]:
     from huggingface_hub import constants, hf_hub_download
 
     try:
-        model, cfg = timm.models.get_pretrained_cfg(name), None
-        cfg = model.to_dict() if model is not None else None
-    except Exception:  # noqa: BLE001 - an unknown name
-        cfg = None
+        pretrained = timm.models.get_pretrained_cfg(name)
+    except Exception:  # noqa: BLE001 - a name timm cannot parse
+        pretrained = None
+    cfg = pretrained.to_dict() if pretrained is not None else None
     if cfg is None or not cfg.get("hf_hub_id"):
         raise InitError(f"--init {label}: timm has no pretrained weights on the hub named {name!r}")
     repo = cfg["hf_hub_id"]

@@ -338,3 +338,18 @@ def test_timm_and_hub_names_resolve_through_the_cache_only(tmp_path, monkeypatch
     assert student_fields(open_source("hf-hub:org/radio"))["cpe_max_size"] == 128
     with pytest.raises(InitError, match=r"^--init hf-hub:org/absent: org/absent is not in the Hugging Face cache "):
         open_source("hf-hub:org/absent")
+
+
+def test_a_checkpoint_carrying_its_normalizers_is_reprojected_not_warmed_up(tmp_path):
+    from radio.distill.spaces import TargetSpace, records
+    from radio.distill.trainer import _load_source
+
+    teachers = [("clip", 32, 48), ("sam", None, 56)]
+    original = _student([AdaptorSpec(n, s, f) for n, s, f in teachers], cpe_max_size=256, seed=7)
+    ckpt = to_nvidia(original.state_dict(), [(n, s is not None) for n, s, _ in teachers], cpe_max_size=256)
+    ckpt["normalizers"] = records({"clip": TargetSpace.identity(48)})  # the clip head's space, recorded
+    torch.save(ckpt, tmp_path / "with_spaces.pth.tar")
+    student = _student([AdaptorSpec(n, s, f) for n, s, f in teachers], cpe_max_size=256)
+    spaces, fresh, released = _load_source(student, open_source(tmp_path / "with_spaces.pth.tar"), None)
+    assert spaces is not None and spaces["clip"].mode == "none"  # the trainer re-projects clip from it
+    assert (fresh, released) == (set(), {"sam"})  # sam's space is not recorded: it warms up
