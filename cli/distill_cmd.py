@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -20,7 +19,13 @@ def distill(
     ],
     steps: Annotated[int | None, typer.Option("--steps", help="override the stage's step count")] = None,
     init: Annotated[
-        Path | None, typer.Option("--init", help="start from these weights (.safetensors or a checkpoint) instead")
+        str | None,
+        typer.Option(
+            "--init",
+            help="start from these weights instead: radio's own (.safetensors or a checkpoint), timm:NAME[.tag], "
+            "hf-hub:ORG/NAME (from the Hugging Face cache), a saved transformers RadioModel folder, an NVIDIA "
+            "RADIO torch.hub checkpoint or a timm / RadioModel state dict file",
+        ),
     ] = None,
     workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes per rank")] = 0,
     device: Annotated[

@@ -91,16 +91,19 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path, require_model: bool = True, safe_globals: tuple = ()) -> dict[str, Any]:
     """A checkpoint written by :func:`save_checkpoint`; anything else (a pickle of other objects,
     random bytes, a truncated file) is one :class:`WeightsError` line, never torch's advice to
-    load it with ``weights_only=False``."""
+    load it with ``weights_only=False``. ``safe_globals``: plain data classes the weights-only
+    unpickler may build besides tensors (NVIDIA RADIO's ``argparse.Namespace`` args);
+    ``require_model=False`` returns any dict (``--init`` reads foreign checkpoints)."""
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its directory is at the end
         raise WeightsError(f"{path}: not a radio checkpoint (not a torch zip archive: truncated, or another format)")
     try:
         with warnings.catch_warnings():  # "Detected pickle protocol 4 ...": about the file we refuse anyway
             warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(list(safe_globals)):
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except OSError:  # the file itself (unreadable, ...): not the content's fault
         raise
     except pickle.UnpicklingError:
@@ -109,7 +112,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         ) from None
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, ... on damaged archives
         raise WeightsError(f"{path}: not a radio checkpoint ({_first_sentence(e)})") from None
-    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+    if not isinstance(state, dict) or (require_model and not isinstance(state.get("model"), dict)):
         raise WeightsError(f"{path}: not a radio checkpoint (no 'model' state)")
     return state
 

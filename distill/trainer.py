@@ -46,6 +46,7 @@ from .run import RunFolder
 from .schedule import lr_at
 from .spaces import TargetSpace, final_spaces, first_change, from_records, records
 from .student import Student
+from .weights_in import HUB, TIMM, Source, convert, open_source, student_fields, with_student
 
 
 class DistillError(StoreError):
@@ -150,8 +151,10 @@ def loss_spaces(store: FeatureStore, normalizers: nn.ModuleDict) -> dict[str, Ta
     return {t: TargetSpace.of(n, current_fingerprint(store, t)) for t, n in normalizers.items()}
 
 
-def _initial_weights(run: Path, stage: int, init: Path | None) -> Path | None:
+def _initial_weights(run: Path, stage: int, init: str | Path | None) -> str | Path | None:
     if init is not None:
+        if str(init).startswith((TIMM, HUB)) or Path(init).is_dir():
+            return str(init)  # a timm model or a hub repo in the cache, a saved model's folder
         if not Path(init).is_file():
             raise DistillError(f"--init {init}: no such file")
         return Path(init)
@@ -177,6 +180,27 @@ def _load_student_weights(student: Student, path: Path) -> tuple[dict[str, Targe
         ckpt = load_checkpoint(path)
         state, spaces = ckpt["model"], from_records(ckpt.get("normalizers"))
     return spaces, fit_state(student, state, path, new_heads=True)
+
+
+def _load_source(student: Student, source: Source, log) -> tuple[dict[str, TargetSpace] | None, set[str], set[str]]:
+    """Load an ``--init SOURCE`` into ``student``; returns the spaces its heads were trained in, the
+    heads it lacks (fresh) and the released heads whose target space it does not carry (both warm up)."""
+    if source.layout == "radio":
+        return source.spaces, fit_state(student, source.state, Path(source.label), new_heads=True), set()
+    teachers = [(t.name, t.summary_dim is not None) for t in student.teachers]
+    state, loaded = convert(source, student.state_dict(), teachers)
+    new_heads = fit_state(student, state, Path(source.label), new_heads=True)
+    # released heads whose space the source does not record: RADIO's own PHI-S space, not the store's
+    unknown = {h for h in loaded if h not in (source.spaces or {})}
+    lines = [*source.notes]
+    lines += [
+        f"{name}: head loaded from {source.label}, trained in a target space it does not record "
+        "(RADIO's own PHI-S): it warms up with the backbone frozen"
+        for name in sorted(unknown)
+    ]
+    for line in lines if log is not None else []:
+        print(f"note: {line}", file=log)
+    return source.spaces, new_heads, unknown
 
 
 def fit_state(student: nn.Module, state: dict, path: Path, new_heads: bool = False) -> set[str]:
@@ -245,7 +269,7 @@ def train_stage(
     *,
     steps: int | None = None,
     out: str | Path | None = None,
-    init: Path | None = None,
+    init: str | Path | None = None,
     workers: int = 0,
     device: str | None = None,
     flip: bool = False,
@@ -272,7 +296,7 @@ def _train(
     d: distributed.Dist,
     steps: int | None,
     run: Path,
-    init: Path | None,
+    init: str | Path | None,
     workers: int,
     flip: bool,
     on_step: Callable[[dict], None] | None,
@@ -288,6 +312,13 @@ def _train(
     total = steps or cfg.steps
     folder = RunFolder(run)
     sdir = folder.stage(stage)
+    init_from = _initial_weights(run, stage, init)
+    # --init SOURCE is read first: a released model's args set the student it needs
+    source = open_source(init_from) if init is not None and init_from is not None else None
+    if source is not None:
+        config = config.model_copy(
+            update={"student": with_student(config.student, student_fields(source), source.label)}
+        )
     student = build_student(store, config, cfg.seed)
     # Compact keys (`radio store compact`) arrive as one byte per value and are decoded on the device.
     decoders = build_decoders(store, keys).to(d.device)
@@ -305,7 +336,6 @@ def _train(
         partition_weights=cfg.partition_weight_values,
     ).to(d.device)
     spaces = loss_spaces(store, loss_fn.normalizers)  # the spaces the heads train in: recorded with the weights
-    init_from = _initial_weights(run, stage, init)
 
     # ---- resume --------------------------------------------------------------------------------
     ckpt_path = sdir.checkpoint
@@ -334,17 +364,22 @@ def _train(
         reprojected = list(state.get("reprojected", []))
         new_heads = set(state.get("new_heads", []))
     elif init_from is not None:
-        recorded, new_heads = _load_student_weights(student, init_from)
+        released: set[str] = set()
+        if source is not None:
+            recorded, new_heads, released = _load_source(student, source, sys.stderr if d.main else None)
+        else:
+            recorded, new_heads = _load_student_weights(student, Path(init_from))
         head_spaces = (recorded or {}) | spaces
         reprojected = reproject_heads(student.adaptors, recorded or {}, spaces, str(init_from))
+        fresh, new_heads = new_heads, new_heads | released  # released heads warm up as fresh ones do
         if d.main:
-            for name in sorted(new_heads):
+            for name in sorted(fresh):
                 print(
                     f"note: {name}: head not in {init_from}: initialised at random "
                     f"(trained alone for the first {cfg.head_warmup_steps} steps)",
                     file=sys.stderr,
                 )
-            if recorded is None:
+            if recorded is None and (source is None or source.layout == "radio"):  # (released heads: noted above)
                 print(
                     f"note: {init_from} records no normalizers (written before radio recorded them): "
                     "the space its heads were trained in cannot be checked",
