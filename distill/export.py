@@ -221,6 +221,20 @@ def write_export(out: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Pat
     return out
 
 
+def student_of(meta: dict) -> Student:
+    """The student an export's ``meta`` (its config.json) describes, with fresh weights (the
+    ambient torch RNG); ``ValueError``/``RuntimeError`` when it cannot be built."""
+    s = meta["student"]
+    return Student(
+        s["size"],
+        [AdaptorSpec(t["name"], t["summary_dim"], t["feature_dim"]) for t in meta["teachers"]],
+        cpe_max_size=s["cpe_max_size"],
+        register_multiple=s["register_multiple"],
+        adaptor_hidden=s["adaptor_hidden"],
+        adaptor_inner=s.get("adaptor_inner", 0),
+    )
+
+
 def load(path: str | Path, device: str | torch.device = "cpu") -> RadioModel:
     """Load an export folder as a :class:`RadioModel` in eval mode.
 
@@ -239,16 +253,8 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> RadioModel:
         raise ExportError(
             f"{path / CONFIG}: field student.size {s['size']!r} is not a student size ({', '.join(STUDENT_SIZES)})"
         )
-    specs = [AdaptorSpec(t["name"], t["summary_dim"], t["feature_dim"]) for t in meta["teachers"]]
     try:
-        student = Student(
-            s["size"],
-            specs,
-            cpe_max_size=s["cpe_max_size"],
-            register_multiple=s["register_multiple"],
-            adaptor_hidden=s["adaptor_hidden"],
-            adaptor_inner=s.get("adaptor_inner", 0),
-        )
+        student = student_of(meta)
     except (ValueError, RuntimeError) as e:
         raise ExportError(f"{path / CONFIG}: the student it describes cannot be built ({e})") from None
     expected = {f"student.{k}": tuple(v.shape) for k, v in student.state_dict().items()}

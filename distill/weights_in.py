@@ -95,22 +95,28 @@ class Source:
 # ---- reading a SOURCE ------------------------------------------------------------------------------
 
 
+def _not_cached(label: str, repo: str) -> InitError:
+    from huggingface_hub import constants
+
+    return InitError(
+        f"--init {label}: {repo} is not in the Hugging Face cache {constants.HF_HUB_CACHE}; "
+        f"download it first (`hf download {repo}`; HF_HUB_CACHE / HF_HOME select the cache)"
+    )
+
+
 def _hub_snapshot(repo: str, label: str) -> Path:
-    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(repo, local_files_only=True))
     except Exception:  # noqa: BLE001 - LocalEntryNotFoundError and friends: not in the cache
-        raise InitError(
-            f"--init {label}: {repo} is not in the Hugging Face cache {constants.HF_HUB_CACHE}; "
-            f"download it first (`hf download {repo}`; HF_HUB_CACHE / HF_HOME select the cache)"
-        ) from None
+        raise _not_cached(label, repo) from None
 
 
 def _timm_file(name: str, label: str) -> tuple[Path, dict]:
     """The cached weights file of ``timm:NAME[.tag]`` and its pretrained config (mean, std)."""
     import timm
-    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub import hf_hub_download
 
     try:
         pretrained = timm.models.get_pretrained_cfg(name)
@@ -125,10 +131,7 @@ def _timm_file(name: str, label: str) -> tuple[Path, dict]:
             return Path(hf_hub_download(repo, filename, local_files_only=True)), cfg
         except Exception:  # noqa: BLE001 - not cached under this name
             continue
-    raise InitError(
-        f"--init {label}: {repo} is not in the Hugging Face cache {constants.HF_HUB_CACHE}; "
-        f"download it first (`hf download {repo}`; HF_HUB_CACHE / HF_HOME select the cache)"
-    )
+    raise _not_cached(label, repo)
 
 
 def open_source(init: str | Path) -> Source:

@@ -8,7 +8,6 @@ downloaded). SAM-like canvas teachers run on one fixed canvas only and are left 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,34 +35,21 @@ def weights_present(weights: str | None) -> bool:
     if weights is None:
         return True
     if weights.startswith("hf-hub:"):
-        from huggingface_hub.constants import HF_HUB_CACHE
+        from radio.featurize.preflight import in_hub_cache
 
-        repo = weights.removeprefix("hf-hub:")
-        return (Path(os.environ.get("HF_HUB_CACHE", HF_HUB_CACHE)) / f"models--{repo.replace('/', '--')}").is_dir()
+        return in_hub_cache(weights.removeprefix("hf-hub:"))
     return Path(weights).is_file()
 
 
 def random_student(model) -> nn.Module:
     """An export's architecture with fresh seeded weights (the ``radio.load`` model type)."""
-    from radio.distill.adaptors import AdaptorSpec
-    from radio.distill.export import RadioModel
-    from radio.distill.student import Student
+    from radio.distill.export import RadioModel, student_of
 
-    meta = model.config
-    s = meta["student"]
-    specs = [AdaptorSpec(t["name"], t["summary_dim"], t["feature_dim"]) for t in meta["teachers"]]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(BASELINE_SEED)
-        student = Student(
-            s["size"],
-            specs,
-            cpe_max_size=s["cpe_max_size"],
-            register_multiple=s["register_multiple"],
-            adaptor_hidden=s["adaptor_hidden"],
-            adaptor_inner=s.get("adaptor_inner", 0),
-        )
+        student = student_of(model.config)
     device = next(model.parameters()).device
-    return RadioModel(student, nn.ModuleDict(), meta).to(device).eval()
+    return RadioModel(student, nn.ModuleDict(), model.config).to(device).eval()
 
 
 def _teacher_row(lineup: Lineup, name: str, weights: str | None, label: str, kind: str, device) -> None:
