@@ -121,24 +121,16 @@ def read_error(store_path: str, key: str, name: str, row: int, error: BaseExcept
     return CorruptError(f"{where} is damaged ({detail[:160]}); run `radio store verify {store_path}`")
 
 
-def runs(rows: np.ndarray, shard_rows: int = 2**62) -> list[tuple[int, int]]:
-    """``[start, stop)`` runs of consecutive ids in sorted ``rows``, none crossing a shard."""
-    if len(rows) == 0:
-        return []
-    breaks = np.flatnonzero((np.diff(rows) != 1) | (rows[1:] % shard_rows == 0)) + 1
-    starts = np.concatenate([[0], breaks])
-    stops = np.concatenate([breaks, [len(rows)]])
-    return [(int(rows[a]), int(rows[b - 1]) + 1) for a, b in zip(starts, stops)]
-
-
 class TargetReader:
     """Reads ``features`` (and ``summary`` where the key has one) of several keys for a set of rows.
 
     ``read(rows)`` → ``{key: {"features": [B, h, w, C], "summary": [B, Cs]}}`` in the order of
     ``rows``, dtype as stored. Opens its arrays on first use, so forked workers open their own.
+    Direct reads land in each row's place of the output; tensorstore's rows too; only the
+    summary (``[B, Cs]``, read in row order) is reordered.
     """
 
-    threads = 4  # concurrent positioned reads (they release the GIL)
+    threads = 2  # tasks a large batch's direct reads are split into (they release the GIL)
 
     def __init__(self, store_path: str | Path, keys: Sequence[tuple[str, bool]], compact: frozenset[str] = frozenset()):
         self.store_path = str(store_path)
@@ -149,11 +141,11 @@ class TargetReader:
         self._pool: ThreadPoolExecutor | None = None
         self._pid = 0
 
-    def __getstate__(self) -> dict:  # handles and threads are per process
+    def __getstate__(self) -> dict:  # handles, descriptors and threads are per process
         return {**self.__dict__, "_arrays": None, "_direct": {}, "_pool": None}
 
     def _open(self) -> dict[tuple[str, str], ts.TensorStore]:
-        if self._arrays is None or self._pid != os.getpid():  # threads do not survive a fork
+        if self._arrays is None or self._pid != os.getpid():  # tensorstore's threads do not survive a fork
             self._arrays, self._pid = {}, os.getpid()
             for key, summary in self.keys:
                 for name in ("features", "summary") if summary else ("features",):
@@ -161,38 +153,42 @@ class TargetReader:
                 self._direct[key] = ShardRuns.open(
                     target_array_path(self.store_path, key, "features", key in self.compact)
                 )
-            self._pool = ThreadPoolExecutor(self.threads)
+            self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         return self._arrays
 
     def read(self, rows: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
         arrays = self._open()
-        assert self._pool is not None  # started by _open
         rows = np.asarray(rows, dtype=np.int64)
-        order = np.argsort(rows, kind="stable")
+        order = np.argsort(rows, kind="stable")  # ordered[i] = rows[order[i]]: goes to out[order[i]]
         ordered = rows[order]
-        # (out, first position, future, key, name, first row); a summary's is (None, key, future, ...)
+        # (out, position, future, key, name, first row); a summary's is (None, key, future, ...)
         pending: list[tuple[np.ndarray | None, Any, Any, str, str, int]] = []
-        direct_jobs: list[tuple] = []
         out: dict[str, dict[str, np.ndarray]] = {}
         with ts.Batch() as batch:
             for key, summary in self.keys:
                 a = arrays[(key, "features")]
                 feats = np.empty((len(rows), *a.shape[1:]), a.dtype.numpy_dtype)
                 out[key] = {"features": feats}
-                pos = 0
                 direct = self._direct[key]
-                for start, stop in runs(ordered, direct.shard_rows if direct else 2**62):
-                    # a run inside one uncompressed shard: one positioned read (on the pool);
-                    # otherwise one tensorstore request per row, all concurrent
-                    if direct is not None:
-                        job = self._pool.submit(direct.read, start, stop, feats[pos : pos + stop - start])
-                        direct_jobs.append((job, a, feats, pos, start, stop, key))
-                    else:
-                        pending += [
-                            (feats, pos + r - start, a[r : r + 1].read(batch=batch), key, "features", r)
-                            for r in range(start, stop)
-                        ]
-                    pos += stop - start
+                # an uncompressed local shard: one preadv per run of rows, into the rows' places;
+                # otherwise (and for runs the direct reader declines) one tensorstore request per row
+                ts_rows = range(len(ordered))
+                if direct is not None:
+                    try:
+                        ts_rows = direct.read_rows(ordered, feats, order, self._pool, self.threads)  # type: ignore[assignment]
+                    except StoreError as e:
+                        raise read_error(self.store_path, key, "features", getattr(e, "row", -1), e) from None
+                pending += [
+                    (
+                        feats,
+                        int(order[i]),
+                        a[int(ordered[i]) : int(ordered[i]) + 1].read(batch=batch),
+                        key,
+                        "features",
+                        int(ordered[i]),
+                    )
+                    for i in ts_rows
+                ]
                 if summary:
                     pending.append(
                         (
@@ -204,12 +200,6 @@ class TargetReader:
                             int(ordered[0]) if len(ordered) else 0,
                         )
                     )
-        for job, a, feats, pos, start, stop, key in direct_jobs:
-            try:
-                if not job.result():  # not a plain run of stored chunks: ask tensorstore
-                    feats[pos : pos + stop - start] = a[start:stop].read().result()
-            except (StoreError, ValueError) as e:
-                raise read_error(self.store_path, key, "features", start, e) from None
         for target, pos, future, key, name, row in pending:
             try:
                 data = future.result()
@@ -220,13 +210,9 @@ class TargetReader:
                     row = int(file.rsplit("/c/", 1)[1].split("/")[0]) * chunk_rows
                 raise read_error(self.store_path, key, name, row, e) from None
             if target is None:
-                out[pos]["summary"] = data
+                summ = np.empty_like(data)
+                summ[order] = data
+                out[pos]["summary"] = summ
             else:
-                target[pos : pos + len(data)] = data
-        if not np.array_equal(order, np.arange(len(rows))):
-            inverse = np.empty_like(order)
-            inverse[order] = np.arange(len(rows))
-            for arrs in out.values():
-                for name in arrs:
-                    arrs[name] = arrs[name][inverse]
+                target[pos] = data[0]
         return out
