@@ -120,7 +120,9 @@ def loader_cores(
     return cores
 
 
-def cheapest(gb: dict[str, float], need: dict[str, dict[str, float]], cores: float, disk_gbps: float) -> tuple[str, str]:
+def cheapest(
+    gb: dict[str, float], need: dict[str, dict[str, float]], cores: float, disk_gbps: float
+) -> tuple[str, str]:
     """The first ``(pixel mode, codec)``, in order of what they cost to prepare (today's decode and
     raw fp16 first; stored raw pixels and rank-1/8 int8 last), whose reads fit ``disk_gbps`` and
     whose loader fits ``cores``; ``("none", "none")`` when nothing does."""
@@ -434,7 +436,12 @@ def main() -> None:
     if args.tiny:
         args.images, args.rows, args.seconds = 8, 64, 0.05
 
-    pipelines = pipeline_stages(args.config)
+    from radio.config.load import ConfigError
+
+    try:
+        pipelines = pipeline_stages(args.config)
+    except ConfigError as e:  # a user's mistake: one line, no traceback
+        raise SystemExit(f"error: {e}") from None
     shipped = sorted({q.resolution for p in pipelines.values() for parts in p["stages"] for q in parts})
     resolutions = [256] if args.tiny else shipped
     pixels = measure_pixels(resolutions, args.images, args.seconds)
