@@ -257,9 +257,8 @@ class ShardRuns:
         """Rows ``a..b`` of ``rows`` (one run in the file from ``offset``) into ``out[positions]``
         (``out``: ``[B, row_bytes]`` uint8); with crc32c, one ``preadv`` per group of rows that fits in
         a core's cache, each group verified right after it is read (while its bytes are hot)."""
-        # numpy's stubs give ndarray __buffer__ only for Python >= 3.12 (mypy checks 3.11)
         if not self.crc:
-            bufs = [memoryview(out[p]) for p in positions[a:b].tolist()]  # type: ignore[arg-type]
+            bufs = [memoryview(out[p]) for p in positions[a:b].tolist()]
             return os.preadv(fd, bufs, offset) == (b - a) * self.row_bytes
         stored = np.empty((b - a, 4), np.uint8)
         want = stored.view("<u4").reshape(-1)
@@ -267,7 +266,7 @@ class ShardRuns:
         pos = positions[a:b].tolist()
         for g in range(0, b - a, group):
             h = min(g + group, b - a)
-            bufs = [memoryview(x) for i in range(g, h) for x in (out[pos[i]], stored[i])]  # type: ignore[arg-type]
+            bufs = [memoryview(x) for i in range(g, h) for x in (out[pos[i]], stored[i])]
             if os.preadv(fd, bufs, offset + g * self.chunk_bytes) != (h - g) * self.chunk_bytes:
                 return False
             for i in range(g, h):
