@@ -8,17 +8,18 @@ FLOPs, matmuls only (norms, softmax and GELU are < 1 %). Per image at ``r`` px w
 - attention ``4·N²·D`` (``QKᵀ`` and ``A·V``);
 
 plus the patch embedding ``2·(r/16)²·(3·16²)·D``. Backward costs twice the forward (gradients of
-inputs and of weights), so a training step is 3× the forward; activation checkpointing adds one
-more forward (4×). Adaptor heads are left out (one MLP per teacher: a few % of a ViT-B).
+inputs and of weights) less the patch embedding's input gradient, so a training step is ≈ 3× the
+forward; activation checkpointing adds one more forward (≈ 4×). ``torch.utils.flop_counter``
+agrees exactly (tests/distill/test_no_stalls.py). Adaptor heads are left out (one MLP per teacher: a few % of a ViT-B).
 """
 
 from __future__ import annotations
 
-from .student import student_spec
+from .student import StudentSpec, student_spec
 
 
 def student_flops(
-    size: str,
+    size: str | StudentSpec,
     resolution: int,
     *,
     batch: int = 1,
@@ -34,6 +35,9 @@ def student_flops(
     n, d = patches + prefix_tokens, spec.dim
     m = int(d * spec.mlp_ratio)
     block = 2 * n * (4 * d * d + 2 * d * m) + 4 * n * n * d
-    forward = spec.depth * block + 2 * patches * 3 * spec.patch**2 * d
-    passes = (3 + (1 if recompute else 0)) if backward else 1
-    return float(batch * forward * passes)
+    embed = 2 * patches * 3 * spec.patch**2 * d
+    forward = spec.depth * block + embed
+    if not backward:
+        return float(batch * forward)
+    # backward: the input and weight gradients (2x), less the pixels' gradient (none is needed)
+    return float(batch * (forward * (4 if recompute else 3) - embed))

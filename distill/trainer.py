@@ -587,13 +587,14 @@ def _train(
             # MSE on a CPU). The gradient norm rides along.
             steplog.add(step, lr, out, grad_norm, t_data)
             due = step % cfg.checkpoint_every == 0 or step == total
-            # The stop flag is a host value: its all-reduce (gloo, even beside NCCL) never waits for the device.
-            stopping = distributed.any_across(d, stop.signal is not None)
-            if due or stopping or steplog.due(step):
+            if due or steplog.due(step):
                 logged()  # before any checkpoint: none is ever written past an unchecked step
             if due:
                 checkpoint(step)
-            if stopping:
+            # Every step: the stop flag is a host value, and its all-reduce (gloo, even beside NCCL)
+            # never waits for the device.
+            if distributed.any_across(d, stop.signal is not None):
+                logged()  # (nothing is pending if this step just logged)
                 stopped_by = stop.signal or "a signal on another rank"
                 checkpoint(step)
                 break
