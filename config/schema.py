@@ -186,6 +186,13 @@ class TeacherConfig(Frozen):
 StudentSize = Literal["tiny", "b", "so400m", "l", "h", "g"]
 
 
+def _auto_or_bool(v: object, field: str) -> object:
+    """One message for a ``true | false | auto`` field (else pydantic reports both union branches)."""
+    if isinstance(v, bool) or v == "auto":
+        return v
+    raise ValueError(f"{field} {v!r}: use true, false or auto")
+
+
 class StudentConfig(Frozen):
     size: StudentSize = "b"
     patch: Literal[16] = PATCH
@@ -208,6 +215,11 @@ class StudentConfig(Frozen):
     @classmethod
     def _cpe(cls, v: int) -> int:
         return _multiple_of_patch(v, "cpe_max_size")
+
+    @field_validator("checkpoint_activations", mode="before")
+    @classmethod
+    def _checkpointing(cls, v: object) -> object:
+        return _auto_or_bool(v, "checkpoint_activations")
 
 
 class LossWeight(Frozen):
@@ -290,6 +302,11 @@ class StageConfig(Frozen):
         "batch (w_p = P·B_p/ΣB: RADIO's gradient average over GPUs holding the same per-GPU batch), "
         "or one number >= 0 per partition",
     )
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile(cls, v: object) -> object:
+        return _auto_or_bool(v, "compile")
 
     @field_validator("partition_weights", mode="before")
     @classmethod

@@ -344,9 +344,14 @@ def _train(
         )
     student = build_student(store, config, cfg.seed)
     resolutions = [p.resolution for p in cfg.partitions]
-    student.set_grad_checkpointing(
-        checkpoint_activations(config.student.checkpoint_activations, config.student.size, resolutions)
-    )
+    recompute = checkpoint_activations(config.student.checkpoint_activations, config.student.size, resolutions)
+    student.set_grad_checkpointing(recompute)
+    if recompute and config.student.checkpoint_activations == "auto" and d.main:
+        print(
+            f"note: activation checkpointing on (student {config.student.size} at {max(resolutions)} px; "
+            "student.checkpoint_activations: false turns it off)",
+            file=sys.stderr,
+        )
     # Compact keys (`radio store compact`) arrive as one byte per value and are decoded on the device.
     decoders = build_decoders(store, keys).to(d.device)
     if len(decoders) and config.normalization != "phis":

@@ -153,13 +153,15 @@ def test_compile_falls_back_and_accumulation_equals_the_large_batch_and_resumes_
     assert all(torch.equal(again[n], two[n]) for n in two)
 
 
-def test_an_accumulation_that_does_not_divide_the_batch_names_the_field():
+def test_an_accumulation_that_does_not_divide_the_batch_and_a_bad_compile_name_the_field():
     from pydantic import ValidationError
 
     from radio.config.schema import StageConfig
 
     with pytest.raises(ValidationError, match="accumulate 3: batch size 8 does not divide into that many micro-steps"):
         StageConfig(steps=1, partitions=[{"resolution": 64, "batch_size": 8, "targets": ["a@64"]}], accumulate=3)
+    with pytest.raises(ValidationError, match="compile 'maybe': use true, false or auto"):
+        StageConfig(steps=1, partitions=[{"resolution": 64, "batch_size": 8, "targets": ["a@64"]}], compile="maybe")
 
 
 # ---- 4. activation checkpointing ------------------------------------------------------------------
