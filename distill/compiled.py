@@ -8,6 +8,7 @@ first call that raises runs the eager model instead, prints one ``note:`` line a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import IO, Any, Literal
 
 import torch
@@ -26,6 +27,7 @@ class CompileOrEager(nn.Module):
         super().__init__()
         self.eager = model
         # not a submodule: it wraps the same parameters, which must be registered once
+        self._compiled: Callable[..., Any]
         object.__setattr__(self, "_compiled", torch.compile(model))
         self.log = log
         self.failed: str | None = None

@@ -10,7 +10,8 @@ to overlap: the same order, the plain path.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -34,7 +35,7 @@ class DevicePrefetch:
     and the host seconds spent waiting for the loaders to produce them. ``steps``: how many
     batches the loaders still yield (nothing is fetched past the last)."""
 
-    def __init__(self, loaders: list[Iterator[dict]], device: torch.device, steps: int):
+    def __init__(self, loaders: Sequence[Iterator[Any]], device: torch.device, steps: int):
         self.loaders, self.device, self.left = loaders, device, steps
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._ahead = self._fetch() if steps > 0 else None
