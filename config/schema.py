@@ -186,6 +186,13 @@ class TeacherConfig(Frozen):
 StudentSize = Literal["tiny", "b", "so400m", "l", "h", "g"]
 
 
+def _auto_or_bool(v: object, field: str) -> object:
+    """One message for a ``true | false | auto`` field (else pydantic reports both union branches)."""
+    if isinstance(v, bool) or v == "auto":
+        return v
+    raise ValueError(f"{field} {v!r}: use true, false or auto")
+
+
 class StudentConfig(Frozen):
     size: StudentSize = "b"
     patch: Literal[16] = PATCH
@@ -198,11 +205,21 @@ class StudentConfig(Frozen):
     pos_dropout: float = Field(
         0.1, ge=0, lt=1, description="share of training images whose position encoding is dropped (RADIO: 0.1)"
     )
+    checkpoint_activations: bool | Literal["auto"] = Field(
+        "auto",
+        description="recompute each block's activations in backward instead of keeping them (less memory, "
+        "about 1/3 more compute); auto: on for sizes h and g in stages with a partition of >= 1024 px",
+    )
 
     @field_validator("cpe_max_size")
     @classmethod
     def _cpe(cls, v: int) -> int:
         return _multiple_of_patch(v, "cpe_max_size")
+
+    @field_validator("checkpoint_activations", mode="before")
+    @classmethod
+    def _checkpointing(cls, v: object) -> object:
+        return _auto_or_bool(v, "checkpoint_activations")
 
 
 class LossWeight(Frozen):
@@ -255,7 +272,23 @@ class StageConfig(Frozen):
         "RADIO's head_warmup=5; its unit is not published (read here as optimizer steps)",
     )
     checkpoint_every: int = Field(1000, gt=0)
-    compile: bool = False
+    compile: bool | Literal["auto"] = Field(
+        "auto",
+        description="torch.compile the student: auto (on for CUDA, off on CPU), true or false; a model that "
+        "fails to compile trains eagerly, with a note",
+    )
+    log_every: int = Field(
+        10,
+        gt=0,
+        description="steps between moving the losses to the host (one device sync, one all-reduce, the "
+        "non-finite check, the metrics lines); checkpoints, stop signals and the end also log",
+    )
+    accumulate: int = Field(
+        1,
+        gt=0,
+        description="micro-steps per optimizer step: the same global batch in N forward/backward passes "
+        "(every partition's batch size must divide by N times the number of ranks)",
+    )
     seed: int = 0
     sampling: Literal["rows", "blocks"] = Field(
         "rows",
@@ -270,12 +303,26 @@ class StageConfig(Frozen):
         "or one number >= 0 per partition",
     )
 
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile(cls, v: object) -> object:
+        return _auto_or_bool(v, "compile")
+
     @field_validator("partition_weights", mode="before")
     @classmethod
     def _weights_kind(cls, v: object) -> object:
         if isinstance(v, str) and v not in ("equal", "batch"):  # else pydantic reports both union branches
             raise ValueError(f"partition_weights {v!r}: use equal, batch or one number per partition")
         return v
+
+    @model_validator(mode="after")
+    def _accumulate(self) -> StageConfig:
+        bad = [p.batch_size for p in self.partitions if p.batch_size % self.accumulate]
+        if bad:
+            raise ValueError(
+                f"accumulate {self.accumulate}: batch size {bad[0]} does not divide into that many micro-steps"
+            )
+        return self
 
     @model_validator(mode="after")
     def _partition_weights(self) -> StageConfig:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -15,6 +16,9 @@ class Dist:
     world: int
     local_rank: int
     device: torch.device
+    # A gloo group beside NCCL for host flags (the stop signal): its all-reduce is a host round
+    # trip between ranks and never waits for the device, so it can run every step.
+    flags: Any = field(default=None, compare=False)
 
     @property
     def main(self) -> bool:
@@ -41,7 +45,8 @@ def setup(device: str | None = None) -> Dist:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Dist(rank, world, local, dev)
+    flags = dist.new_group(backend="gloo") if world > 1 and dev.type == "cuda" else None
+    return Dist(rank, world, local, dev, flags)
 
 
 def teardown(d: Dist) -> None:
@@ -62,6 +67,6 @@ def any_across(d: Dist, flag: bool) -> bool:
     """True on every rank if it is True on any (e.g. one rank got SIGTERM)."""
     if not d.enabled:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=d.device if d.device.type == "cuda" else "cpu")
-    dist.all_reduce(t)
+    t = torch.tensor([1.0 if flag else 0.0])  # on the host: a device tensor's .item() would sync
+    dist.all_reduce(t, group=d.flags)  # gloo (the default group on CPU, Dist.flags beside NCCL)
     return bool(t.item() > 0)

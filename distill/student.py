@@ -28,6 +28,7 @@ from typing import Literal
 import torch
 from timm.models.vision_transformer import Block
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .adaptors import AdaptorOutput, AdaptorSpec, TeacherAdaptor
 from .cpe import CPE
@@ -162,7 +163,14 @@ class Student(nn.Module):
         self.adaptors = nn.ModuleDict(
             {t.name: TeacherAdaptor(t, spec.dim, adaptor_hidden, adaptor_inner) for t in self.teachers}
         )
+        # Activation checkpointing (``student.checkpoint_activations``): when training, each block
+        # keeps only its input and recomputes the rest in backward (memory O(depth) → O(1) blocks).
+        self.grad_checkpointing = False
         self._init_weights()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in backward instead of keeping them (timm's name)."""
+        self.grad_checkpointing = enable
 
     def _init_weights(self) -> None:
         # timm ViT init: truncated normal (std 0.02) for every Linear and the prefix tokens.
@@ -227,8 +235,9 @@ class Student(nn.Module):
         """Images ``[B, 3, H, W]`` in [0, 1] → :class:`StudentOutput`. ``generator`` drives the
         training-mode CPE crops (None: the global torch RNG) unless ``crops [B, 4]`` gives them."""
         tokens, (h, w) = self.embed(x, generator, crops)
+        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            tokens = block(tokens)
+            tokens = checkpoint(block, tokens, use_reentrant=False) if recompute else block(tokens)
         return self.head(tokens, h, w)
 
     # -- intermediate layers ---------------------------------------------------------------------

@@ -14,11 +14,9 @@ import contextlib
 import json
 import signal
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import torch
@@ -34,17 +32,22 @@ from radio.store.normalizers import Normalizer, current_fingerprint, normalizer_
 from radio.store.split import split_rows
 
 from . import distributed
+from .accumulate import mean_losses, micro_batches, sync_on_last
+from .activations import checkpoint_activations
 from .checkpoint import load_checkpoint, load_weights, remove_stale_temps, save_checkpoint, save_weights
 from .checks import adaptor_specs, mosaic_notes, stage_targets
+from .compiled import CompileOrEager, compile_on
 from .cpe import draw_crops
-from .data import PartitionRows, StepBatches, WorkerEnvironment, collate, next_batch, on_device
+from .data import PartitionRows, StepBatches, WorkerEnvironment, collate
 from .final_weights import EXPORT_PREFIX, export_payload, final_meta, final_metadata, student_state
 from .heads import drop_backbone_grads, heads_only, in_warmup, param_groups
 from .loss import DistillLoss, KeyTarget
+from .prefetch import DevicePrefetch, to_device
 from .reproject import reproject_heads, reprojection_note
 from .run import RunFolder
 from .schedule import lr_at
 from .spaces import TargetSpace, final_spaces, first_change, from_records, records
+from .step_log import BadStep, StepLog, flush_into
 from .student import Student
 from .weights_in import HUB, TIMM, Source, convert, open_source, student_fields, with_student
 
@@ -230,37 +233,57 @@ def fit_state(student: nn.Module, state: dict, path: Path, new_heads: bool = Fal
     return absent
 
 
-def _non_finite(
-    stage: int, step: int, batches: list[dict], out: dict, grad_norm, ckpt: Path, kept: int
-) -> NonFiniteError:
+def _non_finite(stage: int, bad: BadStep, targets: list[dict], ckpt: Path, kept: int) -> NonFiniteError:
     """The one line for a step whose values are not finite: which key (and store rows) or which
-    loss; called only on that path, so its per-row reductions cost nothing in a healthy run."""
+    loss. ``targets``: that step's batches on this rank, read again from the store (``row`` and
+    ``targets`` only); called only on that path, so its per-row reductions cost nothing in a
+    healthy run."""
+    step = bad.step
     where = (
         f"stopped without writing weights; the last good checkpoint {ckpt} (step {kept}) is kept"
         if kept
         else "stopped without writing weights (no checkpoint yet)"
     )
-    for b in batches:
+    for b in targets:
         rows = b["row"].cpu()
         for key, streams in b["targets"].items():
             for stream, t in streams.items():
+                if t.element_size() == 1:  # compact bytes: finite by construction
+                    continue
                 ok = torch.isfinite(t.float()).reshape(t.shape[0], -1).all(1).cpu()
                 if not bool(ok.all()):
-                    bad = rows[~ok].tolist()
-                    shown = ", ".join(map(str, bad[:8])) + (f", ... ({len(bad)} rows)" if len(bad) > 8 else "")
+                    bad_rows = rows[~ok].tolist()
+                    shown = ", ".join(map(str, bad_rows[:8]))
+                    shown += f", ... ({len(bad_rows)} rows)" if len(bad_rows) > 8 else ""
                     return NonFiniteError(
                         f"stage {stage} step {step}: target {key}/{stream} is not finite (NaN or inf) "
                         f"in store rows {shown}; {where}"
                     )
-    for name, v in out.items():
-        if not bool(torch.isfinite(v.detach()).all()):
+    for name, v in zip(bad.names, bad.local):
+        if not bool(torch.isfinite(v)):
             return NonFiniteError(
                 f"stage {stage} step {step}: loss {name} is not finite with finite targets "
                 f"(training diverged: lower the learning rate or clip gradients); {where}"
             )
-    if grad_norm is not None and not bool(torch.isfinite(grad_norm)):
+    if len(bad.local) > len(bad.names) and not bool(torch.isfinite(bad.local[-1])):
         return NonFiniteError(f"stage {stage} step {step}: the gradient norm is not finite; {where}")
     return NonFiniteError(f"stage {stage} step {step}: a value on another rank is not finite (NaN or inf); {where}")
+
+
+def _targets_of(datasets: list[PartitionRows], samplers: list[StepBatches], step: int) -> list[dict]:
+    """This rank's targets of 0-based ``step``, read again from the store (the error path)."""
+    out = []
+    for dataset, sampler in zip(datasets, samplers):
+        local = sampler.batch_size // sampler.world
+        rows = sampler.order.batch(step)[sampler.rank * local : (sampler.rank + 1) * local]
+        arrays = dataset.reader.read(rows)
+        out.append(
+            {
+                "row": torch.from_numpy(rows),
+                "targets": {k: {n: torch.from_numpy(a) for n, a in t.items()} for k, t in arrays.items()},
+            }
+        )
+    return out
 
 
 def train_stage(
@@ -320,6 +343,15 @@ def _train(
             update={"student": with_student(config.student, student_fields(source), source.label)}
         )
     student = build_student(store, config, cfg.seed)
+    resolutions = [p.resolution for p in cfg.partitions]
+    recompute = checkpoint_activations(config.student.checkpoint_activations, config.student.size, resolutions)
+    student.set_grad_checkpointing(recompute)
+    if recompute and config.student.checkpoint_activations == "auto" and d.main:
+        print(
+            f"note: activation checkpointing on (student {config.student.size} at {max(resolutions)} px; "
+            "student.checkpoint_activations: false turns it off)",
+            file=sys.stderr,
+        )
     # Compact keys (`radio store compact`) arrive as one byte per value and are decoded on the device.
     decoders = build_decoders(store, keys).to(d.device)
     if len(decoders) and config.normalization != "phis":
@@ -407,8 +439,9 @@ def _train(
             device_ids=[d.device.index] if d.device.type == "cuda" else None,
             find_unused_parameters=used != set(student.adaptors.keys()),  # a teacher absent from this stage
         )
-    if cfg.compile:
-        model = cast(nn.Module, torch.compile(model))
+    ddp = model if d.enabled else None
+    if compile_on(cfg.compile, d.device):
+        model = CompileOrEager(model, sys.stderr if d.main else None)
 
     # ---- data: deterministic batches from (seed, stage, partition, step) -----------------------
     limits = ImageLimits(config.data.min_image_size, config.data.max_image_pixels)
@@ -418,7 +451,13 @@ def _train(
     split = split_rows(store, keys, config.eval.held_out, manifest)
     manifest_dir = manifest.save(folder.manifest)
     del manifest
-    loaders = []
+    for part in cfg.partitions:
+        if part.batch_size % (cfg.accumulate * d.world):
+            raise DistillError(
+                f"stage {stage} partition {part.resolution} px: batch size {part.batch_size} does not divide "
+                f"into accumulate {cfg.accumulate} micro-steps on {d.world} ranks"
+            )
+    loaders, datasets, samplers = [], [], []
     for p, (resolution, ts) in enumerate(partitions):
         part = cfg.partitions[p]
         dataset = PartitionRows(str(store.path), resolution, ts, limits, manifest_dir, compact=frozenset(decoders))
@@ -439,6 +478,8 @@ def _train(
             )
         except ValueError as e:
             raise DistillError(f"stage {stage} partition {resolution} px: {e}") from None
+        datasets.append(dataset)
+        samplers.append(sampler)
         # forkserver, not fork: tensorstore's threads do not survive a fork of a process that used
         # it (it aborts), and the workers get the manifest as a path to memory-map, not a copy.
         loaders.append(
@@ -487,15 +528,36 @@ def _train(
             )
 
     # ---- the loop --------------------------------------------------------------------------------
+    # No host sync per step: the losses stay on the device until a log step (every log_every, a
+    # checkpoint, a stop, the end) moves them to the host and checks them (step_log.py). A caller
+    # with an on_step hook wants every step's values as it ends: each step logs then.
     losses: list[float] = []
     step = start
     stopped_by = None
     model.train()
+    steplog = StepLog(d, sum(p.batch_size for p in cfg.partitions), 1 if on_step else cfg.log_every)
+    prefetch = DevicePrefetch(loaders, d.device, total - start)  # step k+1's batches copied during step k
     with _StopFlag() as stop, open(metrics_path, "a") if d.main else contextlib.nullcontext() as log:
+
+        def write(record: dict) -> None:
+            losses.append(record["total"])
+            if log is not None:  # rank 0 only
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            if on_step:
+                on_step(record)
+
+        def logged() -> None:
+            """Flush the step log; a non-finite step stops the run before anything is written."""
+            try:
+                flush_into(steplog, write)
+            except BadStep as bad:  # the parameters are spoiled now: no checkpoint, no weights
+                targets = _targets_of(datasets, samplers, bad.step - 1)
+                raise _non_finite(stage, bad, targets, ckpt_path, saved) from None
+
         while step < total:
-            t0 = time.perf_counter()
-            batches = [decode_targets(on_device(next_batch(it), d.device), decoders) for it in loaders]
-            t_data = time.perf_counter() - t0
+            batches, t_data = next(prefetch)
+            batches = [decode_targets(b, decoders) for b in batches]
             lr = lr_at(step, total, cfg.optimizer.lr, cfg.schedule.warmup_steps, cfg.schedule.min_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -504,12 +566,16 @@ def _train(
                 global_b = cfg.partitions[p].batch_size
                 c = draw_crops(global_b, _crop_generator(cfg.seed, stage, p, step), config.student.pos_dropout)
                 local = global_b // d.world
-                crops.append(c[d.rank * local : (d.rank + 1) * local].to(d.device))
-            with _autocast(d.device):
-                outputs = model([b["image"] for b in batches], crops)
-                out = loss_fn(outputs, batches)
+                crops.append(to_device(c[d.rank * local : (d.rank + 1) * local], d.device))
             optimizer.zero_grad(set_to_none=True)
-            out["total"].backward()
+            out: dict[str, torch.Tensor] = {}
+            for i, micro, micro_crops in micro_batches(batches, crops, cfg.accumulate):  # accumulate: 1 = one pass
+                with sync_on_last(ddp, i, cfg.accumulate):
+                    with _autocast(d.device):
+                        outputs = model([b["image"] for b in micro], micro_crops)
+                        micro_out = loss_fn(outputs, micro)
+                    (micro_out["total"] / cfg.accumulate).backward()
+                out = mean_losses(out or None, micro_out, cfg.accumulate)
             warmup = in_warmup(step, cfg.head_warmup_steps, new_heads)
             if warmup:  # new heads train alone first: the backbone's gradients go, its optimizer groups sit out
                 drop_backbone_grads(student)
@@ -520,34 +586,20 @@ def _train(
                 optimizer.step()
             step += 1
 
-            names = list(out)
             # A NaN or inf in a target reaches its key's loss (MSE, cosine and the PHI-S matmul all
             # propagate it), so the per-key losses, which go to the host for the log anyway, are the
             # check: no extra device pass over the targets (isfinite().all() on them costs 7x the
-            # MSE on a CPU) and no extra sync. The gradient norm rides along.
-            scalars = [out[n].detach().float() for n in names]
-            scalars += [grad_norm.detach().float()] if grad_norm is not None else []
-            values = distributed.mean_across(d, torch.stack(scalars)).cpu()  # (a NaN on any rank reaches every rank)
-            if not bool(torch.isfinite(values).all()):  # the parameters are spoiled now: no checkpoint, no weights
-                raise _non_finite(stage, step, batches, out, grad_norm, ckpt_path, saved)
-            dt = time.perf_counter() - t0
-            images = sum(p.batch_size for p in cfg.partitions)
-            record = {
-                "step": step,
-                "lr": lr,
-                **{n: float(v) for n, v in zip(names, values)},
-                "images_per_s": images / dt,
-                "data_wait": t_data / dt,
-            }
-            losses.append(record["total"])
-            if log is not None:  # rank 0 only
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-            if on_step:
-                on_step(record)
-            if step % cfg.checkpoint_every == 0 or step == total:
+            # MSE on a CPU). The gradient norm rides along.
+            steplog.add(step, lr, out, grad_norm, t_data)
+            due = step % cfg.checkpoint_every == 0 or step == total
+            if due or steplog.due(step):
+                logged()  # before any checkpoint: none is ever written past an unchecked step
+            if due:
                 checkpoint(step)
+            # Every step: the stop flag is a host value, and its all-reduce (gloo, even beside NCCL)
+            # never waits for the device.
             if distributed.any_across(d, stop.signal is not None):
+                logged()  # (nothing is pending if this step just logged)
                 stopped_by = stop.signal or "a signal on another rank"
                 checkpoint(step)
                 break

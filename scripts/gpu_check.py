@@ -9,7 +9,9 @@ few dozen images and steps, so CI keeps this script from rotting.
 
 The last stdout line is one JSON object: teacher images/s per key (teacher-side time), the
 featurize pipeline images/s ÷ the bare forwards back to back, trainer images/s, data-wait
-fraction and peak GPU memory (0 on CPU).
+fraction, peak GPU memory (0 on CPU) and the trainer's model FLOPs utilisation: the student's
+FLOPs per step (``radio.distill.flops.student_flops``, forward + backward) ÷ step time ÷ the
+GPU's peak dense bf16 FLOP/s (:data:`PEAK_BF16`; null on CPU or an unlisted GPU).
 """
 
 from __future__ import annotations
@@ -51,6 +53,26 @@ TINY = {
     "shard_rows": 8,
     "shard_size": 8,
 }
+
+
+# Dense (no sparsity) bf16 tensor-core peaks, FLOP/s, from the vendors' data sheets; the first
+# name found in torch.cuda.get_device_name() wins (so "H100 PCIe" before "H100").
+PEAK_BF16 = {
+    "B200": 2250e12,
+    "GH200": 989e12,
+    "H200": 989e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,  # SXM
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 70e12,
+    "L4": 121e12,
+}
+
+
+def peak_bf16(device_name: str) -> float | None:
+    """The peak dense bf16 FLOP/s of a GPU named ``device_name`` (None: not in the table)."""
+    return next((v for k, v in PEAK_BF16.items() if k in device_name), None)
 
 
 def pipeline_yaml(mode: dict, root: Path, steps: int) -> Path:
@@ -129,6 +151,8 @@ def main() -> None:
         sys.exit("error: the full GPU check needs a CUDA device; use --tiny on CPU")
 
     from radio.config import load_pipeline
+    from radio.distill.flops import student_flops
+    from radio.distill.run import RunFolder, read_metrics
     from radio.distill.trainer import train_stage
     from radio.featurize.job import run_featurize, summarize
     from radio.featurize.teachers import get_spec
@@ -180,21 +204,31 @@ def main() -> None:
     combined = 1.0 / sum(1.0 / r for r in bare.values())
 
     fit_store(FeatureStore(config.store.path))
-    records: list[dict] = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    train_stage(config, 1, workers=workers, device=str(device), on_step=records.append)
-    steady = records[min(len(records) - 1, max(1, len(records) // 10)) :]  # skip warm-up steps
+    # no on_step hook: it would make every step a log step (a host sync per step)
+    train_stage(config, 1, workers=workers, device=str(device))
+    records = read_metrics(RunFolder(config.out).stage(1).metrics)
+    steady = records[min(len(records) - 1, max(1, len(records) // 10)) :]  # skip warm-up (and compile) steps
+    trainer_rate = statistics.median(r["images_per_s"] for r in steady)
+    step_flops = student_flops(mode["student"]["size"], mode["resolution"], batch=mode["train_batch"])
+    device_name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
+    peak = peak_bf16(device_name) if device.type == "cuda" else None
+    achieved = step_flops * trainer_rate / mode["train_batch"]  # FLOP/s: FLOPs per step / step time
     result = {
         "mode": "tiny" if args.tiny else "full",
-        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+        "device": device_name,
         "images": valid,
         "teacher_images_per_s": {k: d["images"] / max(1e-9, d["compute_seconds"]) for k, d in per_key.items()},
         "bare_forward_images_per_s": bare,
         "featurize_images_per_s": pipeline_rate,
         "featurize_over_bare": pipeline_rate / combined,
         "featurize_seconds": featurize_s,
-        "trainer_images_per_s": statistics.median(r["images_per_s"] for r in steady),
+        "trainer_images_per_s": trainer_rate,
+        "student_tflops_per_step": step_flops / 1e12,
+        "trainer_tflops_per_s": achieved / 1e12,
+        "peak_bf16_tflops": peak / 1e12 if peak else None,
+        "mfu": achieved / peak if peak else None,
         "data_wait_fraction": statistics.mean(r["data_wait"] for r in steady),
         "train_steps": len(records),
         "loader_workers": workers,

@@ -1,0 +1,122 @@
+"""The step log: each step's losses stay on the device until a log step moves them to the host.
+
+Copying a loss to the host (``.cpu()``, ``.item()``, ``float()``) waits for the device to finish
+every kernel queued so far: done each step, the host stops queueing the next step's work while
+the GPU drains, and the GPU idles while the host prepares it. Here each step only stacks its
+scalars (``[k]``, on the device, no sync); every ``log_every`` steps, at a checkpoint, at a stop
+and at the end, :meth:`StepLog.flush` stacks the pending steps (``[n, k]``), all-reduces them in
+one call, moves them to the host in one transfer (:func:`to_host`) and checks them.
+
+The non-finite check rides on that transfer: a NaN or inf in a target reaches its key's loss, so
+the pending values are the check. A flush runs before every checkpoint and before the final
+weights, so nothing is ever written from parameters a non-finite step has touched; the metrics
+get the records of the steps before the first bad one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from . import distributed
+
+
+def to_host(values: torch.Tensor) -> torch.Tensor:
+    """The trainer's one device → host transfer of step values (a device sync on CUDA)."""
+    return values.cpu()
+
+
+@dataclass
+class Pending:
+    """One step not yet logged: its scalars ``[k]`` on the device (the losses, then the gradient
+    norm when clipping), its learning rate and the host time it waited for data."""
+
+    step: int
+    lr: float
+    values: torch.Tensor
+    t_data: float
+
+
+class BadStep(Exception):
+    """A flushed step whose values (on any rank) are not finite; ``local`` is this rank's own
+    values of that step on the host, ``names`` their names."""
+
+    def __init__(self, step: int, names: list[str], local: torch.Tensor):
+        super().__init__(f"step {step} is not finite")
+        self.step, self.names, self.local = step, names, local
+
+
+class StepLog:
+    """Pending steps of one stage run; ``images`` is the global images per step (for
+    ``images_per_s``). ``names``: the losses' names, in the order of each step's values (from
+    the first step's losses; the gradient norm, if any, comes last)."""
+
+    def __init__(self, d: distributed.Dist, images: int, log_every: int):
+        self.d, self.images, self.log_every = d, images, log_every
+        self.names: list[str] = []
+        self.pending: list[Pending] = []
+        self._since = time.perf_counter()
+
+    def add(self, step: int, lr: float, losses: dict[str, torch.Tensor], grad_norm: torch.Tensor | None, t_data: float):
+        """Keep step ``step``'s values on the device (no sync)."""
+        self.names = self.names or list(losses)
+        scalars = [losses[n].detach().float() for n in self.names]
+        scalars += [grad_norm.detach().float()] if grad_norm is not None else []
+        self.pending.append(Pending(step, lr, torch.stack(scalars), t_data))
+
+    def due(self, step: int) -> bool:
+        """Whether step ``step`` is a log step of its own (checkpoints, stops and the end flush too)."""
+        return step % self.log_every == 0
+
+    def flush(self) -> list[dict]:
+        """The pending steps' metrics records, in step order, after one all-reduce and one host
+        transfer; raises :class:`BadStep` for the first step with a non-finite value (the records
+        returned so far are lost with the exception: ``flush_checked`` writes them first)."""
+        if not self.pending:
+            return []
+        pending, self.pending = self.pending, []
+        local = torch.stack([p.values for p in pending])  # [n, k]
+        values = to_host(distributed.mean_across(self.d, local))  # (a NaN on any rank reaches every rank)
+        wall = time.perf_counter() - self._since  # after the sync: the device time of these steps
+        self._since = time.perf_counter()
+        finite = torch.isfinite(values).all(1)
+        good = int(finite.long().argmin()) if not bool(finite.all()) else len(pending)
+        rate = self.images * len(pending) / max(wall, 1e-9)
+        wait = min(1.0, sum(p.t_data for p in pending) / max(wall, 1e-9))
+        records = [
+            {
+                "step": p.step,
+                "lr": p.lr,
+                **{n: float(v) for n, v in zip(self.names, row)},
+                "images_per_s": rate,
+                "data_wait": wait,
+            }
+            for p, row in zip(pending[:good], values[:good])
+        ]
+        if good < len(pending):
+            raise BadFlush(records, BadStep(pending[good].step, self.names, to_host(local[good])))
+        return records
+
+
+class BadFlush(Exception):
+    """A flush that met a non-finite step: ``records`` are the good steps before it."""
+
+    def __init__(self, records: list[dict], bad: BadStep):
+        super().__init__(str(bad))
+        self.records, self.bad = records, bad
+
+
+def flush_into(log: StepLog, write: Callable[[dict], None]) -> None:
+    """Flush ``log`` and ``write`` each record; on a non-finite step, write the good records
+    before it, then raise its :class:`BadStep`."""
+    try:
+        records = log.flush()
+    except BadFlush as e:
+        for r in e.records:
+            write(r)
+        raise e.bad from None
+    for r in records:
+        write(r)
