@@ -35,7 +35,7 @@ from radio.store.pixels import StoredPixels
 from radio.store.targets import TargetReader
 
 from .loss import KeyTarget
-from .pixels import decode_views, raw_views
+from .pixels import decode_views
 
 Sampling = Literal["rows", "blocks"]
 
@@ -236,9 +236,13 @@ class PartitionRows(Dataset):
         if self.pixels is not None and len(rows):
             stored = self.pixels.complete[self.manifest().tar_of(rows)]
             idx = np.flatnonzero(stored)
-            if len(idx):
+            if len(idx) == len(rows):  # straight into the batch
+                views = self.pixels.read(rows, out=out.numpy())
+                if not isinstance(views, np.ndarray):
+                    decode_views(views, out=out)
+            elif len(idx):
                 views = self.pixels.read(rows[idx])
-                out[idx] = raw_views(views) if isinstance(views, np.ndarray) else decode_views(views)
+                out[idx] = torch.from_numpy(views) if isinstance(views, np.ndarray) else decode_views(views)
         for i in np.flatnonzero(~stored):
             out[i] = torch.from_numpy(np.require(self.image(int(rows[i])), requirements="W")).permute(2, 0, 1)
         return out

@@ -3,7 +3,7 @@
 A partition whose resolution the store holds pixels at reads each row's stored view
 (:class:`radio.store.pixels.StoredPixels`) instead of decoding the row's full image from its tar;
 rows of tars without them still come from the tar (:class:`radio.distill.data.PartitionRows`).
-Raw views are the image itself; JPEG views are decoded by :func:`decode_views`, batched: on
+Raw views are read straight into the batch (stored channels first); JPEG views are decoded by :func:`decode_views`, batched: on
 CUDA with nvJPEG (``torchvision.io.decode_jpeg(list, device="cuda")``), else on the CPU with the
 same call (libjpeg-turbo), so the CPU tests run the code path the GPU runs.
 """
@@ -17,12 +17,14 @@ import numpy as np
 import torch
 
 
-def decode_views(blobs: Sequence[np.ndarray | torch.Tensor], device: torch.device | str = "cpu") -> torch.Tensor:
+def decode_views(
+    blobs: Sequence[np.ndarray | torch.Tensor], device: torch.device | str = "cpu", out: torch.Tensor | None = None
+) -> torch.Tensor:
     """JPEG views (1-D uint8, one per row, all ``R``×``R``) → ``[B, 3, R, R] uint8`` on ``device``.
 
     One batched ``decode_jpeg`` call: on CUDA the list is decoded on the device (nvJPEG's batched
     decode; the bytes cross to the GPU, ~28 KB a row at 256 px, not the 196 KB pixels); on the CPU
-    the same call decodes on the host."""
+    the same call decodes on the host. ``out``: the ``[B, 3, R, R]`` batch to fill."""
     with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs for torchcodec's (not installed)
         warnings.simplefilter("ignore", DeprecationWarning)
         from torchvision.io import ImageReadMode, decode_jpeg
@@ -32,12 +34,7 @@ def decode_views(blobs: Sequence[np.ndarray | torch.Tensor], device: torch.devic
     if not data:
         raise ValueError("decode_views: no views to decode")
     images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-    return torch.stack(images)
+    return torch.stack(images, out=out)
 
 
-def raw_views(views: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Raw views ``[B, R, R, 3] uint8`` → ``[B, 3, R, R] uint8`` on ``device`` (no decode)."""
-    return torch.from_numpy(views).to(device).permute(0, 3, 1, 2)
-
-
-__all__ = ["decode_views", "raw_views"]
+__all__ = ["decode_views"]

@@ -7,7 +7,8 @@ partition resolution ``R`` of the pipeline's stages, in one of two modes:
 
     pixels/R/                    one group per resolution; attributes: mode, resolution, quality,
                                  view, capacity, code_version (:class:`PixelSpec`)
-        view  raw:  [rows, R, R, 3] uint8, chunk 1 row, shard shard_rows rows, uncompressed
+        view  raw:  [rows, 3, R, R] uint8 (channels first, as the trainer's batch), chunk 1 row,
+                    shard shard_rows rows, uncompressed
               jpeg: [rows, 4 + capacity] uint8, chunk 1 row, shard shard_rows rows, zstd: a
                     little-endian uint32 byte count, the JPEG, then zeros (an invalid row: 0 bytes)
         complete  [T] uint8      completion marker per tar, written after every shard of the tar
@@ -18,7 +19,8 @@ before any worker starts and every write is one whole Zarr shard (DESIGN.md §3)
 array would need its offsets before the JPEGs exist, or a second, append-style write path; a
 fixed row of ``4 + capacity`` bytes keeps the targets' layout (row ``i`` is chunk ``i``, a shard
 is written whole, a resumed run rewrites the same bytes), and zstd turns the zero padding into a
-few bytes, so the disk holds about the JPEG's own size. ``capacity`` is ``3 R² + 4096``: a 4:2:0
+few bytes, so the disk holds about the JPEG's own size. Raw views are stored channels first, the
+layout of the trainer's ``[B, 3, R, R]`` batch, so a read lands in the batch with no transpose. ``capacity`` is ``3 R² + 4096``: a 4:2:0
 JPEG of an ``R``×``R`` RGB image at quality ≤ 95 stays below its raw size (1.5 coefficients per
 pixel); a larger one is refused with one line, never cut. Raw rows are stored uncompressed, so
 the trainer reads a run of them with one ``preadv`` (:mod:`radio.store.shardread`).
@@ -140,7 +142,7 @@ def create_pixels(store: FeatureStore, spec: PixelSpec, overwrite: bool = False)
     chunks: tuple[int, ...]
     names: tuple[str, ...]
     if spec.mode == "raw":  # uncompressed: a run of rows is one preadv (shardread)
-        shape, chunks, compressor, names = (n, s, s, 3), (1, s, s, 3), "none", ("row", "y", "x", "channel")
+        shape, chunks, compressor, names = (n, 3, s, s), (1, 3, s, s), "none", ("row", "channel", "y", "x")
     else:  # zstd folds the zero padding after each JPEG into a few bytes
         row = HEADER + spec.capacity
         shape, chunks, compressor, names = (n, row), (1, row), "zstd", ("row", "byte")
@@ -177,9 +179,10 @@ def decode_jpeg_pil(data: bytes | np.ndarray) -> np.ndarray:
 
 def encode_rows(spec: PixelSpec, views: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """``views [n, R, R, 3] uint8`` (invalid rows ignored) → the rows of ``pixels/R/view``."""
-    if spec.mode == "raw":
-        out = np.where(valid[:, None, None, None], views, 0).astype(np.uint8)
-        return out
+    if spec.mode == "raw":  # channels first
+        return np.ascontiguousarray(
+            np.where(valid[:, None, None, None], views, 0).astype(np.uint8).transpose(0, 3, 1, 2)
+        )
     out = np.zeros((len(views), HEADER + spec.capacity), np.uint8)
     assert spec.quality is not None  # jpeg mode records its quality
     for i in np.flatnonzero(valid):
@@ -225,8 +228,8 @@ def view_array_path(store_path: str, resolution: int) -> str:
 class StoredPixels:
     """Reads stored student views of one resolution; opens lazily (each DataLoader worker its own).
 
-    :meth:`read` ``(rows)`` → raw mode: ``[B, R, R, 3] uint8``; jpeg mode: ``B`` 1-D uint8 arrays
-    (each row's JPEG bytes). Only rows of tars in :attr:`complete` may be asked for.
+    :meth:`read` ``(rows)`` → raw mode: ``[B, 3, R, R] uint8`` (into ``out`` when given); jpeg
+    mode: ``B`` 1-D uint8 arrays (each row's JPEG bytes). Only rows of tars in :attr:`complete` may be asked for.
     """
 
     def __init__(self, store_path: str, resolution: int, spec: PixelSpec, complete: np.ndarray):
@@ -259,14 +262,14 @@ class StoredPixels:
             self._pid = os.getpid()
         return self._array
 
-    def read(self, rows: Sequence[int] | np.ndarray) -> np.ndarray | list[np.ndarray]:
+    def read(self, rows: Sequence[int] | np.ndarray, out: np.ndarray | None = None) -> np.ndarray | list[np.ndarray]:
         a = self._open()
         rows = np.asarray(rows, dtype=np.int64)
         try:
             if self.spec.mode == "raw":
                 s = self.resolution
-                out = np.empty((len(rows), s, s, 3), np.uint8)
-                for i, r in enumerate(rows.tolist()):
+                out = np.empty((len(rows), 3, s, s), np.uint8) if out is None else out
+                for i, r in enumerate(rows.tolist()):  # one preadv per row, straight into ``out``
                     if self._direct is None or not self._direct.read(r, r + 1, out[i : i + 1]):
                         out[i] = a[r].read().result()
                 return out
