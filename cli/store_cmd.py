@@ -1,4 +1,5 @@
-"""`radio store info|verify PATH`: what a feature store holds, and whether it is consistent."""
+"""`radio store info|verify|add-pixels PATH`: what a feature store holds, whether it is consistent, and
+student pixels added to it."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def info(
     s = store_info(path)
     if as_json:
         keys = [asdict(k) | {"provenance": k.provenance.to_json()} for k in s["keys"]]  # the key's attributes as stored
-        print(json.dumps(s | {"keys": keys}, indent=2, default=str))
+        print(json.dumps(s | {"keys": keys, "pixels": [asdict(p) for p in s["pixels"]]}, indent=2, default=str))
         return
     console = make_console()
     bad = ", ".join(f"{r} {n}" for r, n in sorted(s["reasons"].items())) or "none"
@@ -95,6 +96,80 @@ def info(
             ),
         )
     console.print(table)
+    for p in s["pixels"]:
+        quality = f" q{p.quality}" if p.quality else ""
+        console.print(
+            f"student pixels {p.resolution} px: {p.mode}{quality}, {p.complete_tars}/{p.tars} tars, "
+            f"{p.raw_bytes_per_sample} bytes/sample raw, {p.stored_bytes_per_sample:.0f} bytes/sample stored"
+        )
+
+
+@app.command("add-pixels")
+@user_errors
+def add_pixels(
+    path: PathArg,
+    resolutions: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--resolution",
+            "-r",
+            help="a partition resolution to store views at; repeatable [default: those the store has planned]",
+        ),
+    ] = None,
+    mode: Annotated[
+        str | None, typer.Option("--mode", help="jpeg or raw, for resolutions not planned yet [default: jpeg]")
+    ] = None,
+    quality: Annotated[int, typer.Option("--quality", min=1, max=95, help="JPEG quality (jpeg mode)")] = 95,
+    tars: Annotated[
+        str | None,
+        typer.Option("--tars", help="rewrite these tars' pixels (indices, comma-separated, or all), as verify lists"),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace pixels stored with another mode or quality")
+    ] = False,
+) -> None:
+    """Store each row's student view at partition resolutions without rerunning teachers.
+
+    Reads every featurized tar's recorded crop boxes from its manifest and decodes its images once;
+    resumable (tars already marked are skipped). Distill then reads these views instead of the tars.
+    """
+    from radio.featurize.pixels import add_pixels as run
+    from radio.featurize.pixels import plan_pixels
+    from radio.store import lease
+    from radio.store import pixels as px
+
+    fs = _open_writable(path, "store add-pixels")
+    planned = px.pixel_resolutions(fs)
+    chosen = sorted(set(resolutions or planned))
+    if not chosen:
+        raise fail(f"{path}: no student pixels planned; give --resolution (the stages' partition resolutions)")
+    if mode is not None and mode not in px.MODES:
+        raise fail(f"--mode {mode!r}: use {' or '.join(px.MODES)}")
+    redo: list[int] = []
+    if tars is not None:
+        try:
+            redo = list(range(len(fs.plan.tars))) if tars == "all" else [int(t) for t in tars.split(",") if t.strip()]
+        except ValueError:
+            raise fail(f"--tars {tars!r}: expected tar indices like 3,7, or all") from None
+        if any(not 0 <= t < len(fs.plan.tars) for t in redo):
+            raise fail(f"--tars {tars!r}: the store has tars 0..{len(fs.plan.tars) - 1}")
+    with lease.take(path, "writer", "store add-pixels", destructive=overwrite or bool(redo)):
+        fs.location.remove_temporaries()  # a killed run's half-written files
+        for r in chosen:
+            if r not in planned or mode is not None or overwrite:
+                spec_mode = mode or (px.pixel_spec(fs, r).mode if r in planned else "jpeg")
+                plan_pixels(fs, spec_mode, quality, [r], overwrite)
+        for r in chosen:
+            px.mark_pixels_incomplete(fs, r, redo)
+        report = run(fs, chosen)
+    for r in chosen:
+        done = int(px.pixels_completed(fs, r).sum())
+        print(
+            f"student pixels {r} px: {report.written[r]} tars written, {report.skipped[r]} already complete, "
+            f"{done}/{len(fs.plan.tars)} done"
+        )
+    if report.no_manifest:
+        print(f"{len(report.no_manifest)} tars not featurized yet: `radio featurize` writes their pixels")
 
 
 @app.command()

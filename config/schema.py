@@ -110,6 +110,15 @@ class FeaturizeConfig(Frozen):
         description="K: crops featurized per image, as K store rows (decoded once; K x the bytes and teacher "
         "time); each epoch, distill draws one of an image's K crops",
     )
+    student_pixels: Literal["none", "jpeg", "raw"] = Field(
+        "none",
+        description="also store each row's student view at every partition resolution of the stages, so "
+        "distill reads it instead of decoding the tar: none, jpeg (ragged JPEG bytes at jpeg_quality) or raw "
+        "(uint8 [r, r, 3]); `radio store add-pixels` adds them to a store later",
+    )
+    jpeg_quality: int = Field(
+        95, ge=1, le=95, description="student_pixels: jpeg: the JPEG quality of the stored views (4:2:0)"
+    )
 
     @model_validator(mode="after")
     def _distinct_crops(self) -> FeaturizeConfig:

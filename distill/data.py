@@ -25,14 +25,17 @@ import torch
 from torch.utils.data import Dataset
 
 from radio.errors import RadioError
-from radio.shards.crops import CropBox, crop_resize
+from radio.shards.crops import CropBox
 from radio.shards.images import ImageLimits, decode_image
 from radio.shards.tar import ShardError, TarFiles
+from radio.shards.views import student_view
 from radio.store.layout import FeatureStore
 from radio.store.manifest import Manifest
+from radio.store.pixels import StoredPixels
 from radio.store.targets import TargetReader
 
 from .loss import KeyTarget
+from .pixels import decode_views
 
 Sampling = Literal["rows", "blocks"]
 
@@ -172,6 +175,10 @@ class PartitionRows(Dataset):
     ``manifest``: a folder saved by :meth:`Manifest.save` (memory-mapped in each worker), a
     :class:`Manifest`, or None to build one from the store on first use. Opens everything
     lazily, so each DataLoader worker has its own tensorstore handles and tar files.
+
+    ``stored_pixels``: read the student view of rows whose tar has stored pixels at this
+    resolution from the store (:mod:`radio.distill.pixels`); other rows, or all with False, are
+    decoded from their tars.
     """
 
     def __init__(
@@ -182,6 +189,7 @@ class PartitionRows(Dataset):
         limits: ImageLimits = ImageLimits(),
         manifest: str | Path | Manifest | None = None,
         compact: frozenset[str] = frozenset(),
+        stored_pixels: bool = True,
     ):
         self.store_path = store_path
         self.resolution = resolution
@@ -191,6 +199,7 @@ class PartitionRows(Dataset):
         self._manifest_dir = None if isinstance(manifest, Manifest) or manifest is None else Path(manifest)
         self.reader = TargetReader(store_path, [(t.key, t.summary) for t in targets], compact)
         self.tars = TarFiles()
+        self.pixels = StoredPixels.open(FeatureStore(store_path), resolution) if stored_pixels else None
 
     def manifest(self) -> Manifest:
         if self._manifest is None:
@@ -217,13 +226,31 @@ class PartitionRows(Dataset):
         if decoded.pixels is None:
             raise ShardError(f"{path}: image at offset {offset} is {decoded.reason}")
         box = CropBox(int(c["crop_x"][row]), int(c["crop_y"][row]), int(c["crop_w"][row]), int(c["crop_h"][row]))
-        return crop_resize(decoded.pixels, box, self.resolution)
+        return student_view(decoded.pixels, box, self.resolution)
+
+    def images(self, rows: np.ndarray) -> torch.Tensor:
+        """``[B, 3, r, r] uint8``: stored views where the row's tar has them, else :meth:`image`."""
+        r = self.resolution
+        out = torch.empty((len(rows), 3, r, r), dtype=torch.uint8)
+        stored = np.zeros(len(rows), bool)
+        if self.pixels is not None and len(rows):
+            stored = self.pixels.complete[self.manifest().tar_of(rows)]
+            idx = np.flatnonzero(stored)
+            if len(idx) == len(rows):  # straight into the batch
+                views = self.pixels.read(rows, out=out.numpy())
+                if not isinstance(views, np.ndarray):
+                    decode_views(views, out=out)
+            elif len(idx):
+                views = self.pixels.read(rows[idx])
+                out[idx] = torch.from_numpy(views) if isinstance(views, np.ndarray) else decode_views(views)
+        for i in np.flatnonzero(~stored):
+            out[i] = torch.from_numpy(np.require(self.image(int(rows[i])), requirements="W")).permute(2, 0, 1)
+        return out
 
     def __getitems__(self, items: Sequence[tuple[int, bool]]) -> dict:
         rows = np.array([int(r) for r, _ in items], dtype=np.int64)
         flips = torch.tensor([bool(f) for _, f in items])
-        images = torch.from_numpy(np.stack([self.image(int(r)) for r in rows])).permute(0, 3, 1, 2)
-        images = images.float().div_(255.0)
+        images = self.images(rows).float().div_(255.0)
         targets = {}
         for key, arrays in self.reader.read(rows).items():
             targets[key] = {n: torch.from_numpy(a) for n, a in arrays.items()}

@@ -14,6 +14,10 @@ their records are :mod:`radio.featurize.records`'s):
     valid    [W * R] bool
     px{s}    [W * R, s, s, 3] uint8 for every resolution ``s`` a selected key needs
 
+With student pixels in the store (``featurize.student_pixels``, :mod:`radio.store.pixels`), the
+stage also writes each row's student view at every resolution the store holds pixels at, whole
+shards per group, and marks the tar's pixels complete after its manifest.
+
 Group composition depends only on the tar and the config, so teachers see the same batches in a
 resumed run as in an uninterrupted one (bit-equal targets). The manifest is written before the
 last group leaves, so it is durable before the driver writes any completion marker.
@@ -32,6 +36,7 @@ from radio.shards.images import ImageLimits
 from radio.shards.tar import Sample, ShardReader
 from radio.store.layout import FeatureStore, TarPlan
 
+from . import pixels as student_pixels
 from .records import FeaturizeSettings, GroupHeader, TarEnd, TarItem, pixel_column, to_batch
 
 
@@ -48,6 +53,7 @@ class TarDecoder:
         self.settings = settings
         self.group = windows_per_group(batch_size, self.store.plan.shard_rows)
         self.crops = self.store.plan.crops_per_image  # K rows per image
+        self.pixels = student_pixels.PixelWriter(self.store)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         for s in batch["item"]:
@@ -59,6 +65,7 @@ class TarDecoder:
         tp = self.store.plan.tars[item.tar_index]
         r, w = self.store.plan.shard_rows, self.group
         res = item.resolutions
+        views = self.pixels.todo(tp.index)  # student-pixel resolutions this tar still lacks
         manifest: list[dict[str, Any]] = []
         reasons: Counter[str] = Counter()
         reader = ShardReader(tp.path, ImageLimits(self.settings.min_image_size, self.settings.max_image_pixels))
@@ -74,14 +81,15 @@ class TarDecoder:
                     if len(samples) == w * r:
                         if pending is not None:
                             yield pending
-                        pending = self._group(item, tp, index, samples, res, manifest)
+                        pending = self._group(item, tp, index, samples, res, manifest, views)
                         index, samples = index + 1, []
             if samples or pending is None:
                 if pending is not None:
                     yield pending
-                pending = self._group(item, tp, index, samples, res, manifest)
+                pending = self._group(item, tp, index, samples, res, manifest, views)
                 index += 1
             self.store.write_manifest(tp.index, manifest)  # once per tar, before the last group leaves
+            self.pixels.complete(tp.index, views)  # after the pixels' shards and the manifest
         except Exception as e:  # noqa: BLE001 - one bad tar must not stop the job
             error = f"{type(e).__name__}: {e}"
             if pending is None:
@@ -105,14 +113,17 @@ class TarDecoder:
         samples: list[tuple[Sample, int]],
         res: list[int],
         manifest: list[dict[str, Any]],
+        views: tuple[int, ...] = (),
     ) -> dict[str, np.ndarray]:
         r, n = self.store.plan.shard_rows, self.group * self.store.plan.shard_rows
         row_start = tp.row_start + index * n
         valid = np.zeros(n, bool)
         px = {s: np.zeros((n, s, s, 3), np.uint8) for s in res}
         keys = [""] * n
+        images, boxes = [x for x, _ in samples], []
         for i, (x, k) in enumerate(samples):
             box = self._box(x, k)
+            boxes.append(box)
             manifest.append(_manifest_row(tp, row_start + i, x, k, box))
             keys[i] = x.key
             if box is not None:
@@ -121,6 +132,8 @@ class TarDecoder:
                 for s in res:  # every geometry from the one decode
                     px[s][i] = crop_resize(x.pixels, box, s)
         header = GroupHeader(item, index, row_start, -(-len(samples) // r), tuple(keys))
+        if views:  # the student's views of the same decode, whole shards
+            self.pixels.write(row_start, header.windows, [(x.pixels, b) for x, b in zip(images, boxes)], views)
         out = to_batch([header.columns() | TarEnd.absent()]) | {"valid": valid[None]}
         out |= {pixel_column(s): a[None] for s, a in px.items()}
         return out

@@ -24,6 +24,7 @@ from radio.store import compact, lease
 from radio.store.layout import FeatureStore, Plan, check_store_or_empty, settings_json
 from radio.store.provenance import TargetProvenance
 
+from .pixels import add_pixels, partition_resolutions, plan_pixels
 from .preflight import check_weights
 from .ray_logs import log_path, ray_output_to
 from .records import FeaturizeSettings, KeyJob, TarResult, WorkItem
@@ -243,6 +244,8 @@ def prepare(
     plan = plan_rows(tars, config.store.shard_rows, crops_per_image=config.featurize.crops_per_image)
     settings = settings_json(asdict(_settings(config)) | {"shards_fingerprint": fingerprint(tars)})
     store = FeatureStore.create(config.store.path, plan, settings)
+    f = config.featurize
+    plan_pixels(store, f.student_pixels, f.jpeg_quality, partition_resolutions(config.stages), overwrite)
     items: list[WorkItem] = []
     for teacher, (model, weights, jobs) in selection.teachers.items():
         if selection.mosaic is None and not overwrite:
@@ -365,6 +368,8 @@ def _featurize(
                 if on_result:
                     on_result(result, i + 1, len(items))
         report.ray_log = str(log) if log else None
+    # Tars the graph did not decode (their targets were complete) get their pixels here.
+    add_pixels(store)
     report.seconds = time.perf_counter() - start
     return report
 

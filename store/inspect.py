@@ -11,6 +11,7 @@ import numpy as np
 
 from . import checksums
 from . import compact as compact_mod
+from . import pixels as pixels_mod
 from .layout import FeatureStore
 from .provenance import TargetProvenance
 
@@ -34,6 +35,32 @@ class KeyInfo:
     raw_dropped: bool = False
     normalizer: str = "raw"  # the PHI-S fingerprint the compact features are encoded in ("raw": no compact data)
     normalizer_current: bool | None = None  # whether that is the teacher's current normalizer (else re-expressed)
+
+
+@dataclass
+class PixelInfo:
+    """Student pixels at one partition resolution (``featurize.student_pixels``)."""
+
+    resolution: int
+    mode: str
+    quality: int | None
+    complete_tars: int
+    tars: int
+    raw_bytes_per_sample: int  # one uint8 [r, r, 3] view
+    stored_bytes_per_sample: float  # the view array on disk (zstd, Zarr indexes) per valid row of complete tars
+
+
+def pixel_info(store: FeatureStore, valid: np.ndarray, tar_of_row: np.ndarray) -> list[PixelInfo]:
+    """Per resolution: mode, complete tars, and bytes per valid row (``valid``, ``tar_of_row``: the
+    manifest's columns; invalid rows store nothing)."""
+    out = []
+    for r in pixels_mod.pixel_resolutions(store):
+        spec = pixels_mod.pixel_spec(store, r)
+        done = pixels_mod.pixels_completed(store, r)
+        rows = int(valid[done[tar_of_row]].sum()) if valid.size else 0
+        disk = store.location.sizes(f"{pixels_mod.GROUP}/{r}/view")
+        out.append(PixelInfo(r, spec.mode, spec.quality, int(done.sum()), len(done), 3 * r * r, disk / max(1, rows)))
+    return out
 
 
 def store_info(path: str | Path) -> dict[str, Any]:
@@ -84,6 +111,7 @@ def store_info(path: str | Path) -> dict[str, Any]:
         "shard_rows": store.plan.shard_rows,
         "settings": store.settings,
         "keys": keys,
+        "pixels": pixel_info(store, valid, tar_of_row),
     }
 
 
@@ -221,8 +249,61 @@ def verify_report(path: str | Path, keys: list[str] | None = None) -> VerifyRepo
                 continue  # reported above
             if count != tokens:
                 report.tar(key, tp.index, f"{where}: moments count {count} != {tokens} valid tokens")
+    _verify_pixels(store, manifests, bad_manifests, report)
     _verify_normalizers(store, report)
     return report
+
+
+def _verify_pixels(
+    store: FeatureStore, manifests: dict[int, Any], bad_manifests: dict[int, str], report: VerifyReport
+) -> None:
+    """Per resolution and complete tar: every chunk's crc32c, a manifest, valid rows hold a view
+    (raw: not all zero; jpeg: a length within the row and a JPEG start marker), invalid rows none.
+    A damaged tar is rewritten by `radio store add-pixels PATH --resolution R --tars T`."""
+    for r in pixels_mod.pixel_resolutions(store):
+        g = store.root[pixels_mod.GROUP][str(r)]
+        spec = pixels_mod.pixel_spec(store, r)
+        try:
+            done = pixels_mod.pixels_completed(store, r)
+        except checksums.CorruptError as e:
+            report.problems.append(f"{e}; run `radio store add-pixels {store.path} --resolution {r} --tars all`")
+            continue
+        bad: list[int] = []
+        for tp in store.plan.tars:
+            if not done[tp.index] or not tp.rows:
+                continue
+            where = f"pixels {r} tar {tp.index} ({posixpath.basename(tp.path)})"
+            m = manifests.get(tp.index)
+            if m is None:
+                why = bad_manifests.get(tp.index, "marked complete but has no manifest")
+                report.problems.append(f"{where}: {why}")
+                bad.append(tp.index)
+                continue
+            try:
+                arr = checksums.read(g["view"], slice(tp.row_start, tp.row_start + tp.rows), f"pixels/{r}/view")
+            except checksums.CorruptError as e:
+                report.problems.append(f"{where}: {e}")
+                bad.append(tp.index)
+                continue
+            local = np.asarray(m["row"], dtype=np.int64) - tp.row_start
+            valid = np.asarray(m["valid"], dtype=bool)
+            flat = arr.reshape(len(arr), -1)
+            if spec.mode == "raw":
+                empty = int((flat[local[valid]].max(axis=1, initial=0) == 0).sum())
+            else:
+                head = flat[local[valid]]
+                n = head[:, :4].copy().view("<u4").reshape(-1).astype(np.int64)
+                soi = (head[:, 4] == 0xFF) & (head[:, 5] == 0xD8)
+                empty = int(((n <= 0) | (n > spec.capacity) | ~soi).sum())
+            problem = f"{empty} valid rows hold no {spec.mode} view" if empty else None
+            if (flat[local[~valid]] != 0).any():
+                problem = "invalid rows hold pixels"
+            if problem:
+                report.problems.append(f"{where}: {problem}")
+                bad.append(tp.index)
+        if bad:
+            tars = ",".join(map(str, bad))
+            report.problems[-1] += f"; run `radio store add-pixels {store.path} --resolution {r} --tars {tars}`"
 
 
 def _tar_name(store: FeatureStore, t: int) -> str:

@@ -70,6 +70,9 @@ def _arrays(path: Path) -> dict[str, np.ndarray]:
             out[f"{key}/{name}"] = arr[:]
         for name, arr in g["moments"].arrays():
             out[f"{key}/moments/{name}"] = arr[:]
+    if "pixels" in root:  # student pixels (featurize.student_pixels): every resolution's arrays
+        for r, px in root["pixels"].groups():
+            out |= {f"pixels/{r}/{name}": arr[:] for name, arr in px.arrays()}
     return out
 
 
@@ -317,6 +320,58 @@ def test_distill_trains_on_a_two_crop_store(uninterrupted_k2, k2_pipelines, shar
     config = load_pipeline(path, "tiny", data=str(shards / "*.tar"), store=str(store), out=str(tmp_path / "run"))
     result = train_stage(config, 1, steps=4)
     assert result.end_step == 4 and len(result.losses) == 4 and np.isfinite(result.losses).all()
+
+
+# ---- featurize.student_pixels: jpeg ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def px_pipelines(repo, tmp_path_factory) -> Path:
+    """pipelines.yaml with the tiny pipeline's ``featurize.student_pixels: jpeg``."""
+    import yaml
+
+    doc = yaml.safe_load((repo / "pipelines.yaml").read_text())
+    doc["pipelines"]["tiny"]["featurize"]["student_pixels"] = "jpeg"
+    path = tmp_path_factory.mktemp("px") / "pipelines.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_px(px_pipelines, shards, tmp_path_factory, ray_session):
+    store = tmp_path_factory.mktemp("pxa") / "store.zarr"
+    config = load_pipeline(
+        px_pipelines, "tiny", data=str(shards / "*.tar"), store=str(store), out=str(store.parent / "run")
+    )
+    report = run_featurize(config, teachers=list(K2_KEYS), workers=1)
+    return store, report
+
+
+def test_sigkill_then_resume_with_student_pixels(uninterrupted_px, px_pipelines, repo, shards, tmp_path):
+    """The CPU stage's pixel shards and markers resume bit-identically (compared with the targets)."""
+    from radio.store import pixels
+
+    ref = FeatureStore(uninterrupted_px[0])
+    assert pixels.pixel_resolutions(ref) == [128, 192, 256]  # the tiny stages' partitions
+    assert all(pixels.pixels_completed(ref, r).all() for r in (128, 192, 256))
+    store = tmp_path / "killed.zarr"
+    cmd = _featurize_cmd(repo, shards, store, px_pipelines, K2_KEYS)
+    _kill_then_resume(cmd, store, uninterrupted_px[0], len(K2_KEYS) * 4, kill_after=1, strict=False)
+
+
+def test_add_pixels_rewrites_featurizes_pixels_bit_for_bit(uninterrupted_px, tmp_path):
+    """`radio store add-pixels` (manifest boxes, tar decode) and featurize's CPU stage store the same views."""
+    import shutil
+
+    store = tmp_path / "store.zarr"
+    shutil.copytree(uninterrupted_px[0], store)
+    result = CliRunner().invoke(app, ["store", "add-pixels", str(store), "--tars", "all"])
+    assert result.exit_code == 0, result.output
+    assert "student pixels 192 px: 4 tars written" in result.stdout
+    a, b = _arrays(uninterrupted_px[0]), _arrays(store)
+    assert a.keys() == b.keys() and any(k.startswith("pixels/") for k in a)
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
 
 
 def test_a_store_with_other_crops_per_image_is_refused(uninterrupted_k2, repo, shards):
