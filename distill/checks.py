@@ -7,6 +7,7 @@ from the store's provenance, never from featurize's code.
 from __future__ import annotations
 
 from radio.config import PATCH, PipelineConfig
+from radio.config.resolutions import exact_sizes
 from radio.store.layout import FeatureStore, StoreError
 from radio.store.normalizers import normalizer_info, teacher_of
 
@@ -82,7 +83,7 @@ def stage_targets(store: FeatureStore, config: PipelineConfig, stage: int) -> li
     have = set(store.target_keys)
     for part in s.partitions:
         keys = []
-        grid = part.resolution // PATCH
+        grid = part.nominal // PATCH
         for key in part.targets:
             if key not in have:
                 problems.append(f"missing target key {key}")
@@ -103,7 +104,14 @@ def stage_targets(store: FeatureStore, config: PipelineConfig, stage: int) -> li
                 if fit is None or key not in fit.get("keys", []):
                     problems.append(f"no PHI-S of {teacher_of(store, key)} covering {key} (run `radio fit-phis`)")
             exact = prov.mosaic is not None
-            if exact and tuple(info.grid) != (grid, grid):
+            # stochastic resolutions: an exact key trains at the sizes of its grid, skipped at the others
+            sizes = exact_sizes(info.grid[0], part.resolutions, PATCH) if part.resolutions and exact else None
+            if sizes is not None and (not sizes or info.grid[0] != info.grid[1]):
+                problems.append(
+                    f"{key} grid {info.grid[0]}x{info.grid[1]} fits no student size of {list(part.resolutions or ())} "
+                    "(SAM targets are never interpolated)"
+                )
+            if exact and sizes is None and tuple(info.grid) != (grid, grid):
                 problems.append(
                     f"{key} grid {info.grid[0]}x{info.grid[1]} != student grid {grid}x{grid} at "
                     f"{part.resolution} px (SAM targets are never interpolated)"
@@ -118,9 +126,10 @@ def stage_targets(store: FeatureStore, config: PipelineConfig, stage: int) -> li
                     info.summary_dim is not None,
                     w.summary if w else 1.0,
                     w.features if w else 1.0,
+                    sizes,
                 )
             )
-        partitions.append((part.resolution, keys))
+        partitions.append((part.nominal, keys))
     if problems:
         raise StageMismatch(
             f"stage {stage} does not match the store {store.path}: {'; '.join(problems)}. "

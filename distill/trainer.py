@@ -42,6 +42,7 @@ from .final_weights import EXPORT_PREFIX, export_payload, final_meta, final_meta
 from .heads import drop_backbone_grads, heads_only, in_warmup, param_groups
 from .loss import DistillLoss, KeyTarget
 from .reproject import reproject_heads, reprojection_note
+from .resolutions import SizeSchedule, skips_keys, step_sizes
 from .run import RunFolder
 from .schedule import lr_at
 from .spaces import TargetSpace, final_spaces, first_change, from_records, records
@@ -405,7 +406,8 @@ def _train(
         model = nn.parallel.DistributedDataParallel(
             model,
             device_ids=[d.device.index] if d.device.type == "cuda" else None,
-            find_unused_parameters=used != set(student.adaptors.keys()),  # a teacher absent from this stage
+            # a teacher absent from this stage, or an exact key a drawn size skips (stochastic resolutions)
+            find_unused_parameters=used != set(student.adaptors.keys()) or skips_keys(partitions),
         )
     if cfg.compile:
         model = cast(nn.Module, torch.compile(model))
@@ -418,14 +420,15 @@ def _train(
     split = split_rows(store, keys, config.eval.held_out, manifest)
     manifest_dir = manifest.save(folder.manifest)
     del manifest
-    loaders = []
+    loaders, schedules = [], []
     for p, (resolution, ts) in enumerate(partitions):
         part = cfg.partitions[p]
         dataset = PartitionRows(str(store.path), resolution, ts, limits, manifest_dir, compact=frozenset(decoders))
         try:
+            schedules.append(SizeSchedule.of(part, cfg.seed, stage, p, total, d.world))
             sampler = StepBatches(
                 split.train,
-                part.batch_size,
+                part.batch_size or 1,  # (a token budget's batches come from its schedule)
                 cfg.seed * 1000 + stage,
                 p,
                 start,
@@ -436,6 +439,7 @@ def _train(
                 cfg.sampling,
                 store.plan.shard_rows,
                 store.plan.image_rows(split.train),  # crops_per_image > 1: one crop per image per epoch
+                schedules[p],
             )
         except ValueError as e:
             raise DistillError(f"stage {stage} partition {resolution} px: {e}") from None
@@ -500,14 +504,15 @@ def _train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             crops = []
+            sizes, step_batches = step_sizes(schedules, cfg.partitions, step)  # the step's drawn sizes
             for p in range(len(batches)):
-                global_b = cfg.partitions[p].batch_size
+                global_b = step_batches[p]
                 c = draw_crops(global_b, _crop_generator(cfg.seed, stage, p, step), config.student.pos_dropout)
                 local = global_b // d.world
                 crops.append(c[d.rank * local : (d.rank + 1) * local].to(d.device))
             with _autocast(d.device):
                 outputs = model([b["image"] for b in batches], crops)
-                out = loss_fn(outputs, batches)
+                out = loss_fn(outputs, batches, sizes)
             optimizer.zero_grad(set_to_none=True)
             out["total"].backward()
             warmup = in_warmup(step, cfg.head_warmup_steps, new_heads)
@@ -531,13 +536,14 @@ def _train(
             if not bool(torch.isfinite(values).all()):  # the parameters are spoiled now: no checkpoint, no weights
                 raise _non_finite(stage, step, batches, out, grad_norm, ckpt_path, saved)
             dt = time.perf_counter() - t0
-            images = sum(p.batch_size for p in cfg.partitions)
+            images = sum(step_batches)
             record = {
                 "step": step,
                 "lr": lr,
                 **{n: float(v) for n, v in zip(names, values)},
                 "images_per_s": images / dt,
                 "data_wait": t_data / dt,
+                **{f"size_{p}": sz for p, (sz, sch) in enumerate(zip(sizes, schedules)) if sch is not None},
             }
             losses.append(record["total"])
             if log is not None:  # rank 0 only
