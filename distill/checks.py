@@ -76,7 +76,9 @@ def mosaic_notes(store: FeatureStore, config: PipelineConfig, stage: int) -> lis
 
 def stage_targets(store: FeatureStore, config: PipelineConfig, stage: int) -> list[tuple[int, list[KeyTarget]]]:
     """The partitions of stage ``stage`` (1-based) as ``(resolution, [KeyTarget])``; raises
-    :class:`StageMismatch` listing every problem and what the store has."""
+    :class:`StageMismatch` listing every problem and what the store has. A partition with
+    ``resolutions`` gives its largest size that every exact key fits (where evaluation reads it);
+    its steps train at the drawn sizes."""
     s = config.stages[stage - 1]
     problems: list[str] = []
     partitions = []
@@ -129,7 +131,9 @@ def stage_targets(store: FeatureStore, config: PipelineConfig, stage: int) -> li
                     sizes,
                 )
             )
-        partitions.append((part.nominal, keys))
+        # a stochastic partition's one size (evaluation, messages): the largest every exact key fits
+        common = [size for size in part.sizes if all(size in t.sizes for t in keys if t.sizes is not None)]
+        partitions.append((max(common) if common else part.nominal, keys))
     if problems:
         raise StageMismatch(
             f"stage {stage} does not match the store {store.path}: {'; '.join(problems)}. "
