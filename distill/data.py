@@ -237,7 +237,7 @@ class PartitionRows(Dataset):
         (stochastic resolutions: one size per batch)."""
         rows = np.array([int(it[0]) for it in items], dtype=np.int64)
         flips = torch.tensor([bool(it[1]) for it in items])
-        size = int(items[0][2]) if len(items[0]) > 2 else None  # type: ignore[misc]
+        size = int(items[0][2]) if len(items[0]) > 2 else None
         images = torch.from_numpy(np.stack([self.image(int(r), size) for r in rows])).permute(0, 3, 1, 2)
         images = images.float().div_(255.0)
         targets = {}
