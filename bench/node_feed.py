@@ -71,7 +71,7 @@ class Part:
     """One partition of a stage: resolution, global batch, fp16 target bytes per sample."""
 
     resolution: int
-    batch: int
+    batch: float  # (a stochastic partition's size: its mean share of a step)
     fp16_bytes: int
     keys: tuple[tuple[str, int], ...] = ()  # (key, fp16 bytes per sample)
 
@@ -338,14 +338,17 @@ def pipeline_stages(config_path: str) -> dict[str, dict]:
         spec = student_spec(config.student.size)
         stages = []
         for stage in config.stages:
+            # A stochastic partition (resolutions drawn per step, uniformly) is planned as its mean
+            # step: each size's batch, weighted by its share of the draws.
             parts = [
                 Part(
-                    p.resolution,
-                    p.batch_size,
+                    s,
+                    p.batch_at(s) / len(p.sizes),
                     sum(key_bytes[k] for k in p.targets),
                     tuple((k, key_bytes[k]) for k in p.targets),
                 )
                 for p in stage.partitions
+                for s in p.sizes
             ]
             stages.append(parts)
         out[name] = {"spec": spec, "prefix": config.student.register_multiple, "stages": stages}

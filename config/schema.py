@@ -18,11 +18,12 @@ Vocabulary (paper / DESIGN.md §4):
 from __future__ import annotations
 
 import re
-from typing import Final, Literal
+from typing import Final, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .mosaic import Misfit, misfit, tile_side
+from .resolutions import exact_sizes
 
 PATCH: Final = 16
 """The student's patch size; student resolutions are multiples of it."""
@@ -237,16 +238,73 @@ class LossWeight(Frozen):
 
 
 class PartitionConfig(Frozen):
-    """One student resolution inside a stage, trained against its own target keys."""
+    """One student resolution (or a set drawn from per step) inside a stage, trained against its
+    own target keys."""
 
-    resolution: int
-    batch_size: int = Field(gt=0)
+    resolution: int | None = Field(None, description="the student's input side (px) at every step")
+    resolutions: tuple[int, ...] | None = Field(
+        None,
+        min_length=1,
+        description="instead of resolution: sizes (px) the student's input side is drawn from, one per step "
+        "(C-RADIOv4's stochastic resolutions; same draw on every rank). Keys with an exact grid (mosaics: SAM) "
+        "train only at the sizes whose grid equals theirs and are skipped at the other steps",
+    )
+    batch_size: int | None = Field(
+        None, gt=0, description="global images per step at every size (set this or tokens_per_step)"
+    )
+    tokens_per_step: int | None = Field(
+        None,
+        gt=0,
+        description="instead of batch_size: a fixed global token budget per step; the batch at size S is "
+        "tokens_per_step // (S/16)², rounded down to a multiple of the world size",
+    )
     targets: tuple[str, ...] = Field(min_length=1)
 
     @field_validator("resolution")
     @classmethod
-    def _res(cls, v: int) -> int:
-        return _multiple_of_patch(v, "resolution")
+    def _res(cls, v: int | None) -> int | None:
+        return v if v is None else _multiple_of_patch(v, "resolution")
+
+    @field_validator("resolutions")
+    @classmethod
+    def _resolutions(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is None:
+            return v
+        for r in v:
+            _multiple_of_patch(r, "resolutions: size")
+        if len(set(v)) != len(v):
+            raise ValueError(f"resolutions {list(v)} names a size twice")
+        return v
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> PartitionConfig:
+        if (self.resolution is None) == (self.resolutions is None):
+            raise ValueError("set exactly one of resolution and resolutions")
+        if (self.batch_size is None) == (self.tokens_per_step is None):
+            raise ValueError("set exactly one of batch_size and tokens_per_step")
+        if self.tokens_per_step is not None and self.tokens_per_step < (max(self.sizes) // PATCH) ** 2:
+            big = max(self.sizes)
+            raise ValueError(
+                f"tokens_per_step {self.tokens_per_step} is less than one {big} px image ({(big // PATCH) ** 2} tokens)"
+            )
+        return self
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """The sizes a step may train at: ``(resolution,)`` or ``resolutions``."""
+        return self.resolutions if self.resolutions is not None else (cast(int, self.resolution),)
+
+    @property
+    def nominal(self) -> int:
+        """The partition's one resolution, or the largest of its set (names it in messages)."""
+        return max(self.sizes)
+
+    def batch_at(self, size: int) -> int:
+        """Global images per step at ``size`` px (before the trainer rounds a token budget's batch to
+        a multiple of the world size)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return cast(int, self.tokens_per_step) // (size // PATCH) ** 2
 
 
 class OptimizerConfig(Frozen):
@@ -341,6 +399,8 @@ class StageConfig(Frozen):
                 raise ValueError(f"partition_weights has {len(w)} numbers for {len(self.partitions)} partitions")
             if any(not v >= 0 for v in w):  # also refuses NaN
                 raise ValueError(f"partition_weights {list(w)}: every weight must be >= 0")
+        if w == "batch" and any(p.tokens_per_step is not None for p in self.partitions):
+            raise ValueError("partition_weights batch needs batch_size in every partition (not tokens_per_step)")
         return self
 
     @property
@@ -351,8 +411,8 @@ class StageConfig(Frozen):
         if w == "equal":
             return (1.0,) * len(parts)
         if w == "batch":
-            total = sum(p.batch_size for p in parts)
-            return tuple(len(parts) * p.batch_size / total for p in parts)
+            batches = [p.batch_at(p.nominal) for p in parts]  # (tokens_per_step is refused with batch)
+            return tuple(len(parts) * b / sum(batches) for b in batches)
         return tuple(float(v) for v in w)
 
 
@@ -409,7 +469,38 @@ class PipelineConfig(Frozen):
             for key in stage.loss_weights:
                 if key not in produced:
                     raise ValueError(f"stages.{i}.loss_weights: {key!r} is produced by no teacher")
+        for i, stage in enumerate(self.stages):
+            for j, part in enumerate(stage.partitions):
+                if part.resolutions is not None:
+                    self._exact_keys_fit(f"stages.{i}.partitions.{j}", part)
         return self
+
+    def _exact_keys_fit(self, where: str, part: PartitionConfig) -> None:
+        """A partition with ``resolutions``: every exact-grid key (a mosaic) must fit at least one size."""
+        for key in part.targets:
+            _, _, spec = self.target(key)
+            if spec.mosaic is None:
+                continue
+            grid = spec.resolution // spec.patch
+            if not exact_sizes(grid, part.sizes, PATCH):
+                raise ValueError(
+                    f"{where}.resolutions: {key} has an exact {grid}x{grid} grid and accepts only "
+                    f"{grid * PATCH} px, which {list(part.sizes)} does not hold"
+                )
+        exact = self.exact_key_sizes(part)
+        if len(exact) == len(part.targets):  # no key to train at a size no exact key fits
+            idle = [s for s in part.sizes if not any(s in fits for fits in exact.values())]
+            if idle:
+                raise ValueError(f"{where}.resolutions: no key of the partition trains at {idle} px")
+
+    def exact_key_sizes(self, part: PartitionConfig) -> dict[str, tuple[int, ...]]:
+        """``{exact key of part: the sizes of part it trains at}`` (a mosaic key's grid is fixed)."""
+        out = {}
+        for key in part.targets:
+            spec = self.target(key)[2]
+            if spec.mosaic is not None:
+                out[key] = exact_sizes(spec.resolution // spec.patch, part.sizes, PATCH)
+        return out
 
     def target(self, key: str) -> tuple[str, TeacherConfig, TargetConfig]:
         """(teacher name, teacher config, target config) of a target key."""

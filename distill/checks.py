@@ -7,6 +7,7 @@ from the store's provenance, never from featurize's code.
 from __future__ import annotations
 
 from radio.config import PATCH, PipelineConfig
+from radio.config.resolutions import exact_sizes
 from radio.store.layout import FeatureStore, StoreError
 from radio.store.normalizers import normalizer_info, teacher_of
 
@@ -75,14 +76,16 @@ def mosaic_notes(store: FeatureStore, config: PipelineConfig, stage: int) -> lis
 
 def stage_targets(store: FeatureStore, config: PipelineConfig, stage: int) -> list[tuple[int, list[KeyTarget]]]:
     """The partitions of stage ``stage`` (1-based) as ``(resolution, [KeyTarget])``; raises
-    :class:`StageMismatch` listing every problem and what the store has."""
+    :class:`StageMismatch` listing every problem and what the store has. A partition with
+    ``resolutions`` gives its largest size that every exact key fits (where evaluation reads it);
+    its steps train at the drawn sizes."""
     s = config.stages[stage - 1]
     problems: list[str] = []
     partitions = []
     have = set(store.target_keys)
     for part in s.partitions:
         keys = []
-        grid = part.resolution // PATCH
+        grid = part.nominal // PATCH
         for key in part.targets:
             if key not in have:
                 problems.append(f"missing target key {key}")
@@ -103,7 +106,14 @@ def stage_targets(store: FeatureStore, config: PipelineConfig, stage: int) -> li
                 if fit is None or key not in fit.get("keys", []):
                     problems.append(f"no PHI-S of {teacher_of(store, key)} covering {key} (run `radio fit-phis`)")
             exact = prov.mosaic is not None
-            if exact and tuple(info.grid) != (grid, grid):
+            # stochastic resolutions: an exact key trains at the sizes of its grid, skipped at the others
+            sizes = exact_sizes(info.grid[0], part.resolutions, PATCH) if part.resolutions and exact else None
+            if sizes is not None and (not sizes or info.grid[0] != info.grid[1]):
+                problems.append(
+                    f"{key} grid {info.grid[0]}x{info.grid[1]} fits no student size of {list(part.resolutions or ())} "
+                    "(SAM targets are never interpolated)"
+                )
+            if exact and sizes is None and tuple(info.grid) != (grid, grid):
                 problems.append(
                     f"{key} grid {info.grid[0]}x{info.grid[1]} != student grid {grid}x{grid} at "
                     f"{part.resolution} px (SAM targets are never interpolated)"
@@ -118,9 +128,12 @@ def stage_targets(store: FeatureStore, config: PipelineConfig, stage: int) -> li
                     info.summary_dim is not None,
                     w.summary if w else 1.0,
                     w.features if w else 1.0,
+                    sizes,
                 )
             )
-        partitions.append((part.resolution, keys))
+        # a stochastic partition's one size (evaluation, messages): the largest every exact key fits
+        common = [size for size in part.sizes if all(size in t.sizes for t in keys if t.sizes is not None)]
+        partitions.append((max(common) if common else part.nominal, keys))
     if problems:
         raise StageMismatch(
             f"stage {stage} does not match the store {store.path}: {'; '.join(problems)}. "

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -130,6 +130,18 @@ class EpochOrder:
         perm = self._permutation(epoch)
         return self._rows[perm[pos * self.batch_size : (pos + 1) * self.batch_size]]
 
+    def span(self, start: int, stop: int) -> np.ndarray:
+        """Rows at positions ``start..stop-1`` of the endless stream of epochs (each epoch one row
+        per image, in its permutation): a token budget's batches vary in size and may straddle
+        an epoch's end (:mod:`radio.distill.resolutions`)."""
+        out, pos = [np.zeros(0, np.int64)], start
+        while pos < stop:
+            epoch, i = divmod(pos, self.images)
+            n = min(stop - pos, self.images - i)
+            out.append(self._rows[self._permutation(epoch)[i : i + n]])
+            pos += n
+        return np.concatenate(out)
+
 
 def global_batch(
     rows: np.ndarray,
@@ -199,7 +211,8 @@ class PartitionRows(Dataset):
         self._manifest_dir = None if isinstance(manifest, Manifest) or manifest is None else Path(manifest)
         self.reader = TargetReader(store_path, [(t.key, t.summary) for t in targets], compact)
         self.tars = TarFiles()
-        self.pixels = StoredPixels.open(FeatureStore(store_path), resolution) if stored_pixels else None
+        self.stored_pixels = stored_pixels
+        self._pixels: dict[int, StoredPixels | None] = {}
 
     def manifest(self) -> Manifest:
         if self._manifest is None:
@@ -216,8 +229,9 @@ class PartitionRows(Dataset):
             state["_manifest"] = None
         return state
 
-    def image(self, row: int) -> np.ndarray:
-        """The row's recorded crop, resized to the partition resolution: ``[r, r, 3] uint8``."""
+    def image(self, row: int, resolution: int | None = None) -> np.ndarray:
+        """The row's recorded crop, resized to ``resolution`` (default: the partition's):
+        ``[r, r, 3] uint8``."""
         m = self.manifest()
         c = m.columns
         path = m.tar_paths[int(m.tar_of(np.array([row]))[0])]
@@ -226,31 +240,50 @@ class PartitionRows(Dataset):
         if decoded.pixels is None:
             raise ShardError(f"{path}: image at offset {offset} is {decoded.reason}")
         box = CropBox(int(c["crop_x"][row]), int(c["crop_y"][row]), int(c["crop_w"][row]), int(c["crop_h"][row]))
-        return student_view(decoded.pixels, box, self.resolution)
+        return student_view(decoded.pixels, box, resolution or self.resolution)
 
-    def images(self, rows: np.ndarray) -> torch.Tensor:
-        """``[B, 3, r, r] uint8``: stored views where the row's tar has them, else :meth:`image`."""
-        r = self.resolution
+    def stored_at(self, resolution: int) -> StoredPixels | None:
+        """The store's pixels at ``resolution`` (None: none there, or ``stored_pixels`` False);
+        opened once per size (a stochastic partition reads several)."""
+        if not self.stored_pixels:
+            return None
+        if resolution not in self._pixels:
+            self._pixels[resolution] = StoredPixels.open(FeatureStore(self.store_path), resolution)
+        return self._pixels[resolution]
+
+    @property
+    def pixels(self) -> StoredPixels | None:
+        """The stored pixels at the partition's resolution."""
+        return self.stored_at(self.resolution)
+
+    def images(self, rows: np.ndarray, resolution: int | None = None) -> torch.Tensor:
+        """``[B, 3, r, r] uint8`` at ``resolution`` (default: the partition's): stored views where
+        the row's tar has them, else :meth:`image`."""
+        r = resolution or self.resolution
+        pixels = self.stored_at(r)
         out = torch.empty((len(rows), 3, r, r), dtype=torch.uint8)
         stored = np.zeros(len(rows), bool)
-        if self.pixels is not None and len(rows):
-            stored = self.pixels.complete[self.manifest().tar_of(rows)]
+        if pixels is not None and len(rows):
+            stored = pixels.complete[self.manifest().tar_of(rows)]
             idx = np.flatnonzero(stored)
             if len(idx) == len(rows):  # straight into the batch
-                views = self.pixels.read(rows, out=out.numpy())
+                views = pixels.read(rows, out=out.numpy())
                 if not isinstance(views, np.ndarray):
                     decode_views(views, out=out)
             elif len(idx):
-                views = self.pixels.read(rows[idx])
+                views = pixels.read(rows[idx])
                 out[idx] = torch.from_numpy(views) if isinstance(views, np.ndarray) else decode_views(views)
         for i in np.flatnonzero(~stored):
-            out[i] = torch.from_numpy(np.require(self.image(int(rows[i])), requirements="W")).permute(2, 0, 1)
+            out[i] = torch.from_numpy(np.require(self.image(int(rows[i]), r), requirements="W")).permute(2, 0, 1)
         return out
 
-    def __getitems__(self, items: Sequence[tuple[int, bool]]) -> dict:
-        rows = np.array([int(r) for r, _ in items], dtype=np.int64)
-        flips = torch.tensor([bool(f) for _, f in items])
-        images = self.images(rows).float().div_(255.0)
+    def __getitems__(self, items: Sequence[tuple[int, bool] | tuple[int, bool, int]]) -> dict:
+        """``items``: ``(row, flip)``, or ``(row, flip, size)`` where the step's size was drawn
+        (stochastic resolutions: one size per batch)."""
+        rows = np.array([int(it[0]) for it in items], dtype=np.int64)
+        flips = torch.tensor([bool(it[1]) for it in items])
+        size = int(items[0][2]) if len(items[0]) > 2 else None
+        images = self.images(rows, size).float().div_(255.0)
         targets = {}
         for key, arrays in self.reader.read(rows).items():
             targets[key] = {n: torch.from_numpy(a) for n, a in arrays.items()}
@@ -317,9 +350,22 @@ def next_batch(loader: Iterator[dict]) -> dict:
         raise type(e)(message if head.endswith(type(e).__name__) else last) from None
 
 
+class StepSizes(Protocol):
+    """A partition's size and global batch per step (:class:`radio.distill.resolutions.SizeSchedule`)."""
+
+    token_budget: bool
+    batches: np.ndarray
+
+    def size(self, step: int) -> int: ...
+    def batch(self, step: int) -> int: ...
+    def offset(self, step: int) -> int: ...
+
+
 class StepBatches:
     """Batch sampler for a DataLoader: this rank's ``(row, flip)`` items for steps ``start..stop-1``
-    (``images``: each row's image id, see :class:`EpochOrder`)."""
+    (``images``: each row's image id, see :class:`EpochOrder`). With ``sizes`` (stochastic
+    resolutions) the items are ``(row, flip, size)`` and, under a token budget, the step's batch
+    is the next ``sizes.batch(step)`` rows of the epoch stream."""
 
     def __init__(
         self,
@@ -335,20 +381,42 @@ class StepBatches:
         sampling: Sampling = "rows",
         shard_rows: int = 1,
         images: np.ndarray | None = None,
+        sizes: StepSizes | None = None,
     ):
-        if batch_size % world:
+        budget = sizes is not None and sizes.token_budget
+        if batch_size % world and not budget:
             raise ValueError(f"global batch size {batch_size} is not divisible by {world} ranks")
-        self.order = EpochOrder(rows, batch_size, seed, partition, sampling, shard_rows, images)  # fails early
+        # a token budget reads the epoch stream by position (EpochOrder.span): batches of one
+        self.order = EpochOrder(rows, 1 if budget else batch_size, seed, partition, sampling, shard_rows, images)
+        if sizes is not None and budget and int(sizes.batches.max(initial=0)) > self.order.images:
+            raise ValueError(f"batch size {int(sizes.batches.max())} exceeds the {self.order.images} training images")
         self.batch_size, self.seed, self.partition = batch_size, seed, partition
         self.start, self.stop, self.rank, self.world, self.flip = start, stop, rank, world, flip
+        self.sizes, self.budget = sizes, budget
 
-    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
-        local = self.batch_size // self.world
+    def global_rows(self, step: int) -> np.ndarray:
+        """``[B]`` every rank's rows of 0-based ``step`` (B: the step's global batch)."""
+        if self.sizes is not None and self.budget:
+            first = self.sizes.offset(step)
+            return self.order.span(first, first + self.sizes.batch(step))
+        return self.order.batch(step)
+
+    def local_rows(self, step: int, rows: np.ndarray | None = None) -> slice:
+        """This rank's slice of the step's global rows."""
+        local = len(self.global_rows(step) if rows is None else rows) // self.world
+        return slice(self.rank * local, (self.rank + 1) * local)
+
+    def __iter__(self) -> Iterator[list[tuple[int, bool]] | list[tuple[int, bool, int]]]:
         for step in range(self.start, self.stop):
-            rows = self.order.batch(step)
+            rows = self.global_rows(step)
             flips = flips_for(rows, self.seed, self.partition, step) if self.flip else np.zeros(len(rows), bool)
-            sl = slice(self.rank * local, (self.rank + 1) * local)
-            yield list(zip(rows[sl].tolist(), flips[sl].tolist()))
+            sl = self.local_rows(step, rows)
+            items = list(zip(rows[sl].tolist(), flips[sl].tolist()))
+            if self.sizes is None:
+                yield items
+            else:
+                size = self.sizes.size(step)
+                yield [(r, f, size) for r, f in items]
 
     def __len__(self) -> int:
         return self.stop - self.start

@@ -32,6 +32,7 @@ class KeyTarget:
     summary: bool
     weight_summary: float = 1.0
     weight_features: float = 1.0
+    sizes: tuple[int, ...] | None = None  # stochastic resolutions: the input sizes it trains at (None: all)
 
 
 class GridMismatch(RadioError):
@@ -86,12 +87,21 @@ class DistillLoss(nn.Module):
             raise ValueError(f"{len(weights)} partition weights for {len(partitions)} partitions")
         self.partition_weights = weights or (1.0,) * len(partitions)
 
-    def forward(self, outputs: list, batches: list[dict]) -> dict[str, torch.Tensor]:
-        """``outputs[p]`` is the student's output on ``batches[p]["image"]`` of partition ``p``."""
+    def forward(
+        self, outputs: list, batches: list[dict], sizes: Sequence[int] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``outputs[p]`` is the student's output on ``batches[p]["image"]`` of partition ``p``.
+        ``sizes[p]``: the input side partition ``p`` drew this step (stochastic resolutions): it
+        names the losses, and keys whose ``sizes`` do not hold it sit the step out."""
         losses: dict[str, torch.Tensor] = {}
         total = torch.zeros((), device=batches[0]["image"].device)
-        for (resolution, keys), out, batch, w_p in zip(self.partitions, outputs, batches, self.partition_weights):
+        for p, ((resolution, keys), out, batch, w_p) in enumerate(
+            zip(self.partitions, outputs, batches, self.partition_weights)
+        ):
+            resolution = sizes[p] if sizes is not None else resolution
             for t in keys:
+                if t.sizes is not None and resolution not in t.sizes:
+                    continue
                 adaptor = out.adaptors[t.teacher]
                 target = batch["targets"][t.key]
                 pred = align_features(adaptor.features, t.grid, t.exact_grid, t.key)

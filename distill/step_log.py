@@ -31,13 +31,19 @@ def to_host(values: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Pending:
-    """One step not yet logged: its scalars ``[k]`` on the device (the losses, then the gradient
-    norm when clipping), its learning rate and the host time it waited for data."""
+    """One step not yet logged: its scalars ``[k]`` on the device (the losses named ``names``,
+    then the gradient norm when clipping), its learning rate, the host time it waited for data,
+    its global images and its ``extra`` host fields (drawn sizes). A stochastic-resolution step
+    names its losses by the drawn sizes, so ``k`` and ``names`` may differ from step to step (never
+    between ranks: the draws are the same on each)."""
 
     step: int
     lr: float
+    names: list[str]
     values: torch.Tensor
     t_data: float
+    images: int
+    extra: dict
 
 
 class BadStep(Exception):
@@ -50,22 +56,28 @@ class BadStep(Exception):
 
 
 class StepLog:
-    """Pending steps of one stage run; ``images`` is the global images per step (for
-    ``images_per_s``). ``names``: the losses' names, in the order of each step's values (from
-    the first step's losses; the gradient norm, if any, comes last)."""
+    """Pending steps of one stage run, flushed every ``log_every`` steps."""
 
-    def __init__(self, d: distributed.Dist, images: int, log_every: int):
-        self.d, self.images, self.log_every = d, images, log_every
-        self.names: list[str] = []
+    def __init__(self, d: distributed.Dist, log_every: int):
+        self.d, self.log_every = d, log_every
         self.pending: list[Pending] = []
         self._since = time.perf_counter()
 
-    def add(self, step: int, lr: float, losses: dict[str, torch.Tensor], grad_norm: torch.Tensor | None, t_data: float):
+    def add(
+        self,
+        step: int,
+        lr: float,
+        losses: dict[str, torch.Tensor],
+        grad_norm: torch.Tensor | None,
+        t_data: float,
+        images: int,
+        extra: dict | None = None,
+    ):
         """Keep step ``step``'s values on the device (no sync)."""
-        self.names = self.names or list(losses)
-        scalars = [losses[n].detach().float() for n in self.names]
+        names = list(losses)
+        scalars = [losses[n].detach().float() for n in names]
         scalars += [grad_norm.detach().float()] if grad_norm is not None else []
-        self.pending.append(Pending(step, lr, torch.stack(scalars), t_data))
+        self.pending.append(Pending(step, lr, names, torch.stack(scalars), t_data, images, extra or {}))
 
     def due(self, step: int) -> bool:
         """Whether step ``step`` is a log step of its own (checkpoints, stops and the end flush too)."""
@@ -78,26 +90,30 @@ class StepLog:
         if not self.pending:
             return []
         pending, self.pending = self.pending, []
-        local = torch.stack([p.values for p in pending])  # [n, k]
-        values = to_host(distributed.mean_across(self.d, local))  # (a NaN on any rank reaches every rank)
+        local = torch.cat([p.values for p in pending])  # [Σ k], one vector whatever each step's k
+        flat = to_host(distributed.mean_across(self.d, local))  # (a NaN on any rank reaches every rank)
+        values = list(torch.split(flat, [len(p.values) for p in pending]))
         wall = time.perf_counter() - self._since  # after the sync: the device time of these steps
         self._since = time.perf_counter()
-        finite = torch.isfinite(values).all(1)
-        good = int(finite.long().argmin()) if not bool(finite.all()) else len(pending)
-        rate = self.images * len(pending) / max(wall, 1e-9)
+        bad = [i for i, v in enumerate(values) if not bool(torch.isfinite(v).all())]
+        good = bad[0] if bad else len(pending)
+        rate = sum(p.images for p in pending) / max(wall, 1e-9)
         wait = min(1.0, sum(p.t_data for p in pending) / max(wall, 1e-9))
         records = [
             {
                 "step": p.step,
                 "lr": p.lr,
-                **{n: float(v) for n, v in zip(self.names, row)},
+                **{n: float(v) for n, v in zip(p.names, row)},
                 "images_per_s": rate,
                 "data_wait": wait,
+                **p.extra,
             }
             for p, row in zip(pending[:good], values[:good])
         ]
         if good < len(pending):
-            raise BadFlush(records, BadStep(pending[good].step, self.names, to_host(local[good])))
+            offset = sum(len(p.values) for p in pending[:good])
+            bad_local = to_host(local[offset : offset + len(pending[good].values)])
+            raise BadFlush(records, BadStep(pending[good].step, pending[good].names, bad_local))
         return records
 
 

@@ -44,6 +44,7 @@ from .heads import drop_backbone_grads, heads_only, in_warmup, param_groups
 from .loss import DistillLoss, KeyTarget
 from .prefetch import DevicePrefetch, to_device
 from .reproject import reproject_heads, reprojection_note
+from .resolutions import SizeSchedule, skips_keys, step_sizes
 from .run import RunFolder
 from .schedule import lr_at
 from .spaces import TargetSpace, final_spaces, first_change, from_records, records
@@ -274,8 +275,8 @@ def _targets_of(datasets: list[PartitionRows], samplers: list[StepBatches], step
     """This rank's targets of 0-based ``step``, read again from the store (the error path)."""
     out = []
     for dataset, sampler in zip(datasets, samplers):
-        local = sampler.batch_size // sampler.world
-        rows = sampler.order.batch(step)[sampler.rank * local : (sampler.rank + 1) * local]
+        rows = sampler.global_rows(step)
+        rows = rows[sampler.local_rows(step, rows)]
         arrays = dataset.reader.read(rows)
         out.append(
             {
@@ -437,7 +438,8 @@ def _train(
         model = nn.parallel.DistributedDataParallel(
             model,
             device_ids=[d.device.index] if d.device.type == "cuda" else None,
-            find_unused_parameters=used != set(student.adaptors.keys()),  # a teacher absent from this stage
+            # a teacher absent from this stage, or an exact key a drawn size skips (stochastic resolutions)
+            find_unused_parameters=used != set(student.adaptors.keys()) or skips_keys(partitions),
         )
     ddp = model if d.enabled else None
     if compile_on(cfg.compile, d.device):
@@ -451,20 +453,22 @@ def _train(
     split = split_rows(store, keys, config.eval.held_out, manifest)
     manifest_dir = manifest.save(folder.manifest)
     del manifest
-    for part in cfg.partitions:
-        if part.batch_size % (cfg.accumulate * d.world):
+    for (resolution, _), part in zip(partitions, cfg.partitions):
+        if part.batch_size is not None and part.batch_size % (cfg.accumulate * d.world):
             raise DistillError(
-                f"stage {stage} partition {part.resolution} px: batch size {part.batch_size} does not divide "
+                f"stage {stage} partition {resolution} px: batch size {part.batch_size} does not divide "
                 f"into accumulate {cfg.accumulate} micro-steps on {d.world} ranks"
             )
-    loaders, datasets, samplers = [], [], []
+    loaders, datasets, samplers, schedules = [], [], [], []
     for p, (resolution, ts) in enumerate(partitions):
         part = cfg.partitions[p]
         dataset = PartitionRows(str(store.path), resolution, ts, limits, manifest_dir, compact=frozenset(decoders))
         try:
+            # a token budget's batch per size is rounded to whole micro-steps on every rank
+            schedules.append(SizeSchedule.of(part, cfg.seed, stage, p, total, d.world * cfg.accumulate))
             sampler = StepBatches(
                 split.train,
-                part.batch_size,
+                part.batch_size or 1,  # (a token budget's batches come from its schedule)
                 cfg.seed * 1000 + stage,
                 p,
                 start,
@@ -475,6 +479,7 @@ def _train(
                 cfg.sampling,
                 store.plan.shard_rows,
                 store.plan.image_rows(split.train),  # crops_per_image > 1: one crop per image per epoch
+                schedules[p],
             )
         except ValueError as e:
             raise DistillError(f"stage {stage} partition {resolution} px: {e}") from None
@@ -535,7 +540,7 @@ def _train(
     step = start
     stopped_by = None
     model.train()
-    steplog = StepLog(d, sum(p.batch_size for p in cfg.partitions), 1 if on_step else cfg.log_every)
+    steplog = StepLog(d, 1 if on_step else cfg.log_every)
     prefetch = DevicePrefetch(loaders, d.device, total - start)  # step k+1's batches copied during step k
     with _StopFlag() as stop, open(metrics_path, "a") if d.main else contextlib.nullcontext() as log:
 
@@ -562,8 +567,9 @@ def _train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             crops = []
+            sizes, step_batches = step_sizes(schedules, cfg.partitions, step)  # the step's drawn sizes
             for p in range(len(batches)):
-                global_b = cfg.partitions[p].batch_size
+                global_b = step_batches[p]
                 c = draw_crops(global_b, _crop_generator(cfg.seed, stage, p, step), config.student.pos_dropout)
                 local = global_b // d.world
                 crops.append(to_device(c[d.rank * local : (d.rank + 1) * local], d.device))
@@ -573,7 +579,7 @@ def _train(
                 with sync_on_last(ddp, i, cfg.accumulate):
                     with _autocast(d.device):
                         outputs = model([b["image"] for b in micro], micro_crops)
-                        micro_out = loss_fn(outputs, micro)
+                        micro_out = loss_fn(outputs, micro, sizes)
                     (micro_out["total"] / cfg.accumulate).backward()
                 out = mean_losses(out or None, micro_out, cfg.accumulate)
             warmup = in_warmup(step, cfg.head_warmup_steps, new_heads)
@@ -590,7 +596,8 @@ def _train(
             # propagate it), so the per-key losses, which go to the host for the log anyway, are the
             # check: no extra device pass over the targets (isfinite().all() on them costs 7x the
             # MSE on a CPU). The gradient norm rides along.
-            steplog.add(step, lr, out, grad_norm, t_data)
+            drawn = {f"size_{p}": sz for p, (sz, sch) in enumerate(zip(sizes, schedules)) if sch is not None}
+            steplog.add(step, lr, out, grad_norm, t_data, sum(step_batches), drawn)
             due = step % cfg.checkpoint_every == 0 or step == total
             if due or steplog.due(step):
                 logged()  # before any checkpoint: none is ever written past an unchecked step

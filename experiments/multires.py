@@ -12,6 +12,12 @@ pairs low- and high-resolution keys with its partitions. Two students, same tota
 *single* trains at 128 px only; *multi-stage* trains stage 1 at 128 px, then stage 2 at 128 and
 256 px together. Both are evaluated with `radio eval equivariance` (with ``--tiling``) and
 `radio viz pca` on bundled photos at 128–512 px.
+
+Stochastic arm (C-RADIOv4, issue 26 part 3): a third student trains stage 1 as *multi-stage*
+does, then stage 2 with the same two partitions and keys, each drawing its size per step
+(``resolutions``: low {96, 128, 160, 192}, high {224, 256, 320}) instead of fixed 128 and 256 px.
+Beside scale variance, every student's fidelity F (`radio eval fidelity`, held-out rows) is
+measured at the fixed stage's 128 + 256 px partitions: does drawing sizes cost fidelity there?
 """
 
 from __future__ import annotations
@@ -31,6 +37,13 @@ CLAIM = (
 RESOLUTIONS = (128, 192, 256, 384, 512)
 LOW = ["clip@112", "dinov2@112"]
 HIGH = ["clip@224", "dinov2@224"]
+STOCHASTIC_LOW = [96, 128, 160, 192]
+STOCHASTIC_HIGH = [224, 256, 320]
+LABELS = {
+    "single": "single (128 px)",
+    "multi": "multi-stage (128, then 128 + 256 px)",
+    "stochastic": "stochastic (128, then sizes drawn per step)",
+}
 
 
 def _stage(steps: int, partitions: list[dict], scale: Scale) -> dict:
@@ -44,7 +57,8 @@ def _stage(steps: int, partitions: list[dict], scale: Scale) -> dict:
 
 
 def build(root: Path, scale: Scale):
-    """(single-resolution pipeline, multi-stage pipeline) on the same store, same total steps."""
+    """(single-resolution, multi-stage, stochastic-resolution pipeline) on the same store, same
+    total steps and batches."""
     teachers = {
         "clip": {"model": "clip_tiny", "targets": {"clip@112": {"resolution": 112}, "clip@224": {"resolution": 224}}},
         "dinov2": {
@@ -64,38 +78,54 @@ def build(root: Path, scale: Scale):
         [_stage(steps // 2, [low], scale), _stage(steps - steps // 2, [low, high], scale)],
         held_out=held,
     )
-    return single, multi
+    drawn = [
+        {k: v for k, v in low.items() if k != "resolution"} | {"resolutions": STOCHASTIC_LOW},
+        {k: v for k, v in high.items() if k != "resolution"} | {"resolutions": STOCHASTIC_HIGH},
+    ]
+    stochastic = common.pipeline(
+        NAME,
+        root,
+        teachers,
+        [_stage(steps // 2, [low], scale), _stage(steps - steps // 2, drawn, scale)],
+        held_out=held,
+    )
+    return single, multi, stochastic
 
 
 def run(out: Path, scale: Scale) -> Outcome:
+    from radio.distill.export import load
     from radio.evaluate.encoders import load_student
-    from radio.evaluate.measure import measure_equivariance, pca_picture
+    from radio.evaluate.measure import measure_equivariance, measure_fidelity, pca_picture
+    from radio.store.layout import FeatureStore
 
     work = common.fresh(out / "work")
     common.sample_shards(work, images=scale.pick(128, 16), shard_size=scale.pick(32, 8))
-    single, multi = build(work, scale)
+    single, multi, stochastic = build(work, scale)
     common.featurize(multi)
     common.fit_phis(multi)
     photos = common.photo_files(
         work, scale.pick(["astronaut", "chelsea", "coffee", "rocket", "horse", "coins"], ["astronaut", "coffee"])
     )
     resolutions = scale.pick(RESOLUTIONS, (128, 256))
-    table, results, pcas = [], {}, {}
-    for label, config in (("single (128 px)", single), ("multi-stage (128, then 128 + 256 px)", multi)):
-        tag = "single" if config is single else "multi"
+    table, results, pcas, fids = [], {}, {}, {}
+    for tag, config in (("single", single), ("multi", multi), ("stochastic", stochastic)):
         export = common.distill(config, work / f"run-{tag}")
         enc = load_student(export)
         r = measure_equivariance(enc, photos, resolutions, tiling=True)
         results[tag] = r
         pcas[tag] = out / f"pca-{tag}.png"
         pca_picture(enc, photos[: scale.pick(3, 1)], resolutions, pcas[tag])
+        # every student on the fixed stage's partitions (128 px: the @112 keys, 256 px: the @224 keys)
+        fids[tag] = measure_fidelity(load(export), FeatureStore(multi.store.path), multi, "held-out", stage=2)
         table.append(
             {
-                "student": label,
+                "student": LABELS[tag],
                 "fine": r.native["fine"],
                 "coarse": r.native["coarse"],
                 "all": r.native["all"],
                 "coarse (tiling)": (r.tiling or {}).get("coarse"),
+                "F @128 px": _geo(fids[tag], 128),
+                "F @256 px": _geo(fids[tag], 256),
             }
         )
     s, m = results["single"].native, results["multi"].native
@@ -122,9 +152,32 @@ def run(out: Path, scale: Scale) -> Outcome:
             "few hundred steps, so the effect the paper measures at 1024 px is weak here (its Table 2 compares students trained for "
             "hundreds of thousands of steps)."
         )
+    verdict += " " + _stochastic_verdict(results, table)
     _picture(out / f"{NAME}.png", pcas, results)
-    return Outcome(
-        NAME, CLAIM, table, agrees, verdict, f"{NAME}.png", extra={t: r.__dict__ for t, r in results.items()}
+    extra = {t: r.__dict__ for t, r in results.items()} | {"fidelity": {t: f.keys for t, f in fids.items()}}
+    return Outcome(NAME, CLAIM, table, agrees, verdict, f"{NAME}.png", extra=extra)
+
+
+def _geo(result, resolution: int) -> float:
+    """Geometric-mean F of a fidelity result's keys at one partition resolution."""
+    import math
+
+    values = [k["fidelity"] for k in result.keys if k["resolution"] == resolution]
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def _stochastic_verdict(results: dict, table: list[dict]) -> str:
+    """The stochastic arm against the fixed multi-stage student: scale variance and fidelity."""
+    m, s = results["multi"].native, results["stochastic"].native
+    rows = {r["student"]: r for r in table}
+    fm, fs = rows[LABELS["multi"]], rows[LABELS["stochastic"]]
+    better = [k for k in ("fine", "coarse") if s[k] is not None and m[k] is not None and s[k] < m[k]]
+    return (
+        f"Stochastic arm against fixed multi-stage: scale variance fine {_fmt(m['fine'])} → {_fmt(s['fine'])}, "
+        f"coarse {_fmt(m['coarse'])} → {_fmt(s['coarse'])} "
+        f"({'lower in ' + ' and '.join(better) if better else 'not lower in either range'}); fidelity at the "
+        f"fixed stage's sizes F@128 {fm['F @128 px']:.3g} → {fs['F @128 px']:.3g}, "
+        f"F@256 {fm['F @256 px']:.3g} → {fs['F @256 px']:.3g} (the fixed student trains at exactly those sizes)."
     )
 
 
@@ -150,7 +203,7 @@ def _picture(path: Path, pcas: dict[str, Path], results: dict) -> None:
         r = results[tag].native
         ax.imshow(img)
         ax.set_axis_off()
-        name = "single resolution (128 px)" if tag == "single" else "multi-stage (128, then 128 + 256 px)"
+        name = LABELS[tag]
         ax.set_title(
             f"{name}: PCA of the features per resolution; scale variance fine {_fmt(r['fine'])}, "
             f"coarse {_fmt(r['coarse'])}",

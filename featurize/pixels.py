@@ -26,7 +26,7 @@ from radio.store.layout import FeatureStore
 
 def partition_resolutions(stages: Sequence) -> list[int]:
     """Every partition resolution of the pipeline's stages (``config.stages``), ascending."""
-    return sorted({p.resolution for s in stages for p in s.partitions})
+    return sorted({r for s in stages for p in s.partitions for r in p.sizes})
 
 
 def plan_pixels(

@@ -41,8 +41,13 @@ def _phis(outcome: Outcome, out) -> None:
 
 
 def _multires(outcome: Outcome, out) -> None:
-    assert len(outcome.table) == 2 and all(r["fine"] >= 0 for r in outcome.table)
-    assert (out / "pca-single.png").is_file() and (out / "pca-multi.png").is_file()
+    assert len(outcome.table) == 3 and all(r["fine"] >= 0 and r["F @256 px"] > 0 for r in outcome.table)
+    assert all((out / f"pca-{tag}.png").is_file() for tag in ("single", "multi", "stochastic"))
+    # the stochastic student trained its stage 2 at drawn sizes of both sets
+    from radio.distill.run import read_metrics
+
+    records = read_metrics(out / "work" / "run-stochastic" / "stage2" / "metrics.jsonl")
+    assert {r["size_0"] for r in records} <= {96, 128, 160, 192} and {r["size_1"] for r in records} <= {224, 256, 320}
 
 
 def _mosaic(outcome: Outcome, out) -> None:
