@@ -103,9 +103,10 @@ def stage_targets(store: FeatureStore, config: PipelineConfig, stage: int) -> li
                 if fit is None or key not in fit.get("keys", []):
                     problems.append(f"no PHI-S of {teacher_of(store, key)} covering {key} (run `radio fit-phis`)")
             exact = prov.mosaic is not None
-            if exact and tuple(info.grid) != (grid, grid):
+            core = prov.core_grid  # the stored grid less a shift margin
+            if exact and tuple(core) != (grid, grid):
                 problems.append(
-                    f"{key} grid {info.grid[0]}x{info.grid[1]} != student grid {grid}x{grid} at "
+                    f"{key} grid {core[0]}x{core[1]} != student grid {grid}x{grid} at "
                     f"{part.resolution} px (SAM targets are never interpolated)"
                 )
             w = s.loss_weights.get(key)
@@ -113,11 +114,12 @@ def stage_targets(store: FeatureStore, config: PipelineConfig, stage: int) -> li
                 KeyTarget(
                     key,
                     teacher_name,
-                    tuple(info.grid),
+                    tuple(core),
                     exact,
                     info.summary_dim is not None,
                     w.summary if w else 1.0,
                     w.features if w else 1.0,
+                    prov.margin,
                 )
             )
         partitions.append((part.resolution, keys))

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from radio.errors import RadioError
-from radio.shards.crops import CropBox, crop_resize
+from radio.shards.crops import CropBox, margin_view
 from radio.shards.images import ImageLimits, decode_image
 from radio.shards.tar import ShardError, TarFiles
 from radio.store.layout import FeatureStore
@@ -33,6 +33,7 @@ from radio.store.manifest import Manifest
 from radio.store.targets import TargetReader
 
 from .loss import KeyTarget
+from .shift import ShiftPlan, apply_windows, draw_offsets, shift_plan
 
 Sampling = Literal["rows", "blocks"]
 
@@ -182,8 +183,11 @@ class PartitionRows(Dataset):
         limits: ImageLimits = ImageLimits(),
         manifest: str | Path | Manifest | None = None,
         compact: frozenset[str] = frozenset(),
+        shift: ShiftPlan | None = None,
     ):
         self.store_path = store_path
+        # Keys with a cached shift margin are windowed (at offset 0 without a shift plan).
+        self.shift = shift or shift_plan(resolution, targets, False, 0.5)
         self.resolution = resolution
         self.targets = targets
         self.limits = limits
@@ -208,7 +212,8 @@ class PartitionRows(Dataset):
         return state
 
     def image(self, row: int) -> np.ndarray:
-        """The row's recorded crop, resized to the partition resolution: ``[r, r, 3] uint8``."""
+        """The row's recorded crop, resized to the partition resolution: ``[r, r, 3] uint8``
+        (with a shift plan, extended by its ``pad`` px per side: the view windows are taken of)."""
         m = self.manifest()
         c = m.columns
         path = m.tar_paths[int(m.tar_of(np.array([row]))[0])]
@@ -217,11 +222,12 @@ class PartitionRows(Dataset):
         if decoded.pixels is None:
             raise ShardError(f"{path}: image at offset {offset} is {decoded.reason}")
         box = CropBox(int(c["crop_x"][row]), int(c["crop_y"][row]), int(c["crop_w"][row]), int(c["crop_h"][row]))
-        return crop_resize(decoded.pixels, box, self.resolution)
+        return margin_view(decoded.pixels, box, self.resolution, self.shift.pad if self.shift else 0)
 
-    def __getitems__(self, items: Sequence[tuple[int, bool]]) -> dict:
-        rows = np.array([int(r) for r, _ in items], dtype=np.int64)
-        flips = torch.tensor([bool(f) for _, f in items])
+    def __getitems__(self, items: Sequence[tuple[int, ...]]) -> dict:
+        """``items``: ``(row, flip)``, or ``(row, flip, ky, kx)`` with a shift offset (StepBatches)."""
+        rows = np.array([int(it[0]) for it in items], dtype=np.int64)
+        flips = torch.tensor([bool(it[1]) for it in items])
         images = torch.from_numpy(np.stack([self.image(int(r)) for r in rows])).permute(0, 3, 1, 2)
         images = images.float().div_(255.0)
         targets = {}
@@ -232,6 +238,9 @@ class PartitionRows(Dataset):
                 f[flips] = f[flips].flip(2)
         if flips.any():
             images[flips] = images[flips].flip(3)
+        if self.shift is not None:  # windows of the flipped view and grids (distill/shift.py)
+            offsets = np.array([it[2:4] if len(it) > 2 else (0, 0) for it in items], dtype=np.int64).reshape(-1, 2)
+            images, targets = apply_windows(images, targets, offsets, self.shift)
         return {"image": images, "row": torch.from_numpy(rows), "targets": targets}
 
     def __getitem__(self, item: tuple[int, bool]) -> dict:
@@ -308,20 +317,26 @@ class StepBatches:
         sampling: Sampling = "rows",
         shard_rows: int = 1,
         images: np.ndarray | None = None,
+        shift: ShiftPlan | None = None,
     ):
         if batch_size % world:
             raise ValueError(f"global batch size {batch_size} is not divisible by {world} ranks")
         self.order = EpochOrder(rows, batch_size, seed, partition, sampling, shard_rows, images)  # fails early
         self.batch_size, self.seed, self.partition = batch_size, seed, partition
         self.start, self.stop, self.rank, self.world, self.flip = start, stop, rank, world, flip
+        self.shift = shift if shift is not None and shift.limit else None
 
-    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
+    def __iter__(self) -> Iterator[list[tuple]]:
         local = self.batch_size // self.world
         for step in range(self.start, self.stop):
             rows = self.order.batch(step)
             flips = flips_for(rows, self.seed, self.partition, step) if self.flip else np.zeros(len(rows), bool)
             sl = slice(self.rank * local, (self.rank + 1) * local)
-            yield list(zip(rows[sl].tolist(), flips[sl].tolist()))
+            if self.shift is None:
+                yield list(zip(rows[sl].tolist(), flips[sl].tolist()))
+                continue
+            k, _ = draw_offsets(self.seed, self.partition, step, rows[sl], self.shift.sigma, self.shift.limit)
+            yield list(zip(rows[sl].tolist(), flips[sl].tolist(), k[:, 0].tolist(), k[:, 1].tolist()))
 
     def __len__(self) -> int:
         return self.stop - self.start

@@ -32,6 +32,7 @@ class KeyTarget:
     summary: bool
     weight_summary: float = 1.0
     weight_features: float = 1.0
+    margin: int = 0  # the key's cached shift margin (its stored grid is grid + 2·margin; distill/shift.py)
 
 
 class GridMismatch(RadioError):

@@ -44,6 +44,7 @@ from .loss import DistillLoss, KeyTarget
 from .reproject import reproject_heads, reprojection_note
 from .run import RunFolder
 from .schedule import lr_at
+from .shift import ShiftError, clamp_record, shift_plan
 from .spaces import TargetSpace, final_spaces, first_change, from_records, records
 from .student import Student
 from .weights_in import HUB, TIMM, Source, convert, open_source, student_fields, with_student
@@ -418,10 +419,16 @@ def _train(
     split = split_rows(store, keys, config.eval.held_out, manifest)
     manifest_dir = manifest.save(folder.manifest)
     del manifest
-    loaders = []
+    loaders, samplers = [], []
+    try:  # the shift-equivariant loss (distill/shift.py): per partition, from the store's margins
+        shifts = [shift_plan(r, ts, cfg.shift.enabled, cfg.shift.sigma, decoders) for r, ts in partitions]
+    except ShiftError as e:
+        raise DistillError(f"stage {stage}: {e}") from None
     for p, (resolution, ts) in enumerate(partitions):
         part = cfg.partitions[p]
-        dataset = PartitionRows(str(store.path), resolution, ts, limits, manifest_dir, compact=frozenset(decoders))
+        dataset = PartitionRows(
+            str(store.path), resolution, ts, limits, manifest_dir, compact=frozenset(decoders), shift=shifts[p]
+        )
         try:
             sampler = StepBatches(
                 split.train,
@@ -436,7 +443,9 @@ def _train(
                 cfg.sampling,
                 store.plan.shard_rows,
                 store.plan.image_rows(split.train),  # crops_per_image > 1: one crop per image per epoch
+                shifts[p],
             )
+            samplers.append(sampler)
         except ValueError as e:
             raise DistillError(f"stage {stage} partition {resolution} px: {e}") from None
         # forkserver, not fork: tensorstore's threads do not survive a fork of a process that used
@@ -538,6 +547,7 @@ def _train(
                 **{n: float(v) for n, v in zip(names, values)},
                 "images_per_s": images / dt,
                 "data_wait": t_data / dt,
+                **clamp_record(shifts, cfg.seed * 1000 + stage, step - 1, [s.order.batch for s in samplers]),
             }
             losses.append(record["total"])
             if log is not None:  # rank 0 only

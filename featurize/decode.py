@@ -12,7 +12,8 @@ their records are :mod:`radio.featurize.records`'s):
     end      :class:`TarEnd` on the last group of a tar: the tar's totals (groups, samples,
              reasons, truncation, error)
     valid    [W * R] bool
-    px{s}    [W * R, s, s, 3] uint8 for every resolution ``s`` a selected key needs
+    px{s}    [W * R, s, s, 3] uint8 for every resolution ``s`` a selected key needs (px{s}p{pad}:
+             the crop extended by a key's shift margin, ``s + 2·pad`` px a side)
 
 Group composition depends only on the tar and the config, so teachers see the same batches in a
 resumed run as in an uninterrupted one (bit-equal targets). The manifest is written before the
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from radio.shards.crops import CropBox, choose_crop, crop_resize
+from radio.shards.crops import CropBox, choose_crop, margin_view
 from radio.shards.images import ImageLimits
 from radio.shards.tar import Sample, ShardReader
 from radio.store.layout import FeatureStore, TarPlan
@@ -58,7 +59,7 @@ class TarDecoder:
         :class:`TarEnd` columns)."""
         tp = self.store.plan.tars[item.tar_index]
         r, w = self.store.plan.shard_rows, self.group
-        res = item.resolutions
+        res = item.views
         manifest: list[dict[str, Any]] = []
         reasons: Counter[str] = Counter()
         reader = ShardReader(tp.path, ImageLimits(self.settings.min_image_size, self.settings.max_image_pixels))
@@ -103,13 +104,13 @@ class TarDecoder:
         tp: TarPlan,
         index: int,
         samples: list[tuple[Sample, int]],
-        res: list[int],
+        res: list[tuple[int, int]],
         manifest: list[dict[str, Any]],
     ) -> dict[str, np.ndarray]:
         r, n = self.store.plan.shard_rows, self.group * self.store.plan.shard_rows
         row_start = tp.row_start + index * n
         valid = np.zeros(n, bool)
-        px = {s: np.zeros((n, s, s, 3), np.uint8) for s in res}
+        px = {(s, p): np.zeros((n, s + 2 * p, s + 2 * p, 3), np.uint8) for s, p in res}
         keys = [""] * n
         for i, (x, k) in enumerate(samples):
             box = self._box(x, k)
@@ -118,11 +119,11 @@ class TarDecoder:
             if box is not None:
                 assert x.pixels is not None  # a box only for a valid sample
                 valid[i] = True
-                for s in res:  # every geometry from the one decode
-                    px[s][i] = crop_resize(x.pixels, box, s)
+                for s, p in res:  # every geometry from the one decode
+                    px[(s, p)][i] = margin_view(x.pixels, box, s, p)
         header = GroupHeader(item, index, row_start, -(-len(samples) // r), tuple(keys))
         out = to_batch([header.columns() | TarEnd.absent()]) | {"valid": valid[None]}
-        out |= {pixel_column(s): a[None] for s, a in px.items()}
+        out |= {pixel_column(s, p): a[None] for (s, p), a in px.items()}
         return out
 
     def _box(self, sample: Sample, index: int) -> CropBox | None:
