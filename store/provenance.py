@@ -32,7 +32,8 @@ class TargetProvenance:
 
     ``margin`` (issue 26's shift margin): the teacher saw the crop extended by ``margin`` of its
     patches on every side, so ``grid`` (the stored grid) is the crop's :attr:`core_grid` plus
-    ``2·margin``. Keys written before it (and keys without one) have 0, and their JSON, and so
+    ``2·margin`` (``input_size`` stays the side without it: a plain key's teacher saw
+    ``input_size + 2·margin·patch`` px; a mosaic key's margin lies in its tile's padding). Keys written before it (and keys without one) have 0, and their JSON, and so
     their fingerprint, does not name it.
     """
 
