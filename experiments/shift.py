@@ -54,6 +54,10 @@ class ArtifactTeacher(Teacher):
     """``inner``'s outputs with the constant vector ``artifact [C]`` added at :data:`POSITIONS`
     of its input grid (a fixed-pattern artifact, as ViTs' high-norm tokens are)."""
 
+    inner: Teacher
+    direction: torch.Tensor  # [C] unit vector
+    scale: torch.Tensor  # [] the calibration norm
+
     def __init__(self, inner: Teacher):
         super().__init__()
         self.spec = inner.spec
