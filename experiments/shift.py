@@ -87,7 +87,7 @@ class ArtifactTeacher(Teacher):
         return TeacherOutput(out.summary, f)
 
 
-def artifact_teacher(weights: str | None) -> Teacher:
+def artifact_teacher(weights: str | None) -> ArtifactTeacher:
     """The ``module:builder`` teacher: tiny DINOv2 with the artifact (``weights`` unused: random init)."""
     device = torch.get_default_device()
     teacher = ArtifactTeacher(create_teacher("dinov2_tiny", None, device=device))
