@@ -12,7 +12,7 @@ from .errors import fail, user_errors
 
 @user_errors
 def experiment(
-    name: Annotated[str, typer.Argument(help="phis_balance, multires, mosaic, token_merging, or all")],
+    name: Annotated[str, typer.Argument(help="phis_balance, multires, mosaic, token_merging, shift, or all")],
     smoke: Annotated[
         bool, typer.Option("--smoke", help="seconds-long run (tests): tiny sizes, README untouched")
     ] = False,

@@ -120,6 +120,14 @@ class FeaturizeConfig(Frozen):
     jpeg_quality: int = Field(
         95, ge=1, le=95, description="student_pixels: jpeg: the JPEG quality of the stored views (4:2:0)"
     )
+    shift_margin: int = Field(
+        0,
+        ge=0,
+        le=8,
+        description="m: each teacher sees its crop extended by m of its patches on every side, so a key caches a "
+        "(g+2m)² grid and phase 2 can shift the student's view by up to m patches (stages[].shift; issue 26); "
+        "mosaic keys hold the margin in their tiles' padding",
+    )
 
     @model_validator(mode="after")
     def _distinct_crops(self) -> FeaturizeConfig:
@@ -323,6 +331,19 @@ class ScheduleConfig(Frozen):
     min_lr: float = Field(0.0, ge=0)
 
 
+class ShiftConfig(Frozen):
+    """C-RADIOv4's shift-equivariant loss on a cache (issue 26): each row's student view is shifted
+    by whole student patches and compared with the matching window of the key's cached margin."""
+
+    enabled: bool = Field(False, description="shift the student's view per row (needs featurize.shift_margin >= 1)")
+    sigma: float = Field(
+        0.5,
+        gt=0,
+        le=8,
+        description="offsets are patch × round(N(0, sigma)) per axis, clamped to the store's margin (C-RADIOv4: 0.5)",
+    )
+
+
 class StageConfig(Frozen):
     steps: int = Field(gt=0)
     partitions: tuple[PartitionConfig, ...] = Field(min_length=1)
@@ -369,6 +390,7 @@ class StageConfig(Frozen):
         "batch (w_p = P·B_p/ΣB: RADIO's gradient average over GPUs holding the same per-GPU batch), "
         "or one number >= 0 per partition",
     )
+    shift: ShiftConfig = Field(ShiftConfig(), description="the shift-equivariant loss (off unless enabled)")
 
     @field_validator("compile", mode="before")
     @classmethod
@@ -469,6 +491,11 @@ class PipelineConfig(Frozen):
             for key in stage.loss_weights:
                 if key not in produced:
                     raise ValueError(f"stages.{i}.loss_weights: {key!r} is produced by no teacher")
+            if stage.shift.enabled and self.featurize.shift_margin == 0:
+                raise ValueError(
+                    f"stages.{i}.shift.enabled needs featurize.shift_margin >= 1 (no cached margin to shift into)"
+                )
+        self._margin_fits_tiles()
         for i, stage in enumerate(self.stages):
             for j, part in enumerate(stage.partitions):
                 if part.resolutions is not None:
@@ -501,6 +528,18 @@ class PipelineConfig(Frozen):
             if spec.mosaic is not None:
                 out[key] = exact_sizes(spec.resolution // spec.patch, part.sizes, PATCH)
         return out
+
+    def _margin_fits_tiles(self) -> None:
+        """A mosaic key's margin lives in its tile's padding, which must hold 2·m patches."""
+        m = self.featurize.shift_margin
+        for teacher in self.teachers.values():
+            for key, t in teacher.targets.items():
+                if m and t.mosaic is not None and misfit(t.canvas, t.mosaic, t.resolution + 2 * m * t.patch, t.patch):
+                    spare = tile_side(t.canvas, t.mosaic) - t.resolution
+                    raise ValueError(
+                        f"featurize.shift_margin {m}: {key}'s mosaic {t.mosaic} tiles have {spare} px of padding, "
+                        f"less than the {2 * m * t.patch} px a margin of {m} patches of {t.patch} px needs"
+                    )
 
     def target(self, key: str) -> tuple[str, TeacherConfig, TargetConfig]:
         """(teacher name, teacher config, target config) of a target key."""

@@ -106,16 +106,17 @@ def stage_targets(store: FeatureStore, config: PipelineConfig, stage: int) -> li
                 if fit is None or key not in fit.get("keys", []):
                     problems.append(f"no PHI-S of {teacher_of(store, key)} covering {key} (run `radio fit-phis`)")
             exact = prov.mosaic is not None
+            core = prov.core_grid  # the stored grid less a shift margin
             # stochastic resolutions: an exact key trains at the sizes of its grid, skipped at the others
-            sizes = exact_sizes(info.grid[0], part.resolutions, PATCH) if part.resolutions and exact else None
-            if sizes is not None and (not sizes or info.grid[0] != info.grid[1]):
+            sizes = exact_sizes(core[0], part.resolutions, PATCH) if part.resolutions and exact else None
+            if sizes is not None and (not sizes or core[0] != core[1]):
                 problems.append(
-                    f"{key} grid {info.grid[0]}x{info.grid[1]} fits no student size of {list(part.resolutions or ())} "
+                    f"{key} grid {core[0]}x{core[1]} fits no student size of {list(part.resolutions or ())} "
                     "(SAM targets are never interpolated)"
                 )
-            if exact and sizes is None and tuple(info.grid) != (grid, grid):
+            if exact and sizes is None and tuple(core) != (grid, grid):
                 problems.append(
-                    f"{key} grid {info.grid[0]}x{info.grid[1]} != student grid {grid}x{grid} at "
+                    f"{key} grid {core[0]}x{core[1]} != student grid {grid}x{grid} at "
                     f"{part.resolution} px (SAM targets are never interpolated)"
                 )
             w = s.loss_weights.get(key)
@@ -123,12 +124,13 @@ def stage_targets(store: FeatureStore, config: PipelineConfig, stage: int) -> li
                 KeyTarget(
                     key,
                     teacher_name,
-                    tuple(info.grid),
+                    tuple(core),
                     exact,
                     info.summary_dim is not None,
                     w.summary if w else 1.0,
                     w.features if w else 1.0,
                     sizes,
+                    prov.margin,
                 )
             )
         # a stochastic partition's one size (evaluation, messages): the largest every exact key fits

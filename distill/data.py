@@ -16,7 +16,7 @@ the store's dtype; :func:`on_device` converts them once they are on the device.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -34,8 +34,9 @@ from radio.store.manifest import Manifest
 from radio.store.pixels import StoredPixels
 from radio.store.targets import TargetReader
 
-from .loss import KeyTarget
+from .loss import KeyTarget, keys_at
 from .pixels import decode_views
+from .shift import ShiftPlan, apply_windows, draw_offsets, shift_plan
 
 Sampling = Literal["rows", "blocks"]
 
@@ -202,10 +203,16 @@ class PartitionRows(Dataset):
         manifest: str | Path | Manifest | None = None,
         compact: frozenset[str] = frozenset(),
         stored_pixels: bool = True,
+        shift: ShiftPlan | Mapping[int, ShiftPlan | None] | None = None,
     ):
         self.store_path = store_path
         self.resolution = resolution
         self.targets = targets
+        # The shift plan per input size (one, or a stochastic partition's each); keys with a cached
+        # margin are windowed at offset 0 where no plan shifts.
+        self.shifts: dict[int, ShiftPlan | None] = (
+            dict(shift) if isinstance(shift, Mapping) else {resolution: shift} if shift is not None else {}
+        )
         self.limits = limits
         self._manifest = manifest if isinstance(manifest, Manifest) else None
         self._manifest_dir = None if isinstance(manifest, Manifest) or manifest is None else Path(manifest)
@@ -229,9 +236,10 @@ class PartitionRows(Dataset):
             state["_manifest"] = None
         return state
 
-    def image(self, row: int, resolution: int | None = None) -> np.ndarray:
+    def image(self, row: int, resolution: int | None = None, pad: int = 0) -> np.ndarray:
         """The row's recorded crop, resized to ``resolution`` (default: the partition's):
-        ``[r, r, 3] uint8``."""
+        ``[r, r, 3] uint8``; extended by ``pad`` px per side (a shift plan's: the view its
+        windows are cut from), ``[r + 2·pad, r + 2·pad, 3]``."""
         m = self.manifest()
         c = m.columns
         path = m.tar_paths[int(m.tar_of(np.array([row]))[0])]
@@ -240,7 +248,19 @@ class PartitionRows(Dataset):
         if decoded.pixels is None:
             raise ShardError(f"{path}: image at offset {offset} is {decoded.reason}")
         box = CropBox(int(c["crop_x"][row]), int(c["crop_y"][row]), int(c["crop_w"][row]), int(c["crop_h"][row]))
-        return student_view(decoded.pixels, box, resolution or self.resolution)
+        return student_view(decoded.pixels, box, resolution or self.resolution, pad)
+
+    def shift_at(self, size: int | None = None) -> ShiftPlan | None:
+        """The shift plan at input ``size`` (default: the partition's resolution)."""
+        size = size or self.resolution
+        if size not in self.shifts:
+            self.shifts[size] = shift_plan(size, keys_at(self.targets, size), False, 0.5)
+        return self.shifts[size]
+
+    @property
+    def shift(self) -> ShiftPlan | None:
+        """The shift plan at the partition's resolution."""
+        return self.shift_at()
 
     def stored_at(self, resolution: int) -> StoredPixels | None:
         """The store's pixels at ``resolution`` (None: none there, or ``stored_pixels`` False);
@@ -256,12 +276,14 @@ class PartitionRows(Dataset):
         """The stored pixels at the partition's resolution."""
         return self.stored_at(self.resolution)
 
-    def images(self, rows: np.ndarray, resolution: int | None = None) -> torch.Tensor:
-        """``[B, 3, r, r] uint8`` at ``resolution`` (default: the partition's): stored views where
-        the row's tar has them, else :meth:`image`."""
+    def images(self, rows: np.ndarray, resolution: int | None = None, pad: int = 0) -> torch.Tensor:
+        """``[B, 3, r + 2·pad, r + 2·pad] uint8`` at ``resolution`` (default: the partition's):
+        stored views where the row's tar has them, else :meth:`image`. Stored views hold the box
+        alone, so a shift's extended view (``pad`` > 0) is decoded from the tar."""
         r = resolution or self.resolution
-        pixels = self.stored_at(r)
-        out = torch.empty((len(rows), 3, r, r), dtype=torch.uint8)
+        pixels = self.stored_at(r) if pad == 0 else None
+        side = r + 2 * pad
+        out = torch.empty((len(rows), 3, side, side), dtype=torch.uint8)
         stored = np.zeros(len(rows), bool)
         if pixels is not None and len(rows):
             stored = pixels.complete[self.manifest().tar_of(rows)]
@@ -274,16 +296,20 @@ class PartitionRows(Dataset):
                 views = pixels.read(rows[idx])
                 out[idx] = torch.from_numpy(views) if isinstance(views, np.ndarray) else decode_views(views)
         for i in np.flatnonzero(~stored):
-            out[i] = torch.from_numpy(np.require(self.image(int(rows[i]), r), requirements="W")).permute(2, 0, 1)
+            view = self.image(int(rows[i]), r, pad)
+            out[i] = torch.from_numpy(np.require(view, requirements="W")).permute(2, 0, 1)
         return out
 
-    def __getitems__(self, items: Sequence[tuple[int, bool] | tuple[int, bool, int]]) -> dict:
-        """``items``: ``(row, flip)``, or ``(row, flip, size)`` where the step's size was drawn
-        (stochastic resolutions: one size per batch)."""
+    def __getitems__(self, items: Sequence[tuple]) -> dict:
+        """``items`` (:class:`StepBatches`): ``(row, flip)``; ``(row, flip, size)`` where the
+        step's size was drawn (stochastic resolutions: one size per batch); ``(row, flip, ky, kx)``
+        with a shift offset; ``(row, flip, size, ky, kx)`` with both."""
         rows = np.array([int(it[0]) for it in items], dtype=np.int64)
         flips = torch.tensor([bool(it[1]) for it in items])
-        size = int(items[0][2]) if len(items[0]) > 2 else None
-        images = self.images(rows, size).float().div_(255.0)
+        width = len(items[0])
+        size = int(items[0][2]) if width in (3, 5) else None
+        plan = self.shift_at(size)
+        images = self.images(rows, size, plan.pad if plan is not None else 0).float().div_(255.0)
         targets = {}
         for key, arrays in self.reader.read(rows).items():
             targets[key] = {n: torch.from_numpy(a) for n, a in arrays.items()}
@@ -292,6 +318,9 @@ class PartitionRows(Dataset):
                 f[flips] = f[flips].flip(2)
         if flips.any():
             images[flips] = images[flips].flip(3)
+        if plan is not None:  # windows of the flipped view and grids (distill/shift.py)
+            offsets = np.array([it[-2:] if width >= 4 else (0, 0) for it in items], dtype=np.int64).reshape(-1, 2)
+            images, targets = apply_windows(images, targets, offsets, plan)
         return {"image": images, "row": torch.from_numpy(rows), "targets": targets}
 
     def __getitem__(self, item: tuple[int, bool]) -> dict:
@@ -382,6 +411,7 @@ class StepBatches:
         shard_rows: int = 1,
         images: np.ndarray | None = None,
         sizes: StepSizes | None = None,
+        shift: ShiftPlan | Mapping[int, ShiftPlan | None] | None = None,
     ):
         budget = sizes is not None and sizes.token_budget
         if batch_size % world and not budget:
@@ -393,6 +423,20 @@ class StepBatches:
         self.batch_size, self.seed, self.partition = batch_size, seed, partition
         self.start, self.stop, self.rank, self.world, self.flip = start, stop, rank, world, flip
         self.sizes, self.budget = sizes, budget
+        # the shift plan per input size (a stochastic partition's sizes may shift differently)
+        self.shifts: dict[int, ShiftPlan | None] = (
+            dict(shift) if isinstance(shift, Mapping) else {} if shift is None else {shift.resolution: shift}
+        )
+
+    def size(self, step: int) -> int | None:
+        """The input size drawn for 0-based ``step`` (None: the partition's one resolution)."""
+        return self.sizes.size(step) if self.sizes is not None else None
+
+    def plan(self, step: int) -> ShiftPlan | None:
+        """The shift plan that moves 0-based ``step``'s views (None: no shift this step)."""
+        size = self.size(step)
+        plan = self.shifts.get(size) if size is not None else next(iter(self.shifts.values()), None)
+        return plan if plan is not None and plan.limit else None
 
     def global_rows(self, step: int) -> np.ndarray:
         """``[B]`` every rank's rows of 0-based ``step`` (B: the step's global batch)."""
@@ -406,17 +450,19 @@ class StepBatches:
         local = len(self.global_rows(step) if rows is None else rows) // self.world
         return slice(self.rank * local, (self.rank + 1) * local)
 
-    def __iter__(self) -> Iterator[list[tuple[int, bool]] | list[tuple[int, bool, int]]]:
+    def __iter__(self) -> Iterator[list[tuple]]:
         for step in range(self.start, self.stop):
             rows = self.global_rows(step)
             flips = flips_for(rows, self.seed, self.partition, step) if self.flip else np.zeros(len(rows), bool)
             sl = self.local_rows(step, rows)
-            items = list(zip(rows[sl].tolist(), flips[sl].tolist()))
-            if self.sizes is None:
-                yield items
-            else:
-                size = self.sizes.size(step)
-                yield [(r, f, size) for r, f in items]
+            items: list[tuple] = list(zip(rows[sl].tolist(), flips[sl].tolist()))
+            size, plan = self.size(step), self.plan(step)
+            if size is not None:
+                items = [(*it, size) for it in items]
+            if plan is not None:
+                k, _ = draw_offsets(self.seed, self.partition, step, rows[sl], plan.sigma, plan.limit)
+                items = [(*it, int(ky), int(kx)) for it, (ky, kx) in zip(items, k)]
+            yield items
 
     def __len__(self) -> int:
         return self.stop - self.start

@@ -34,6 +34,14 @@ class KeyTarget:
     weight_features: float = 1.0
     sizes: tuple[int, ...] | None = None  # stochastic resolutions: the input sizes it trains at (None: all)
 
+    margin: int = 0  # the key's cached shift margin (its stored grid is grid + 2·margin; distill/shift.py)
+
+
+def keys_at(targets: Sequence[KeyTarget], size: int) -> list[KeyTarget]:
+    """The keys of a partition that train at input ``size`` (stochastic resolutions skip exact
+    keys at sizes their grid does not fit)."""
+    return [t for t in targets if t.sizes is None or size in t.sizes]
+
 
 class GridMismatch(RadioError):
     """A key whose grid must match the student's does not."""

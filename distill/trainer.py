@@ -47,6 +47,7 @@ from .reproject import reproject_heads, reprojection_note
 from .resolutions import SizeSchedule, skips_keys, step_sizes
 from .run import RunFolder
 from .schedule import lr_at
+from .shift import ShiftError, clamp_record, size_plans, unshifted_sizes
 from .spaces import TargetSpace, final_spaces, first_change, from_records, records
 from .step_log import BadStep, StepLog, flush_into
 from .student import Student
@@ -460,9 +461,25 @@ def _train(
                 f"into accumulate {cfg.accumulate} micro-steps on {d.world} ranks"
             )
     loaders, datasets, samplers, schedules = [], [], [], []
+    try:  # the shift-equivariant loss (distill/shift.py): per partition and size, from the store's margins
+        shifts = [
+            size_plans(part.sizes, ts, cfg.shift.enabled, cfg.shift.sigma, decoders)
+            for (_, ts), part in zip(partitions, cfg.partitions)
+        ]
+    except ShiftError as e:
+        raise DistillError(f"stage {stage}: {e}") from None
+    for (resolution, _), plans in zip(partitions, shifts):
+        if cfg.shift.enabled and d.main and (still := unshifted_sizes(plans)):
+            print(
+                f"note: stage {stage} partition {resolution} px: the shift loss leaves {still} px unshifted "
+                "(a margin of featurize.shift_margin teacher patches covers less than one student patch there)",
+                file=sys.stderr,
+            )
     for p, (resolution, ts) in enumerate(partitions):
         part = cfg.partitions[p]
-        dataset = PartitionRows(str(store.path), resolution, ts, limits, manifest_dir, compact=frozenset(decoders))
+        dataset = PartitionRows(
+            str(store.path), resolution, ts, limits, manifest_dir, compact=frozenset(decoders), shift=shifts[p]
+        )
         try:
             # a token budget's batch per size is rounded to whole micro-steps on every rank
             schedules.append(SizeSchedule.of(part, cfg.seed, stage, p, total, d.world * cfg.accumulate))
@@ -480,6 +497,7 @@ def _train(
                 store.plan.shard_rows,
                 store.plan.image_rows(split.train),  # crops_per_image > 1: one crop per image per epoch
                 schedules[p],
+                shifts[p],
             )
         except ValueError as e:
             raise DistillError(f"stage {stage} partition {resolution} px: {e}") from None
@@ -597,6 +615,12 @@ def _train(
             # check: no extra device pass over the targets (isfinite().all() on them costs 7x the
             # MSE on a CPU). The gradient norm rides along.
             drawn = {f"size_{p}": sz for p, (sz, sch) in enumerate(zip(sizes, schedules)) if sch is not None}
+            drawn |= clamp_record(
+                [s.plan(step - 1) for s in samplers],
+                cfg.seed * 1000 + stage,
+                step - 1,
+                [s.global_rows for s in samplers],
+            )
             steplog.add(step, lr, out, grad_norm, t_data, sum(step_batches), drawn)
             due = step % cfg.checkpoint_every == 0 or step == total
             if due or steplog.due(step):

@@ -123,5 +123,5 @@ def encode_in_batches(fn, paths: list[Path], size: int, batch_size: int) -> torc
 def default_resolution(model_config: dict, fallback: int = 224) -> int:
     """The highest student resolution among an export's target grids (what it last trained at)."""
     teachers = model_config.get("teachers", [])
-    grids = [TargetProvenance.from_json(t["provenance"]).grid[0] for t in teachers if t.get("provenance")]
+    grids = [TargetProvenance.from_json(t["provenance"]).core_grid[0] for t in teachers if t.get("provenance")]
     return max(grids) * STUDENT_PATCH if grids else fallback

@@ -17,7 +17,7 @@ from types import ModuleType
 
 from .common import ExperimentError, Outcome, Scale, update_readme, write_outputs
 
-NAMES = ("phis_balance", "multires", "mosaic", "token_merging")
+NAMES = ("phis_balance", "multires", "mosaic", "token_merging", "shift")
 
 
 def module(name: str) -> ModuleType:

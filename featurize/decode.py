@@ -12,7 +12,8 @@ their records are :mod:`radio.featurize.records`'s):
     end      :class:`TarEnd` on the last group of a tar: the tar's totals (groups, samples,
              reasons, truncation, error)
     valid    [W * R] bool
-    px{s}    [W * R, s, s, 3] uint8 for every resolution ``s`` a selected key needs
+    px{s}    [W * R, s, s, 3] uint8 for every resolution ``s`` a selected key needs (px{s}p{pad}:
+             the crop extended by a key's shift margin, ``s + 2·pad`` px a side)
 
 With student pixels in the store (``featurize.student_pixels``, :mod:`radio.store.pixels`), the
 stage also writes each row's student view at every resolution the store holds pixels at, whole
@@ -31,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from radio.shards.crops import CropBox, choose_crop, crop_resize
+from radio.shards.crops import CropBox, choose_crop, margin_view
 from radio.shards.images import ImageLimits
 from radio.shards.tar import Sample, ShardReader
 from radio.store.layout import FeatureStore, TarPlan
@@ -64,7 +65,7 @@ class TarDecoder:
         :class:`TarEnd` columns)."""
         tp = self.store.plan.tars[item.tar_index]
         r, w = self.store.plan.shard_rows, self.group
-        res = item.resolutions
+        res = item.views
         views = self.pixels.todo(tp.index)  # student-pixel resolutions this tar still lacks
         manifest: list[dict[str, Any]] = []
         reasons: Counter[str] = Counter()
@@ -111,14 +112,14 @@ class TarDecoder:
         tp: TarPlan,
         index: int,
         samples: list[tuple[Sample, int]],
-        res: list[int],
+        res: list[tuple[int, int]],
         manifest: list[dict[str, Any]],
         views: tuple[int, ...] = (),
     ) -> dict[str, np.ndarray]:
         r, n = self.store.plan.shard_rows, self.group * self.store.plan.shard_rows
         row_start = tp.row_start + index * n
         valid = np.zeros(n, bool)
-        px = {s: np.zeros((n, s, s, 3), np.uint8) for s in res}
+        px = {(s, p): np.zeros((n, s + 2 * p, s + 2 * p, 3), np.uint8) for s, p in res}
         keys = [""] * n
         images, boxes = [x for x, _ in samples], []
         for i, (x, k) in enumerate(samples):
@@ -129,13 +130,13 @@ class TarDecoder:
             if box is not None:
                 assert x.pixels is not None  # a box only for a valid sample
                 valid[i] = True
-                for s in res:  # every geometry from the one decode
-                    px[s][i] = crop_resize(x.pixels, box, s)
+                for s, p in res:  # every geometry from the one decode
+                    px[(s, p)][i] = margin_view(x.pixels, box, s, p)
         header = GroupHeader(item, index, row_start, -(-len(samples) // r), tuple(keys))
         if views:  # the student's views of the same decode, whole shards
             self.pixels.write(row_start, header.windows, [(x.pixels, b) for x, b in zip(images, boxes)], views)
         out = to_batch([header.columns() | TarEnd.absent()]) | {"valid": valid[None]}
-        out |= {pixel_column(s): a[None] for s, a in px.items()}
+        out |= {pixel_column(s, p): a[None] for (s, p), a in px.items()}
         return out
 
     def _box(self, sample: Sample, index: int) -> CropBox | None:

@@ -59,11 +59,10 @@ def stage_specs(items: list[WorkItem]) -> list[StageSpec]:
     out = []
     for i, name in enumerate(names):
         model, weights, keys = teachers[name]
-        later = {k.resolution for n in names[i + 1 :] for k in teachers[n][2].values()}
-        mine = {k.resolution for k in keys.values()}
-        out.append(
-            StageSpec(name, model, weights, tuple(keys.values()), tuple(pixel_column(s) for s in sorted(mine - later)))
-        )
+        later = {(k.resolution, k.pad) for n in names[i + 1 :] for k in teachers[n][2].values()}
+        mine = {(k.resolution, k.pad) for k in keys.values()}
+        drop = tuple(pixel_column(s, p) for s, p in sorted(mine - later))
+        out.append(StageSpec(name, model, weights, tuple(keys.values()), drop))
     return out
 
 

@@ -81,7 +81,7 @@ def select(config: PipelineConfig, names: list[str] | None = None, mosaic: int |
                     applied.append(k)
                 else:
                     unfit.append(f"{k} ({spec.resolution} px)")
-            jobs.append(KeyJob(k, spec.resolution, m, spec.canvas))
+            jobs.append(KeyJob(k, spec.resolution, m, spec.canvas, config.featurize.shift_margin * patch))
         chosen[t] = (tc.model, tc.weights, tuple(jobs))
     notes: list[str] = []
     if mosaic is not None:
@@ -113,6 +113,12 @@ def validate_geometry(config: PipelineConfig, selection: Selection) -> None:
                 why = _misfit_words(job.canvas, job.mosaic, job.resolution, spec.patch)
                 if why:
                     raise FeaturizeError(f"{job.key}: {why}")
+                if job.pad and misfit(job.canvas, job.mosaic, job.resolution + 2 * job.pad, spec.patch):
+                    raise FeaturizeError(
+                        f"{job.key}: featurize.shift_margin {job.pad // spec.patch} needs {2 * job.pad} px of "
+                        f"padding in its {tile_side(job.canvas, job.mosaic)} px mosaic tiles, which hold "
+                        f"{job.resolution} px images with {tile_side(job.canvas, job.mosaic) - job.resolution} px to spare"
+                    )
 
 
 def _misfit_words(canvas: int, k: int, resolution: int, patch: int) -> str | None:
@@ -197,7 +203,8 @@ def provenance(config: PipelineConfig, teacher: str, job: KeyJob) -> TargetProve
         raise FeaturizeError(
             f"{job.key}: resolution {job.resolution} is not a multiple of {tc.model}'s patch {spec.patch}"
         )
-    grid = spec.grid(job.resolution)
+    margin = job.pad // spec.patch  # featurize.shift_margin, in the teacher's patches
+    grid = spec.grid(job.resolution) + 2 * margin
     return TargetProvenance(
         target_key=job.key,
         teacher=teacher,
@@ -215,6 +222,7 @@ def provenance(config: PipelineConfig, teacher: str, job: KeyJob) -> TargetProve
         std=tuple(spec.std),
         output_scale=tc.output_scale,
         code_version=CODE_VERSION,
+        margin=margin,
     )
 
 

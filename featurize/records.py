@@ -38,9 +38,10 @@ from radio.store.moments import Moments
 Row = Mapping[str, Any]
 
 
-def pixel_column(resolution: int) -> str:
-    """The ``[N, s, s, 3] uint8`` column of the group's crops resized to ``s = resolution``."""
-    return f"px{resolution}"
+def pixel_column(resolution: int, pad: int = 0) -> str:
+    """The ``[N, s + 2·pad, s + 2·pad, 3] uint8`` column of the group's crops resized to
+    ``s = resolution`` and extended by ``pad`` px per side (a key's shift margin, issue 26)."""
+    return f"px{resolution}" if pad == 0 else f"px{resolution}p{pad}"
 
 
 def moments_column(key: str, stream: str) -> str:
@@ -96,6 +97,7 @@ class KeyJob:
     resolution: int
     mosaic: int | None = None
     canvas: int = 1024
+    pad: int = 0  # shift margin in px per side at ``resolution``: featurize.shift_margin × the teacher's patch
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,11 @@ class TarItem:
     @property
     def resolutions(self) -> list[int]:
         return sorted({k.resolution for w in self.work for k in w.keys})
+
+    @property
+    def views(self) -> list[tuple[int, int]]:
+        """(resolution, pad) of every pixel column the tar's keys need (:func:`pixel_column`)."""
+        return sorted({(k.resolution, k.pad) for w in self.work for k in w.keys})
 
     def of(self, teacher: str) -> WorkItem | None:
         """This tar's work for ``teacher``, or None when all its keys are complete."""

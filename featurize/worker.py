@@ -146,13 +146,13 @@ class TeacherStage:
             writes: list[Future] = []
             direct_writes: dict[str, list[Future]] = {}
             for job in todo:
-                g = job.resolution // spec.patch
+                g = (job.resolution + 2 * job.pad) // spec.patch  # the cached grid: g + 2m with a shift margin
                 feats = np.zeros((windows * r, g, g, spec.feature_dim), np.float16)
                 summ = np.zeros((windows * r, spec.summary_dim), np.float16) if spec.summary_dim else None
                 t0 = time.perf_counter()
                 self.last_inputs = 0
                 if len(idx):
-                    crops = torch.from_numpy(np.ascontiguousarray(pixels[pixel_column(job.resolution)][idx]))
+                    crops = torch.from_numpy(np.ascontiguousarray(pixels[pixel_column(job.resolution, job.pad)][idx]))
                     with torch.inference_mode(), autocast_for(self.device):
                         f, sm = self._forward(self.teacher, job, crops, keys)
                         if output_scale != 1.0:
@@ -218,12 +218,13 @@ class TeacherStage:
             sm = torch.cat([o.summary for o in outs]) if spec.summary_dim else None
         else:
             k = job.mosaic
-            offsets = mosaic.tile_offsets(self.settings.seed, keys, job.canvas, k, job.resolution, spec.patch)
+            side = job.resolution + 2 * job.pad  # a shift margin lives in the tile's padding: no extra canvas
+            offsets = mosaic.tile_offsets(self.settings.seed, keys, job.canvas, k, side, spec.patch)
             canvases = mosaic.compose(x, k, job.canvas, offsets)
             self.last_inputs = len(canvases)
             step = max(1, self.batch_size // (k * k))
             grid = torch.cat([teacher(canvases[i : i + step]).features for i in range(0, len(canvases), step)])
-            f, sm = mosaic.split(grid, len(keys), k, job.canvas, job.resolution, offsets), None
+            f, sm = mosaic.split(grid, len(keys), k, job.canvas, side, offsets), None
         return f, sm
 
 

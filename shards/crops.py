@@ -109,3 +109,25 @@ def crop_resize(pixels: np.ndarray, box: CropBox, size: int) -> np.ndarray:
         return np.ascontiguousarray(crop)
     # PIL widens the bicubic kernel when shrinking, i.e. antialiases, which torch's default does not.
     return np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def margin_view(pixels: np.ndarray, box: CropBox, size: int, pad: int = 0) -> np.ndarray:
+    """The box resized to ``size`` and extended by ``pad`` output pixels on every side:
+    ``[H, W, 3] uint8`` → ``[size + 2·pad, size + 2·pad, 3] uint8``, at the scale of
+    ``crop_resize(pixels, box, size)`` (one output pixel = ``w / size`` × ``h / size`` image pixels).
+
+    The one view both phases take of a row (issue 26): featurize gives a teacher with a
+    ``shift_margin`` of m patches ``pad = m · patch``; phase 2 gives the student the pad its shift
+    offsets need and takes windows of it. Where the extended box leaves the image, the image's
+    edge pixels are repeated (the same in both phases). ``pad = 0`` is :func:`crop_resize`.
+    """
+    if pad == 0:
+        return crop_resize(pixels, box, size)
+    ex, ey = pad * box.w / size, pad * box.h / size  # the pad in image pixels
+    # Edge-pad enough for the extension and the bicubic support (2 taps, widened when shrinking).
+    border = int(math.ceil(max(ex, ey) + 2 * max(box.w, box.h) / size)) + 2
+    padded = np.pad(pixels, ((border, border), (border, border), (0, 0)), mode="edge")
+    x0, y0 = box.x + border - ex, box.y + border - ey
+    side = size + 2 * pad
+    src = (x0, y0, x0 + box.w + 2 * ex, y0 + box.h + 2 * ey)
+    return np.asarray(Image.fromarray(padded).resize((side, side), Image.Resampling.BICUBIC, box=src))

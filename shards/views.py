@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .crops import CropBox, crop_resize
+from .crops import CropBox, margin_view
 
 
-def student_view(pixels: np.ndarray, box: CropBox, resolution: int) -> np.ndarray:
-    """``pixels [H, W, 3] uint8`` → the row's box resized to ``[resolution, resolution, 3] uint8``
-    (today: :func:`~radio.shards.crops.crop_resize`, the resize teachers' inputs use too)."""
-    return crop_resize(pixels, box, resolution)
+def student_view(pixels: np.ndarray, box: CropBox, resolution: int, pad: int = 0) -> np.ndarray:
+    """``pixels [H, W, 3] uint8`` → the row's box resized to ``[resolution + 2·pad]² × 3 uint8``:
+    with ``pad`` 0 the box itself (:func:`~radio.shards.crops.crop_resize`, the resize teachers'
+    inputs use too); with a shift plan's ``pad`` the box extended by ``pad`` output pixels per
+    side at the same scale (:func:`~radio.shards.crops.margin_view`), which the shift windows cut."""
+    return margin_view(pixels, box, resolution, pad)
 
 
 __all__ = ["student_view"]

@@ -19,6 +19,7 @@ from .errors import StoreError
 
 # The attribute `radio store compact` adds next to the provenance (not part of it).
 COMPACT = "compact"
+MARGIN = "margin"  # optional: absent in keys without a shift margin
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,12 @@ class TargetProvenance:
     ``grid`` is the ``(H, W)`` token grid of one image's target (features ``[H, W, feature_dim]``,
     summary ``[summary_dim]`` or none); ``input_size`` is the side of the teacher's input, the
     canvas for a mosaic key (``mosaic`` k: k×k images of side ``resolution`` per canvas).
+
+    ``margin`` (issue 26's shift margin): the teacher saw the crop extended by ``margin`` of its
+    patches on every side, so ``grid`` (the stored grid) is the crop's :attr:`core_grid` plus
+    ``2·margin`` (``input_size`` stays the side without it: a plain key's teacher saw
+    ``input_size + 2·margin·patch`` px; a mosaic key's margin lies in its tile's padding). Keys written before it (and keys without one) have 0, and their JSON, and so
+    their fingerprint, does not name it.
     """
 
     target_key: str
@@ -46,6 +53,7 @@ class TargetProvenance:
     std: tuple[float, ...]
     output_scale: float
     code_version: str
+    margin: int = 0
     # `radio store compact`'s record (codec, rank, clip, ...), None until compacted: not part of
     # what the key is, so equality ignores it.
     compact: dict[str, Any] | None = field(default=None, compare=False)
@@ -55,13 +63,13 @@ class TargetProvenance:
         """From the key's attributes (or an export's ``provenance`` entry); raises
         :class:`StoreError` naming what is missing. Values are kept as stored (no conversion),
         so :meth:`to_json` gives back the same JSON and :meth:`fingerprint` the same hex."""
-        names = [f.name for f in fields(cls) if f.name != COMPACT]
+        names = [f.name for f in fields(cls) if f.name not in (COMPACT, MARGIN)]
         missing = [n for n in names if n not in d]
         if missing:
             raise StoreError(f"not a featurize provenance (no {', '.join(missing)})")
         values = {n: d[n] for n in names}
         values |= {"grid": tuple(d["grid"]), "mean": tuple(d["mean"]), "std": tuple(d["std"])}
-        return cls(**values, compact=d.get(COMPACT))
+        return cls(**values, margin=int(d.get(MARGIN, 0)), compact=d.get(COMPACT))
 
     def to_json(self) -> dict[str, Any]:
         """The key's attributes: the provenance in its field order, then ``compact`` when set."""
@@ -71,7 +79,14 @@ class TargetProvenance:
     def record(self) -> dict[str, Any]:
         """The provenance as featurize writes it (no ``compact`` entry)."""
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != COMPACT}
+        if not self.margin:  # as written before margins: the same fingerprint
+            del d[MARGIN]
         return d | {"grid": list(self.grid), "mean": list(self.mean), "std": list(self.std)}
+
+    @property
+    def core_grid(self) -> tuple[int, int]:
+        """The grid of the crop itself (what the student's view at offset 0 is compared with)."""
+        return (self.grid[0] - 2 * self.margin, self.grid[1] - 2 * self.margin)
 
     def fingerprint(self) -> str:
         """16 hex digits of the provenance without ``compact``: what a fitted normalizer records

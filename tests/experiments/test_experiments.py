@@ -66,7 +66,28 @@ def _token_merging(outcome: Outcome, out) -> None:
     assert 0 < methods[("document", "ToMe strided")]["relative MSE"] < 1
 
 
-CHECKS = {"phis_balance": _phis, "multires": _multires, "mosaic": _mosaic, "token_merging": _token_merging}
+def _shift(outcome: Outcome, out) -> None:
+    from radio.store.layout import FeatureStore
+
+    rows = {r["targets / student"]: r for r in outcome.table}
+    assert list(rows) == ["teacher", "no shift", "shift"]
+    # The targets carry the injected artifact in full at its positions (fp16 storage aside).
+    assert (
+        abs(rows["teacher"]["artifact imitation"] - 1.0) < 0.01
+        and rows["teacher"]["fidelity (artifact-free tokens)"] is None
+    )
+    assert all(rows[t]["fidelity (artifact-free tokens)"] > 0 for t in ("no shift", "shift"))
+    prov = FeatureStore(out / "work" / "store.zarr").target("dino@112").provenance
+    assert (prov.margin, prov.grid) == (1, (10, 10))  # one store with a margin for both students
+
+
+CHECKS = {
+    "phis_balance": _phis,
+    "multires": _multires,
+    "mosaic": _mosaic,
+    "token_merging": _token_merging,
+    "shift": _shift,
+}
 
 
 def test_readme_block_is_replaced_and_nothing_else(tmp_path):

@@ -45,7 +45,8 @@ def test_v4_geometry_and_teachers_on_meta_at_real_size(repo):
         built = create_teacher(model, device="meta")
         for job in jobs:
             prov = provenance(config, teacher, job)
-            found[job.key] = (prov.grid[0], prov.input_size)
+            found[job.key] = (prov.core_grid[0], prov.input_size)
+            assert prov.margin == 1 and prov.grid[0] == prov.core_grid[0] + 2  # featurize.shift_margin (issue 26)
             side = prov.input_size
             out = built(torch.empty(1, 3, side, side, device="meta"))
             # a mosaic key's canvas grid holds k x k tiles; its images' grid is the key's
