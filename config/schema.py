@@ -406,7 +406,7 @@ class StageConfig(Frozen):
 
     @model_validator(mode="after")
     def _accumulate(self) -> StageConfig:
-        bad = [p.batch_size for p in self.partitions if p.batch_size % self.accumulate]
+        bad = [p.batch_size for p in self.partitions if p.batch_size is not None and p.batch_size % self.accumulate]
         if bad:
             raise ValueError(
                 f"accumulate {self.accumulate}: batch size {bad[0]} does not divide into that many micro-steps"

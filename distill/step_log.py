@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from . import distributed
 
@@ -90,9 +91,11 @@ class StepLog:
         if not self.pending:
             return []
         pending, self.pending = self.pending, []
-        local = torch.cat([p.values for p in pending])  # [Σ k], one vector whatever each step's k
-        flat = to_host(distributed.mean_across(self.d, local))  # (a NaN on any rank reaches every rank)
-        values = list(torch.split(flat, [len(p.values) for p in pending]))
+        # [n, K]: steps with fewer values (a drawn size that skips keys) are padded with zeros
+        width = max(len(p.values) for p in pending)
+        local = torch.stack([F.pad(p.values, (0, width - len(p.values))) for p in pending])
+        both = to_host(distributed.mean_across(self.d, local))  # (a NaN on any rank reaches every rank)
+        values = [row[: len(p.values)] for p, row in zip(pending, both)]
         wall = time.perf_counter() - self._since  # after the sync: the device time of these steps
         self._since = time.perf_counter()
         bad = [i for i, v in enumerate(values) if not bool(torch.isfinite(v).all())]
@@ -111,8 +114,7 @@ class StepLog:
             for p, row in zip(pending[:good], values[:good])
         ]
         if good < len(pending):
-            offset = sum(len(p.values) for p in pending[:good])
-            bad_local = to_host(local[offset : offset + len(pending[good].values)])
+            bad_local = to_host(pending[good].values)
             raise BadFlush(records, BadStep(pending[good].step, pending[good].names, bad_local))
         return records
 

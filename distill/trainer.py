@@ -345,7 +345,7 @@ def _train(
             update={"student": with_student(config.student, student_fields(source), source.label)}
         )
     student = build_student(store, config, cfg.seed)
-    resolutions = [p.resolution for p in cfg.partitions]
+    resolutions = [r for p in cfg.partitions for r in p.sizes]  # (every size a step may draw)
     recompute = checkpoint_activations(config.student.checkpoint_activations, config.student.size, resolutions)
     student.set_grad_checkpointing(recompute)
     if recompute and config.student.checkpoint_activations == "auto" and d.main:

@@ -252,3 +252,57 @@ def test_tiny_with_a_margin_trains_with_shift_and_resumes_exactly(margin_store, 
         train_stage(b, 1, on_step=kill)
     resumed = train_stage(b, 1)
     assert resumed.start_step == 2 and resumed.losses == full[2:]
+
+
+@pytest.mark.slow
+def test_stochastic_sizes_shift_where_the_margin_covers_a_student_patch_and_resume_exactly(margin_store, tmp_path):
+    """Stochastic resolutions with the shift loss: at 192 px (12x12, the keys' grid) the view
+    shifts; at 128 px (8x8) one teacher patch of margin is under a student patch, so the steps
+    train unshifted on the centre windows, and SAM's exact 12x12 grid sits them out."""
+    from radio.config import PartitionConfig
+    from radio.distill.checks import stage_targets
+    from radio.distill.data import PartitionRows
+    from radio.distill.resolutions import size_draws
+    from radio.distill.run import RunFolder, read_metrics
+    from radio.distill.shift import size_plans, unshifted_sizes
+    from radio.distill.trainer import train_stage
+    from radio.store.layout import FeatureStore
+
+    config, path = margin_store
+    stage = config.stages[0]
+    part = stage.partitions[0].model_copy(update={"resolution": None, "resolutions": (128, 192)})
+    stage = stage.model_copy(update={"partitions": (PartitionConfig(**part.model_dump()),), "steps": 6})
+    config = config.model_copy(update={"stages": (stage,)})
+    ((_, targets),) = stage_targets(FeatureStore(path), config, 1)
+    plans = size_plans((128, 192), targets, True, 1.0)
+    assert {s: p.limit for s, p in plans.items() if p is not None} == {128: 0, 192: 1}
+    assert unshifted_sizes(plans) == [128]
+    rows = PartitionRows(str(path), 192, targets, shift=plans)
+    small = rows.__getitems__([(0, False, 128), (1, True, 128)])
+    assert small["image"].shape == (2, 3, 128, 128)
+    assert small["targets"]["clip@168"]["features"].shape[1:3] == (12, 12)  # the centre window
+    shifted = rows.__getitems__([(0, False, 192, 1, -1)])
+    assert shifted["image"].shape == (1, 3, 192, 192)
+
+    a = config.model_copy(update={"out": str(tmp_path / "a")})
+    full = train_stage(a, 1).losses
+    records = read_metrics(RunFolder(tmp_path / "a").stage(1).metrics)
+    drawn = size_draws(stage.seed, 1, 0, np.arange(6), (128, 192)).tolist()
+    assert [r["size_0"] for r in records] == drawn and set(drawn) == {128, 192}
+    for r, size in zip(records, drawn):
+        assert ("shift_clamped" in r) == (size == 192)
+        assert (f"{size}:sam@192/features" in r) == (size == 192)
+        assert f"{size}:clip@168/features" in r and np.isfinite(r["total"])
+
+    class Killed(Exception):
+        pass
+
+    def kill(record):
+        if record["step"] == 3:  # after the checkpoint of step 2
+            raise Killed
+
+    b = config.model_copy(update={"out": str(tmp_path / "b")})
+    with pytest.raises(Killed):
+        train_stage(b, 1, on_step=kill)
+    resumed = train_stage(b, 1)
+    assert resumed.start_step == 2 and resumed.losses == full[2:]
