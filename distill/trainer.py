@@ -41,6 +41,7 @@ from .data import PartitionRows, StepBatches, WorkerEnvironment, collate, next_b
 from .final_weights import EXPORT_PREFIX, export_payload, final_meta, final_metadata, student_state
 from .heads import drop_backbone_grads, heads_only, in_warmup, param_groups
 from .loss import DistillLoss, KeyTarget
+from .mesa import build_mesa, mesa_note
 from .reproject import reproject_heads, reprojection_note
 from .run import RunFolder
 from .schedule import lr_at
@@ -399,6 +400,9 @@ def _train(
                 f"stage {stage}: {ckpt_path} holds optimizer state of another layout ({e}); "
                 f"remove {ckpt_path} to restart the stage from its initial weights"
             ) from None
+    mesa = build_mesa(student, cfg.mesa, state)  # MESA's EMA student (None: off), resumed with the run
+    if d.main and (note := mesa_note(cfg.mesa, state)) is not None:
+        print(note, file=sys.stderr)
     used = {t.teacher for _, ts in partitions for t in ts}
     model: nn.Module = Partitions(student)
     if d.enabled:
@@ -483,6 +487,7 @@ def _train(
                     "normalizers": records(head_spaces),
                     "reprojected": reprojected,
                     "new_heads": sorted(new_heads),
+                    **({"mesa": mesa.state_dict()} if mesa is not None else {}),
                 },
             )
 
@@ -508,6 +513,9 @@ def _train(
             with _autocast(d.device):
                 outputs = model([b["image"] for b in batches], crops)
                 out = loss_fn(outputs, batches)
+                if mesa is not None:  # the EMA student on the student's very input (images, CPE crops)
+                    images = [b["image"] for b in batches]
+                    out = mesa.add_to(out, step, outputs, images, crops, partitions, loss_fn.partition_weights)
             optimizer.zero_grad(set_to_none=True)
             out["total"].backward()
             warmup = in_warmup(step, cfg.head_warmup_steps, new_heads)
@@ -518,6 +526,8 @@ def _train(
                 grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.optimizer.grad_clip)
             with heads_only(optimizer) if warmup else contextlib.nullcontext():
                 optimizer.step()
+            if mesa is not None:
+                mesa.update()  # from step 0, also before mesa.start_step
             step += 1
 
             names = list(out)
@@ -557,7 +567,7 @@ def _train(
         extra, meta = export_payload(store, config, stage, head_spaces)  # the loss's normalizers, not the store's
         meta["reprojected"] = reprojected
         save_weights(
-            student.state_dict() | extra,
+            student.state_dict() | extra | (mesa.final_tensors() if mesa is not None else {}),
             sdir.weights,
             {"stage": str(stage), "steps": str(total)} | final_metadata(meta),
         )
