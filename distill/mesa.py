@@ -57,10 +57,13 @@ class Mesa:
         self.ema.train()  # the same CPE-crop path as the student; the crops are passed in
         self._pairs = self._tensor_pairs(student)
 
-    def _tensor_pairs(self, student: Student) -> tuple[list[torch.Tensor], list[torch.Tensor], list, list]:
+    def _tensor_pairs(self, student: Student) -> tuple[list[torch.Tensor], ...]:
         """(EMA tensors, student tensors) to average, and (EMA, student) buffers to copy."""
         own = dict(student.named_parameters()) | dict(student.named_buffers())
-        avg_e, avg_s, copy_e, copy_s = [], [], [], []
+        avg_e: list[torch.Tensor] = []
+        avg_s: list[torch.Tensor] = []
+        copy_e: list[torch.Tensor] = []
+        copy_s: list[torch.Tensor] = []
         for name, e in list(self.ema.named_parameters()) + list(self.ema.named_buffers()):
             s = own[name]
             (avg_e if e.is_floating_point() else copy_e).append(e)

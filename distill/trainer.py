@@ -401,8 +401,8 @@ def _train(
                 f"remove {ckpt_path} to restart the stage from its initial weights"
             ) from None
     mesa = build_mesa(student, cfg.mesa, state)  # MESA's EMA student (None: off), resumed with the run
-    if d.main and (note := mesa_note(cfg.mesa, state)) is not None:
-        print(note, file=sys.stderr)
+    if d.main and (mesa_line := mesa_note(cfg.mesa, state)) is not None:
+        print(mesa_line, file=sys.stderr)
     used = {t.teacher for _, ts in partitions for t in ts}
     model: nn.Module = Partitions(student)
     if d.enabled:
@@ -514,8 +514,8 @@ def _train(
                 outputs = model([b["image"] for b in batches], crops)
                 out = loss_fn(outputs, batches)
                 if mesa is not None:  # the EMA student on the student's very input (images, CPE crops)
-                    images = [b["image"] for b in batches]
-                    out = mesa.add_to(out, step, outputs, images, crops, partitions, loss_fn.partition_weights)
+                    inputs = [b["image"] for b in batches]
+                    out = mesa.add_to(out, step, outputs, inputs, crops, partitions, loss_fn.partition_weights)
             optimizer.zero_grad(set_to_none=True)
             out["total"].backward()
             warmup = in_warmup(step, cfg.head_warmup_steps, new_heads)
