@@ -5,6 +5,10 @@
    on the same rows. The gap is what reading targets costs.
 2. Trainer (CPU, tiny student, stage 1 of the `tiny` pipeline): images/s and the fraction of step
    time spent waiting for data, with 0, 1 and 2 DataLoader workers.
+3. MESA: step time with ``stages[].mesa`` on ÷ off (0 workers, the same steps; runs alternate,
+   the median step of each kept), also without the step's wait for data (the compute MESA adds
+   to), and the bytes of the EMA copy (float32, what each checkpoint and the final weights gain).
+   ``--mesa-only`` runs this case alone.
 
     .venv/bin/python bench/distill_bench.py [--steps 30]
 """
@@ -21,8 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from radio.config import load_pipeline
+from radio.config.schema import MesaConfig
+from radio.distill.checkpoint import load_weights
 from radio.distill.checks import stage_targets
 from radio.distill.data import PartitionRows
+from radio.distill.final_weights import EMA_PREFIX
 from radio.distill.run import RunFolder, read_metrics
 from radio.distill.trainer import train_stage
 from radio.shards.crops import CropBox, crop_resize
@@ -35,10 +42,43 @@ from radio.store.split import split_rows
 REPO = Path(__file__).resolve().parents[1]
 
 
+def mesa_cost(config, tmp: Path, steps: int) -> dict:
+    """Step time with MESA on ÷ off on stage 1 of ``config`` (runs alternate, medians), and the
+    bytes of the EMA copy in the final weights."""
+    step_s: dict[str, list[float]] = {"off": [], "on": []}
+    compute_s: dict[str, list[float]] = {"off": [], "on": []}  # the step without its wait for data
+    ema_bytes = 0
+    for repeat in range(2):
+        for arm in ("off", "on"):
+            out = tmp / f"mesa_{arm}{repeat}"
+            stage1 = config.stages[0].model_copy(update={"mesa": MesaConfig(enabled=arm == "on")})
+            cfg = config.model_copy(update={"out": str(out), "stages": (stage1, *config.stages[1:])})
+            train_stage(cfg, 1, steps=steps)
+            images = stage1.partitions[0].batch_size
+            recs = read_metrics(RunFolder(out).stage(1).metrics)[5:]  # skip start-up steps
+            step_s[arm] += [images / r["images_per_s"] for r in recs]
+            compute_s[arm] += [images / r["images_per_s"] * (1 - r["data_wait"]) for r in recs]
+            if arm == "on":
+                weights = load_weights(RunFolder(out).stage(1).weights)
+                ema_bytes = sum(v.numel() * v.element_size() for k, v in weights.items() if k.startswith(EMA_PREFIX))
+    off, on = float(np.median(step_s["off"])), float(np.median(step_s["on"]))
+    c_off, c_on = float(np.median(compute_s["off"])), float(np.median(compute_s["on"]))
+    return {
+        "step_s_off": off,
+        "step_s_on": on,
+        "ratio": on / off,
+        "compute_s_off": c_off,
+        "compute_s_on": c_on,
+        "compute_ratio": c_on / c_off,
+        "ema_bytes": ema_bytes,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=96)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--mesa-only", action="store_true", help="only case 3 (MESA's cost)")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import featurize_in_process  # the same in-process featurize the tests use
@@ -57,6 +97,9 @@ def main() -> None:
         featurize_in_process(config)
         store = FeatureStore(config.store.path)
         fit_store(store)
+        if args.mesa_only:
+            print_mesa(mesa_cost(config, tmp, args.steps))
+            return
 
         # ---- 1. loader vs decode + resize ---------------------------------------------------
         ((resolution, keys),) = stage_targets(store, config, 1)
@@ -107,6 +150,8 @@ def main() -> None:
                 "data_wait": float(np.mean([r["data_wait"] for r in recs])),
             }
 
+        results["mesa"] = mesa_cost(config, tmp, args.steps)
+
     lo = results["loader"]
     print(
         f"loader ({lo['rows']} rows at {resolution} px, {lo['keys']} target keys): {lo['loader_per_s']:.1f} samples/s "
@@ -117,9 +162,19 @@ def main() -> None:
             f"trainer (tiny student, stage 1, batch {config.stages[0].partitions[0].batch_size}, {workers} loader "
             f"workers): {r['images_per_s']:.1f} images/s, data wait {r['data_wait']:.1%} of step time"
         )
+    print_mesa(results["mesa"])
     out_dir = Path(__file__).parent / "results"
     out_dir.mkdir(exist_ok=True)
     (out_dir / "distill.json").write_text(json.dumps(results, indent=2))
+
+
+def print_mesa(me: dict) -> None:
+    print(
+        f"MESA (tiny student, stage 1, 0 workers): step {me['step_s_on'] * 1e3:.1f} ms on ÷ "
+        f"{me['step_s_off'] * 1e3:.1f} ms off = {me['ratio']:.2f}; without the data wait "
+        f"{me['compute_s_on'] * 1e3:.1f} ÷ {me['compute_s_off'] * 1e3:.1f} ms = {me['compute_ratio']:.2f}; "
+        f"EMA copy {me['ema_bytes'] / 1e6:.2f} MB (float32)"
+    )
 
 
 if __name__ == "__main__":

@@ -344,6 +344,44 @@ class ShiftConfig(Frozen):
     )
 
 
+class MesaConfig(Frozen):
+    """MESA (C-RADIOv4, NVlabs/RADIO#181): an exponential moving average of the student's weights,
+    run on the same batch as an extra teacher whose outputs the student is pulled towards."""
+
+    enabled: bool = Field(False, description="keep an EMA of the student and add the MESA loss (off: no cost)")
+    decay: float = Field(
+        0.9996,
+        ge=0,
+        lt=1,
+        description="EMA decay per optimizer step: ema = decay·ema + (1 − decay)·w (C-RADIOv4: 0.9996, #181)",
+    )
+    weight: float = Field(
+        1.0,
+        ge=0,
+        description="weight of each head's MESA loss in the total (C-RADIOv4 publishes none; 1.0 as its "
+        "teachers' feature losses)",
+    )
+    start_step: int = Field(
+        0,
+        ge=0,
+        description="the stage step from which the MESA loss (and its extra forward) runs; the EMA is updated "
+        "from step 0 regardless (C-RADIOv4 runs the EMA for all of training, #181)",
+    )
+    outputs: tuple[Literal["features", "summary", "backbone"], ...] = Field(
+        ("features",),
+        min_length=1,
+        description="which outputs MESA compares: features (every head's patch features, MSE in PHI-S space), "
+        "summary (every head's summary, cosine), backbone (the backbone's patch tokens, MSE)",
+    )
+
+    @field_validator("outputs")
+    @classmethod
+    def _distinct(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"mesa.outputs {list(v)}: name each output once")
+        return v
+
+
 class StageConfig(Frozen):
     steps: int = Field(gt=0)
     partitions: tuple[PartitionConfig, ...] = Field(min_length=1)
@@ -391,6 +429,7 @@ class StageConfig(Frozen):
         "or one number >= 0 per partition",
     )
     shift: ShiftConfig = Field(ShiftConfig(), description="the shift-equivariant loss (off unless enabled)")
+    mesa: MesaConfig = Field(MesaConfig(), description="MESA: an EMA of the student as an extra teacher (off)")
 
     @field_validator("compile", mode="before")
     @classmethod
@@ -423,6 +462,8 @@ class StageConfig(Frozen):
                 raise ValueError(f"partition_weights {list(w)}: every weight must be >= 0")
         if w == "batch" and any(p.tokens_per_step is not None for p in self.partitions):
             raise ValueError("partition_weights batch needs batch_size in every partition (not tokens_per_step)")
+        if self.mesa.enabled and self.mesa.start_step >= self.steps:
+            raise ValueError(f"mesa.start_step {self.mesa.start_step} >= steps {self.steps}: MESA would never run")
         return self
 
     @property

@@ -41,7 +41,8 @@ from .cpe import draw_crops
 from .data import PartitionRows, StepBatches, WorkerEnvironment, collate
 from .final_weights import EXPORT_PREFIX, export_payload, final_meta, final_metadata, student_state
 from .heads import drop_backbone_grads, heads_only, in_warmup, param_groups
-from .loss import DistillLoss, KeyTarget
+from .loss import DistillLoss, KeyTarget, keys_at
+from .mesa import build_mesa, mesa_note
 from .prefetch import DevicePrefetch, to_device
 from .reproject import reproject_heads, reprojection_note
 from .resolutions import SizeSchedule, skips_keys, step_sizes
@@ -433,6 +434,9 @@ def _train(
                 f"stage {stage}: {ckpt_path} holds optimizer state of another layout ({e}); "
                 f"remove {ckpt_path} to restart the stage from its initial weights"
             ) from None
+    mesa = build_mesa(student, cfg.mesa, state)  # MESA's EMA student (None: off), resumed with the run
+    if d.main and (mesa_line := mesa_note(cfg.mesa, state)) is not None:
+        print(mesa_line, file=sys.stderr)
     used = {t.teacher for _, ts in partitions for t in ts}
     model: nn.Module = Partitions(student)
     if d.enabled:
@@ -547,6 +551,7 @@ def _train(
                     "normalizers": records(head_spaces),
                     "reprojected": reprojected,
                     "new_heads": sorted(new_heads),
+                    **({"mesa": mesa.state_dict()} if mesa is not None else {}),
                 },
             )
 
@@ -591,6 +596,7 @@ def _train(
                 c = draw_crops(global_b, _crop_generator(cfg.seed, stage, p, step), config.student.pos_dropout)
                 local = global_b // d.world
                 crops.append(to_device(c[d.rank * local : (d.rank + 1) * local], d.device))
+            drawn_parts = [(sz, keys_at(ts, sz)) for (_, ts), sz in zip(partitions, sizes)]  # (MESA's names)
             optimizer.zero_grad(set_to_none=True)
             out: dict[str, torch.Tensor] = {}
             for i, micro, micro_crops in micro_batches(batches, crops, cfg.accumulate):  # accumulate: 1 = one pass
@@ -598,6 +604,11 @@ def _train(
                     with _autocast(d.device):
                         outputs = model([b["image"] for b in micro], micro_crops)
                         micro_out = loss_fn(outputs, micro, sizes)
+                        if mesa is not None:  # the EMA student on the student's very input (images, CPE crops)
+                            inputs = [b["image"] for b in micro]
+                            micro_out = mesa.add_to(
+                                micro_out, step, outputs, inputs, micro_crops, drawn_parts, loss_fn.partition_weights
+                            )
                     (micro_out["total"] / cfg.accumulate).backward()
                 out = mean_losses(out or None, micro_out, cfg.accumulate)
             warmup = in_warmup(step, cfg.head_warmup_steps, new_heads)
@@ -608,6 +619,8 @@ def _train(
                 grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.optimizer.grad_clip)
             with heads_only(optimizer) if warmup else contextlib.nullcontext():
                 optimizer.step()
+            if mesa is not None:
+                mesa.update()  # from step 0, also before mesa.start_step
             step += 1
 
             # A NaN or inf in a target reaches its key's loss (MSE, cosine and the PHI-S matmul all
@@ -640,7 +653,7 @@ def _train(
         extra, meta = export_payload(store, config, stage, head_spaces)  # the loss's normalizers, not the store's
         meta["reprojected"] = reprojected
         save_weights(
-            student.state_dict() | extra,
+            student.state_dict() | extra | (mesa.final_tensors() if mesa is not None else {}),
             sdir.weights,
             {"stage": str(stage), "steps": str(total)} | final_metadata(meta),
         )

@@ -88,10 +88,14 @@ def test_stage1_losses_fall_and_held_out_fidelity_beats_untrained(phis_store, tm
     assert result.end_step == 40
 
 
-@pytest.mark.parametrize("sampling", ["rows", "blocks"])
-def test_sigkill_after_checkpoint_then_resume_gives_identical_losses(phis_store, tmp_path, sampling):
+# mesa: the EMA student is checkpointed (its losses after the resume equal the uninterrupted run's)
+@pytest.mark.parametrize(
+    "sampling, mesa", [("rows", False), ("blocks", False), ("rows", True)], ids=["rows", "blocks", "mesa"]
+)
+def test_sigkill_after_checkpoint_then_resume_gives_identical_losses(phis_store, tmp_path, sampling, mesa):
     config, _ = phis_store
-    cfg = _config_file(tmp_path, config, steps=12, checkpoint_every=4, sampling=sampling)
+    extra = {"mesa": {"enabled": True, "decay": 0.9, "start_step": 2}} if mesa else {}
+    cfg = _config_file(tmp_path, config, steps=12, checkpoint_every=4, sampling=sampling, **extra)
     env = os.environ | {"OMP_NUM_THREADS": "2"}
     ref = subprocess.run(
         _cli(cfg, "--stage", "1", "--out", str(tmp_path / "a")), env=env, capture_output=True, text=True
@@ -123,6 +127,7 @@ def test_sigkill_after_checkpoint_then_resume_gives_identical_losses(phis_store,
         assert {k: v for k, v in ra.items() if "/" in k or k == "total"} == {
             k: v for k, v in rb.items() if "/" in k or k == "total"
         }, ra["step"]
+    assert not mesa or all(r["mesa:128:clip/features"] > 0 for r in b[2:]), "MESA ran from step 3"
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly(phis_store, tmp_path):
