@@ -173,10 +173,22 @@ def on_device(batch: dict, device: torch.device | str) -> dict:
         return v if v.element_size() == 1 else v.float()
 
     return {
-        "image": batch["image"].to(device, non_blocking=True),
+        "image": batch["image"].to(device, non_blocking=True) if "jpeg" not in batch else device_images(batch, device),
         "row": batch["row"],
         "targets": {k: {n: convert(v) for n, v in t.items()} for k, t in batch["targets"].items()},
     }
+
+
+def device_images(batch: dict, device: torch.device | str) -> torch.Tensor:
+    """A batch's stored JPEG views (``batch["jpeg"]``: one 1-D uint8 tensor per row, from
+    :class:`PartitionRows` with ``device_jpeg``) → ``[B, 3, r, r]`` float in [0, 1] on ``device``,
+    decoded there in one batched call (nvJPEG on CUDA) and flipped where ``batch["flips"]`` says:
+    the bytes cross to the GPU, not the pixels, and no loader core decodes them."""
+    images = decode_views(batch["jpeg"], device).float().div_(255.0)
+    flips = batch["flips"].to(images.device)
+    if bool(batch["flips"].any()):  # (a host tensor: no sync)
+        images[flips] = images[flips].flip(3)
+    return images
 
 
 class PartitionRows(Dataset):
@@ -191,7 +203,9 @@ class PartitionRows(Dataset):
 
     ``stored_pixels``: read the student view of rows whose tar has stored pixels at this
     resolution from the store (:mod:`radio.distill.pixels`); other rows, or all with False, are
-    decoded from their tars.
+    decoded from their tars. ``device_jpeg`` (the trainer on CUDA): a batch whose rows all have
+    stored JPEG views carries their bytes (``"jpeg"``, ``"flips"``) instead of ``"image"``, and
+    :func:`on_device` decodes them on the device in one call.
     """
 
     def __init__(
@@ -204,6 +218,7 @@ class PartitionRows(Dataset):
         compact: frozenset[str] = frozenset(),
         stored_pixels: bool = True,
         shift: ShiftPlan | Mapping[int, ShiftPlan | None] | None = None,
+        device_jpeg: bool = False,
     ):
         self.store_path = store_path
         self.resolution = resolution
@@ -219,6 +234,7 @@ class PartitionRows(Dataset):
         self.reader = TargetReader(store_path, [(t.key, t.summary) for t in targets], compact)
         self.tars = TarFiles()
         self.stored_pixels = stored_pixels
+        self.device_jpeg = device_jpeg
         self._pixels: dict[int, StoredPixels | None] = {}
 
     def manifest(self) -> Manifest:
@@ -309,19 +325,33 @@ class PartitionRows(Dataset):
         width = len(items[0])
         size = int(items[0][2]) if width in (3, 5) else None
         plan = self.shift_at(size)
-        images = self.images(rows, size, plan.pad if plan is not None else 0).float().div_(255.0)
+        pad = plan.pad if plan is not None else 0
+        blobs = self._device_views(rows, size or self.resolution) if pad == 0 else None
+        images = self.images(rows, size, pad).float().div_(255.0) if blobs is None else torch.empty(0)
         targets = {}
         for key, arrays in self.reader.read(rows).items():
             targets[key] = {n: torch.from_numpy(a) for n, a in arrays.items()}
             if flips.any():  # [B, h, w, C]: mirror the grid with the image
                 f = targets[key]["features"]
                 f[flips] = f[flips].flip(2)
-        if flips.any():
+        if flips.any() and blobs is None:
             images[flips] = images[flips].flip(3)
         if plan is not None:  # windows of the flipped view and grids (distill/shift.py)
             offsets = np.array([it[-2:] if width >= 4 else (0, 0) for it in items], dtype=np.int64).reshape(-1, 2)
             images, targets = apply_windows(images, targets, offsets, plan)
+        if blobs is not None:  # decoded on the training device (on_device)
+            return {"jpeg": blobs, "flips": flips, "row": torch.from_numpy(rows), "targets": targets}
         return {"image": images, "row": torch.from_numpy(rows), "targets": targets}
+
+    def _device_views(self, rows: np.ndarray, resolution: int) -> list[torch.Tensor] | None:
+        """The rows' stored JPEG views, left for the device to decode (``device_jpeg``), when every
+        row has one at ``resolution``; None: the batch's pixels are made here."""
+        pixels = self.stored_at(resolution) if self.device_jpeg else None
+        if pixels is None or pixels.spec.mode != "jpeg" or not len(rows):
+            return None
+        if not pixels.complete[self.manifest().tar_of(rows)].all():
+            return None
+        return [torch.from_numpy(np.ascontiguousarray(b)) for b in pixels.read(rows)]
 
     def __getitem__(self, item: tuple[int, bool]) -> dict:
         """One sample, targets as float32 (for evaluation and tools; training reads batches)."""

@@ -482,7 +482,14 @@ def _train(
     for p, (resolution, ts) in enumerate(partitions):
         part = cfg.partitions[p]
         dataset = PartitionRows(
-            str(store.path), resolution, ts, limits, manifest_dir, compact=frozenset(decoders), shift=shifts[p]
+            str(store.path),
+            resolution,
+            ts,
+            limits,
+            manifest_dir,
+            compact=frozenset(decoders),
+            shift=shifts[p],
+            device_jpeg=d.device.type == "cuda",  # stored JPEG views: nvJPEG on the GPU, not a loader core
         )
         try:
             # a token budget's batch per size is rounded to whole micro-steps on every rank

@@ -4,12 +4,13 @@ Run through ``scripts/gpu_check.sh`` (which only runs ``make install`` when no v
 Full mode (a GPU node, < 10 min on one GPU): random-init DINOv2-g-reg at 224, SigLIP so400m at
 224 and SAM-H at 256 with mosaic 4 over ``--images`` (2000) sample photos, through the real
 Ray graph; each teacher's bare forward on the same device; then 200 steps of stage 1 for a
-ViT-B student in bf16 with 4 loader workers. ``--tiny``: tiny teachers and student on CPU, a
+ViT-B student in bf16 with 4 loader workers, once decoding the tars and once from stored JPEG
+views (``student_pixels: jpeg``, decoded on the GPU with nvJPEG). ``--tiny``: tiny teachers and student on CPU, a
 few dozen images and steps, so CI keeps this script from rotting.
 
 The last stdout line is one JSON object: teacher images/s per key (teacher-side time), the
-featurize pipeline images/s ÷ the bare forwards back to back, trainer images/s, data-wait
-fraction, peak GPU memory (0 on CPU) and the trainer's model FLOPs utilisation: the student's
+featurize pipeline images/s ÷ the bare forwards back to back, trainer images/s and data-wait
+fraction (also per student-pixel mode: ``student_pixels.none`` and ``.jpeg``), peak GPU memory (0 on CPU) and the trainer's model FLOPs utilisation: the student's
 FLOPs per step (``radio.distill.flops.student_flops``, forward + backward) ÷ step time ÷ the
 GPU's peak dense bf16 FLOP/s (:data:`PEAK_BF16`; null on CPU or an unlisted GPU).
 """
@@ -155,6 +156,7 @@ def main() -> None:
     from radio.distill.run import RunFolder, read_metrics
     from radio.distill.trainer import train_stage
     from radio.featurize.job import run_featurize, summarize
+    from radio.featurize.pixels import add_pixels, plan_pixels
     from radio.featurize.teachers import get_spec
     from radio.shards.sampledata import write_sample_data
     from radio.store.layout import FeatureStore
@@ -211,6 +213,16 @@ def main() -> None:
     records = read_metrics(RunFolder(config.out).stage(1).metrics)
     steady = records[min(len(records) - 1, max(1, len(records) // 10)) :]  # skip warm-up (and compile) steps
     trainer_rate = statistics.median(r["images_per_s"] for r in steady)
+
+    # The same stage from stored JPEG views (featurize.student_pixels: jpeg, added to the store
+    # without teachers), decoded on the device with nvJPEG: images/s and data wait beside the tar decode.
+    store = FeatureStore(config.store.path)
+    plan_pixels(store, "jpeg", config.featurize.jpeg_quality, [mode["resolution"]])
+    add_pixels(store, [mode["resolution"]])
+    jpeg_config = config.model_copy(update={"out": str(Path(config.out).with_name("run_jpeg"))})
+    train_stage(jpeg_config, 1, workers=workers, device=str(device))
+    jpeg_records = read_metrics(RunFolder(jpeg_config.out).stage(1).metrics)
+    jpeg_steady = jpeg_records[min(len(jpeg_records) - 1, max(1, len(jpeg_records) // 10)) :]
     step_flops = student_flops(mode["student"]["size"], mode["resolution"], batch=mode["train_batch"])
     device_name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
     peak = peak_bf16(device_name) if device.type == "cuda" else None
@@ -230,6 +242,14 @@ def main() -> None:
         "peak_bf16_tflops": peak / 1e12 if peak else None,
         "mfu": achieved / peak if peak else None,
         "data_wait_fraction": statistics.mean(r["data_wait"] for r in steady),
+        "student_pixels": {
+            "none": {"images_per_s": trainer_rate, "data_wait": statistics.mean(r["data_wait"] for r in steady)},
+            "jpeg": {
+                "images_per_s": statistics.median(r["images_per_s"] for r in jpeg_steady),
+                "data_wait": statistics.mean(r["data_wait"] for r in jpeg_steady),
+                "decoded_on": str(device),
+            },
+        },
         "train_steps": len(records),
         "loader_workers": workers,
         "peak_gpu_bytes": {

@@ -42,6 +42,10 @@ def test_gpu_check_tiny_prints_one_json_line(repo, tmp_path):
         result["student_tflops_per_step"] * result["trainer_images_per_s"] / 8  # the tiny batch
     )
     assert result["loader_workers"] == 2 and result["peak_gpu_bytes"] == {"bare_forward": 0, "trainer": 0}
+    pixels = result["student_pixels"]  # the same stage from the tars and from stored JPEG views
+    assert pixels["none"]["images_per_s"] == result["trainer_images_per_s"]
+    assert pixels["jpeg"]["images_per_s"] > 0 and 0 <= pixels["jpeg"]["data_wait"] <= 1
+    assert pixels["jpeg"]["decoded_on"] == "cpu"
 
 
 def test_peak_bf16_names_the_lent_gpus_model(repo):

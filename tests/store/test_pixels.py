@@ -136,3 +136,21 @@ def test_jpeg_quality_is_bounded():
     with pytest.raises(ValidationError, match="jpeg_quality"):
         FeaturizeConfig(jpeg_quality=100)
     assert FeaturizeConfig().student_pixels == "none" and FeaturizeConfig().jpeg_quality == 95
+
+
+def test_device_jpeg_batches_carry_the_bytes_and_decode_to_the_workers_batch(pixel_store):
+    """The trainer on CUDA leaves stored JPEG views to the device (nvJPEG); the same call on the
+    CPU gives exactly the batch a loader worker decodes, flips included."""
+    from radio.distill.data import on_device
+
+    _, store = pixel_store
+    rows = _valid_rows(store)[:6].tolist()
+    items = [(r, i % 2 == 0) for i, r in enumerate(rows)]
+    host = PartitionRows(str(store), 192, []).__getitems__(items)
+    left = PartitionRows(str(store), 192, [], device_jpeg=True).__getitems__(items)
+    assert "image" not in left and len(left["jpeg"]) == 6 and left["flips"].tolist() == [i % 2 == 0 for i in range(6)]
+    assert all(b.dtype == torch.uint8 and b.ndim == 1 for b in left["jpeg"])
+    assert torch.equal(on_device(left, "cpu")["image"], on_device(host, "cpu")["image"])
+    # raw views, or a size without stored views, are made in the worker as before
+    assert "image" in PartitionRows(str(store), 256, [], device_jpeg=True).__getitems__(items)
+    assert "image" in PartitionRows(str(store), 224, [], device_jpeg=True).__getitems__(items)
