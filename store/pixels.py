@@ -269,9 +269,14 @@ class StoredPixels:
             if self.spec.mode == "raw":
                 s = self.resolution
                 out = np.empty((len(rows), 3, s, s), np.uint8) if out is None else out
-                for i, r in enumerate(rows.tolist()):  # one preadv per row, straight into ``out``
-                    if self._direct is None or not self._direct.read(r, r + 1, out[i : i + 1]):
-                        out[i] = a[r].read().result()
+                # the whole batch in one call: one preadv per run of consecutive rows, straight into out
+                order = np.argsort(rows, kind="stable")
+                if self._direct is not None and out.flags.c_contiguous:
+                    other = [int(order[i]) for i in self._direct.read_rows(rows[order], out, order)]
+                else:
+                    other = list(range(len(rows)))
+                for i in other:  # an absent chunk or another layout: through tensorstore
+                    out[i] = a[int(rows[i])].read().result()
                 return out
             with ts.Batch() as batch:
                 futures = [a[r].read(batch=batch) for r in rows.tolist()]
