@@ -9,6 +9,12 @@
    the median step of each kept), also without the step's wait for data (the compute MESA adds
    to), and the bytes of the EMA copy (float32, what each checkpoint and the final weights gain).
    ``--mesa-only`` runs this case alone.
+4. Shift-equivariant loss: step time with ``stages[].shift`` on ÷ off on one store featurized with
+   a margin of 1 teacher patch (``tiny``'s CLIP and a SAM mosaic of 1, as the shift tests; off
+   trains on the centre windows of the same targets), 0 workers, alternating runs, medians; the
+   loader renders the extended view and cuts both windows. ``--shift-only`` runs this case alone.
+
+``--json``: one JSON object with every case's figures on the last line.
 
     .venv/bin/python bench/distill_bench.py [--steps 30]
 """
@@ -25,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from radio.config import load_pipeline
-from radio.config.schema import MesaConfig
+from radio.config.schema import MesaConfig, ShiftConfig
 from radio.distill.checkpoint import load_weights
 from radio.distill.checks import stage_targets
 from radio.distill.data import PartitionRows
@@ -74,11 +80,59 @@ def mesa_cost(config, tmp: Path, steps: int) -> dict:
     }
 
 
+def shift_store(tmp: Path, images: int):
+    """A store featurized with ``featurize.shift_margin`` 1 for the shift case: its config."""
+    from conftest import featurize_in_process
+
+    write_sample_data(tmp / "shift_shards", images=images, shard_size=32, seed=1)
+    raw = load_pipeline(
+        REPO / "pipelines.yaml", "tiny", data=str(tmp / "shift_shards" / "*.tar"), store=str(tmp / "shift.zarr")
+    ).model_dump()
+    raw["featurize"]["shift_margin"] = 1
+    raw["teachers"] = {
+        "clip": {"model": "clip_tiny", "targets": {"clip@168": {"resolution": 168}}},
+        "sam": {"model": "sam_tiny", "targets": {"sam@192": {"resolution": 192, "mosaic": 1, "canvas": 256}}},
+    }
+    stage = dict(raw["stages"][1])
+    stage["partitions"] = [{"resolution": 192, "batch_size": 8, "targets": ["clip@168", "sam@192"]}]
+    raw["stages"] = [stage]
+    config = type(load_pipeline(REPO / "pipelines.yaml", "tiny")).model_validate(raw)
+    featurize_in_process(config)
+    fit_store(FeatureStore(config.store.path))
+    return config
+
+
+def shift_cost(config, tmp: Path, steps: int) -> dict:
+    """Step time with the shift loss on ÷ off (the same margin store; runs alternate, medians)."""
+    step_s: dict[str, list[float]] = {"off": [], "on": []}
+    for repeat in range(2):
+        for arm in ("off", "on"):
+            out = tmp / f"shift_{arm}{repeat}"
+            stage = config.stages[0].model_copy(
+                update={"shift": ShiftConfig(enabled=arm == "on"), "steps": steps, "checkpoint_every": steps}
+            )
+            train_stage(config.model_copy(update={"out": str(out), "stages": (stage,)}), 1)
+            images = stage.partitions[0].batch_size
+            recs = read_metrics(RunFolder(out).stage(1).metrics)[5:]  # skip start-up steps
+            step_s[arm] += [images / r["images_per_s"] for r in recs]
+    off, on = float(np.median(step_s["off"])), float(np.median(step_s["on"]))
+    return {"step_s_off": off, "step_s_on": on, "ratio": on / off}
+
+
+def print_shift(sh: dict) -> None:
+    print(
+        f"shift (tiny student, 192 px, clip@168 + sam@192 with a margin of 1, 0 workers): step "
+        f"{sh['step_s_on'] * 1e3:.1f} ms on ÷ {sh['step_s_off'] * 1e3:.1f} ms off = {sh['ratio']:.2f}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=96)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--mesa-only", action="store_true", help="only case 3 (MESA's cost)")
+    ap.add_argument("--shift-only", action="store_true", help="only case 4 (the shift loss's cost)")
+    ap.add_argument("--json", action="store_true", help="end with one JSON object of the figures")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import featurize_in_process  # the same in-process featurize the tests use
@@ -94,11 +148,20 @@ def main() -> None:
             store=str(tmp / "store.zarr"),
             out=str(tmp / "run"),
         )
+        if args.shift_only:
+            results["shift"] = shift_cost(shift_store(tmp, args.images), tmp, args.steps)
+            print_shift(results["shift"])
+            if args.json:
+                print(json.dumps(results))
+            return
         featurize_in_process(config)
         store = FeatureStore(config.store.path)
         fit_store(store)
         if args.mesa_only:
-            print_mesa(mesa_cost(config, tmp, args.steps))
+            results["mesa"] = mesa_cost(config, tmp, args.steps)
+            print_mesa(results["mesa"])
+            if args.json:
+                print(json.dumps(results))
             return
 
         # ---- 1. loader vs decode + resize ---------------------------------------------------
@@ -151,6 +214,7 @@ def main() -> None:
             }
 
         results["mesa"] = mesa_cost(config, tmp, args.steps)
+        results["shift"] = shift_cost(shift_store(tmp, args.images), tmp, args.steps)
 
     lo = results["loader"]
     print(
@@ -163,6 +227,9 @@ def main() -> None:
             f"workers): {r['images_per_s']:.1f} images/s, data wait {r['data_wait']:.1%} of step time"
         )
     print_mesa(results["mesa"])
+    print_shift(results["shift"])
+    if args.json:
+        print(json.dumps(results))
     out_dir = Path(__file__).parent / "results"
     out_dir.mkdir(exist_ok=True)
     (out_dir / "distill.json").write_text(json.dumps(results, indent=2))
