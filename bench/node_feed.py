@@ -336,7 +336,7 @@ def pipeline_stages(config_path: str) -> dict[str, dict]:
                 p = provenance(config, teacher, job)
                 key_bytes[job.key] = 2 * (p.grid[0] * p.grid[1] * p.feature_dim + (p.summary_dim or 0))
         spec = student_spec(config.student.size)
-        stages = []
+        stages, step_batches = [], []
         for stage in config.stages:
             # A stochastic partition (resolutions drawn per step, uniformly) is planned as its mean
             # step: each size's batch, weighted by its share of the draws.
@@ -351,7 +351,14 @@ def pipeline_stages(config_path: str) -> dict[str, dict]:
                 for s in p.sizes
             ]
             stages.append(parts)
-        out[name] = {"spec": spec, "prefix": config.student.register_multiple, "stages": stages}
+            # the step's bookkeeping: each partition's mean batch over its sizes (fixed: its batch)
+            step_batches.append([round(sum(map(p.batch_at, p.sizes)) / len(p.sizes)) for p in stage.partitions])
+        out[name] = {
+            "spec": spec,
+            "prefix": config.student.register_multiple,
+            "stages": stages,
+            "step_batches": step_batches,
+        }
     return out
 
 
@@ -379,7 +386,7 @@ def plan(
             images = stage_images_per_s(parts, flops, node)
             steps_per_s = images[0] / parts[0].batch
             gb = target_gb_per_s(parts, images)
-            overhead = step_s([q.batch for q in parts])
+            overhead = step_s(p["step_batches"][i - 1])  # one batch per partition, as a step has
             need = {
                 mode: {
                     c: loader_cores(
