@@ -34,6 +34,7 @@ from radio.store.manifest import Manifest
 from radio.store.pixels import StoredPixels
 from radio.store.targets import TargetReader
 
+from .counters import splitmix64
 from .loss import KeyTarget, keys_at
 from .pixels import decode_views
 from .shift import ShiftPlan, apply_windows, draw_offsets, shift_plan
@@ -41,19 +42,12 @@ from .shift import ShiftPlan, apply_windows, draw_offsets, shift_plan
 Sampling = Literal["rows", "blocks"]
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finalizer on ``uint64`` arrays: a bijective bit mixer (wrapping arithmetic)."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
 def crop_choice(seed: int, epoch: int, images: np.ndarray, crops: np.ndarray) -> np.ndarray:
     """``[n]`` which of each image's ``crops [n]`` rows an epoch visits: a pure function of
     (seed, epoch, image id), whatever else is in the batch or the run (so resume is exact)."""
     base = np.random.SeedSequence([seed, epoch, 23]).generate_state(1, np.uint64)[0]
     with np.errstate(over="ignore"):
-        h = _splitmix64(np.asarray(images, dtype=np.int64).astype(np.uint64) ^ base)
+        h = splitmix64(np.asarray(images, dtype=np.int64).astype(np.uint64) ^ base)
     return (h % np.asarray(crops, dtype=np.uint64)).astype(np.int64)
 
 

@@ -33,6 +33,7 @@ import torch
 
 from radio.errors import RadioError
 
+from .counters import splitmix64, unit_uniform
 from .loss import KeyTarget, keys_at
 
 STUDENT_PATCH = 16
@@ -131,19 +132,6 @@ def unshifted_sizes(plans: dict[int, ShiftPlan | None]) -> list[int]:
     return sorted(s for s, p in plans.items() if p is not None and p.limit == 0)
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finalizer on ``uint64`` arrays (a bijective bit mixer, wrapping arithmetic)."""
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
-def _uniform(h: np.ndarray) -> np.ndarray:
-    """``uint64`` hashes → uniforms in (0, 1) (53 bits, never 0, so a log is finite)."""
-    return ((h >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
-
-
 def draw_offsets(
     seed: int, partition: int, step: int, rows: np.ndarray, sigma: float, limit: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -154,11 +142,14 @@ def draw_offsets(
     base = np.random.SeedSequence([seed, partition, step, _SALT]).generate_state(1, np.uint64)[0]
     r = np.asarray(rows, dtype=np.int64).astype(np.uint64)
     with np.errstate(over="ignore"):
-        h = _splitmix64(r ^ base)
-        hs = [_splitmix64(h + np.uint64(i) * np.uint64(0x9E3779B97F4A7C15)) for i in range(1, 5)]
+        h = splitmix64(r ^ base)
+        hs = [splitmix64(h + np.uint64(i) * np.uint64(0x9E3779B97F4A7C15)) for i in range(1, 5)]
     # Box–Muller, one normal per axis from two uniforms each.
     z = np.stack(
-        [np.sqrt(-2 * np.log(_uniform(hs[2 * a]))) * np.cos(2 * np.pi * _uniform(hs[2 * a + 1])) for a in (0, 1)],
+        [
+            np.sqrt(-2 * np.log(unit_uniform(hs[2 * a]))) * np.cos(2 * np.pi * unit_uniform(hs[2 * a + 1]))
+            for a in (0, 1)
+        ],
         axis=-1,
     )
     k = np.rint(sigma * z).astype(np.int64)
