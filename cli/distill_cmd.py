@@ -48,7 +48,9 @@ def distill(
 
     cfg = load(config, pipeline, store=store, out=out)
     log = _StepLog(sys.stderr.isatty()) if main else None
-    result = train_stage(cfg, stage, steps=steps, init=init, workers=workers, device=device, flip=flip, on_step=log)
+    result = train_stage(
+        cfg, stage, steps=steps, init=init, workers=workers, device=device, flip=flip, on_step=log, each_step=False
+    )
     if log is not None:
         log.close()
     if not main:  # under torchrun only rank 0 reports; the others say something only on error

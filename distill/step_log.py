@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from radio.errors import RadioError
+
 from . import distributed
 
 
@@ -47,7 +49,7 @@ class Pending:
     extra: dict
 
 
-class BadStep(Exception):
+class BadStep(RadioError):
     """A flushed step whose values (on any rank) are not finite; ``local`` is this rank's own
     values of that step on the host, ``names`` their names."""
 
@@ -119,7 +121,7 @@ class StepLog:
         return records
 
 
-class BadFlush(Exception):
+class BadFlush(RadioError):
     """A flush that met a non-finite step: ``records`` are the good steps before it."""
 
     def __init__(self, records: list[dict], bad: BadStep):

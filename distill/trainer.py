@@ -300,8 +300,14 @@ def train_stage(
     device: str | None = None,
     flip: bool = False,
     on_step: Callable[[dict], None] | None = None,
+    each_step: bool | None = None,
 ) -> StageResult:
-    """Train stage ``stage`` (1-based) of ``config``; resumes from the stage's checkpoint if present."""
+    """Train stage ``stage`` (1-based) of ``config``; resumes from the stage's checkpoint if present.
+
+    ``on_step(record)`` gets every step's metrics record when it reaches the host. ``each_step``:
+    flush every step, so the hook sees each step as it ends (a host sync per step; default: when
+    a hook is given, in one process); False keeps ``stages[].log_every`` (the CLI's progress).
+    Under DDP the interval is always ``log_every``: every rank must flush at the same steps."""
     if not 1 <= stage <= len(config.stages):
         raise DistillError(f"--stage {stage}: the pipeline has stages 1..{len(config.stages)}")
     from radio.store import lease
@@ -311,7 +317,9 @@ def train_stage(
         # A reader lease for the run: `compact --drop-raw`, `featurize --overwrite` and `fit-phis`
         # refuse to delete or rewrite the store meanwhile (each rank holds its own).
         with lease.take(config.store.path, "reader", "distill"):
-            return _train(config, stage, d, steps, Path(out or config.out), init, workers, flip, on_step)
+            every = each_step if each_step is not None else on_step is not None
+            every = every and not d.enabled  # ranks with and without a hook must flush together
+            return _train(config, stage, d, steps, Path(out or config.out), init, workers, flip, on_step, every)
     finally:
         distributed.teardown(d)
 
@@ -326,6 +334,7 @@ def _train(
     workers: int,
     flip: bool,
     on_step: Callable[[dict], None] | None,
+    each_step: bool,
 ) -> StageResult:
     # ---- set-up: store, targets, student, loss, optimizer ------------------------------------
     cfg = config.stages[stage - 1]
@@ -565,12 +574,12 @@ def _train(
     # ---- the loop --------------------------------------------------------------------------------
     # No host sync per step: the losses stay on the device until a log step (every log_every, a
     # checkpoint, a stop, the end) moves them to the host and checks them (step_log.py). A caller
-    # with an on_step hook wants every step's values as it ends: each step logs then.
+    # that wants every step's values as it ends (each_step) has each step log.
     losses: list[float] = []
     step = start
     stopped_by = None
     model.train()
-    steplog = StepLog(d, 1 if on_step else cfg.log_every)
+    steplog = StepLog(d, 1 if each_step else cfg.log_every)
     prefetch = DevicePrefetch(loaders, d.device, total - start)  # step k+1's batches copied during step k
     with _StopFlag() as stop, open(metrics_path, "a") if d.main else contextlib.nullcontext() as log:
 

@@ -111,5 +111,6 @@ def test_unknown_experiment_is_one_line_exit_2():
     proc = subprocess.run([sys.executable, "-m", "radio.cli", "experiment", "nope"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert (
-        proc.stderr == "error: unknown experiment 'nope' (known: phis_balance, multires, mosaic, token_merging, all)\n"
+        proc.stderr
+        == "error: unknown experiment 'nope' (known: phis_balance, multires, mosaic, token_merging, shift, all)\n"
     )
