@@ -336,7 +336,7 @@ def pipeline_stages(config_path: str) -> dict[str, dict]:
                 p = provenance(config, teacher, job)
                 key_bytes[job.key] = 2 * (p.grid[0] * p.grid[1] * p.feature_dim + (p.summary_dim or 0))
         spec = student_spec(config.student.size)
-        stages, step_batches = [], []
+        stages, step_batches, labels = [], [], []
         for stage in config.stages:
             # A stochastic partition (resolutions drawn per step, uniformly) is planned as its mean
             # step: each size's batch, weighted by its share of the draws.
@@ -353,11 +353,19 @@ def pipeline_stages(config_path: str) -> dict[str, dict]:
             stages.append(parts)
             # the step's bookkeeping: each partition's mean batch over its sizes (fixed: its batch)
             step_batches.append([round(sum(map(p.batch_at, p.sizes)) / len(p.sizes)) for p in stage.partitions])
+            # a drawn set reads {lo…hi}, a fixed partition its size
+            labels.append(
+                " + ".join(
+                    str(p.resolution) if p.resolutions is None else f"{{{min(p.sizes)}…{max(p.sizes)}}}"
+                    for p in stage.partitions
+                )
+            )
         out[name] = {
             "spec": spec,
             "prefix": config.student.register_multiple,
             "stages": stages,
             "step_batches": step_batches,
+            "labels": labels,
         }
     return out
 
@@ -410,6 +418,7 @@ def plan(
                     "student": spec.name,
                     "stage": i,
                     "resolutions": [q.resolution for q in parts],
+                    "label": p["labels"][i - 1] if "labels" in p else " + ".join(str(q.resolution) for q in parts),
                     "train_tflops_per_image": [flops(q.resolution) / 1e12 for q in parts],
                     "images_per_s": sum(images),
                     "target_gb_per_s": gb,
@@ -500,7 +509,7 @@ def main() -> None:
         gb, need = r["target_gb_per_s"], r["cores"]
         fits = f"{r['pixels']} + {CODEC_NAMES.get(r['codec'], 'none')}" if r["pixels"] != "none" else "none"
         print(
-            f"| {r['pipeline']} | {r['stage']} ({' + '.join(map(str, r['resolutions']))}) | {r['images_per_s']:,.0f} | "
+            f"| {r['pipeline']} | {r['stage']} ({r['label']}) | {r['images_per_s']:,.0f} | "
             f"{gb['fp16']:.1f} / {gb['int8']:.1f} / {gb['int8_r8']:.1f} | {need['decode']['fp16']:.0f} | "
             f"{need['jpeg']['int8']:.0f} | {need['raw']['int8_r8']:.0f} | {fits} |"
         )
