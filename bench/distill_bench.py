@@ -82,21 +82,10 @@ def mesa_cost(config, tmp: Path, steps: int) -> dict:
 
 def shift_store(tmp: Path, images: int):
     """A store featurized with ``featurize.shift_margin`` 1 for the shift case: its config."""
-    from conftest import featurize_in_process
+    from conftest import featurize_in_process, margin_pipeline  # the shift tests' store
 
     write_sample_data(tmp / "shift_shards", images=images, shard_size=32, seed=1)
-    raw = load_pipeline(
-        REPO / "pipelines.yaml", "tiny", data=str(tmp / "shift_shards" / "*.tar"), store=str(tmp / "shift.zarr")
-    ).model_dump()
-    raw["featurize"]["shift_margin"] = 1
-    raw["teachers"] = {
-        "clip": {"model": "clip_tiny", "targets": {"clip@168": {"resolution": 168}}},
-        "sam": {"model": "sam_tiny", "targets": {"sam@192": {"resolution": 192, "mosaic": 1, "canvas": 256}}},
-    }
-    stage = dict(raw["stages"][1])
-    stage["partitions"] = [{"resolution": 192, "batch_size": 8, "targets": ["clip@168", "sam@192"]}]
-    raw["stages"] = [stage]
-    config = type(load_pipeline(REPO / "pipelines.yaml", "tiny")).model_validate(raw)
+    config = margin_pipeline(REPO, str(tmp / "shift_shards" / "*.tar"), str(tmp / "shift.zarr"), 8)
     featurize_in_process(config)
     fit_store(FeatureStore(config.store.path))
     return config

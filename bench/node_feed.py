@@ -12,7 +12,8 @@ Measured here, per process (one core):
   - the trainer step's own CPU bookkeeping: the loop's learning rate, crop boxes, the sampler's
     rows and flips, the log record (the trainer's own functions, at each stage's batch sizes).
 Computed, for each shipped pipeline (pipelines.yaml, `tiny` left out) and stage:
-  - images/s per node from the student's training FLOPs (3x a ViT forward: :func:`vit_flops`)
+  - images/s per node from the student's training FLOPs (forward + backward:
+    :func:`radio.distill.flops.student_flops`, the count the GPU check's MFU divides by)
     at ``--gpu-tflops`` sustained per GPU and ``--gpus``;
   - GB/s of target reads per codec: raw fp16, int8 (half), int8 at 1/8 of the raw bytes (rank
     C/4, `radio store compact --rank`);
@@ -46,24 +47,6 @@ CODEC_NAMES = {"fp16": "raw fp16", "int8": "int8", "int8_r8": "int8 rank 1/8"}
 
 
 # ---- the plan: FLOPs -> images/s -> GB/s -> cores (pure functions) ------------------------------
-
-
-def vit_flops(dim: int, depth: int, mlp_ratio: float, patch: int, resolution: int, prefix: int = 8) -> float:
-    """Forward FLOPs of one image through a ViT body (2 FLOPs per multiply-add).
-
-    ``N = (resolution / patch)² + prefix`` tokens (CLS + registers: ``prefix``). Per block: QKV and
-    the output projection ``2·N·D·4D``, the MLP ``2·2·N·D·rD``, scores and their product with V
-    ``2·2·N²·D``; plus the patch embedding ``2·(r/p)²·3p²·D``. Heads (adaptors) are left out: a
-    few % of a B student at 256 px, less for larger ones."""
-    patches = (resolution // patch) ** 2
-    n = patches + prefix
-    block = 2 * n * dim * dim * (4 + 2 * mlp_ratio) + 4 * n * n * dim
-    return depth * block + 2 * patches * 3 * patch * patch * dim
-
-
-def train_flops(dim: int, depth: int, mlp_ratio: float, patch: int, resolution: int, prefix: int = 8) -> float:
-    """Forward and backward ≈ 3× the forward (the backward computes two products per forward one)."""
-    return 3 * vit_flops(dim, depth, mlp_ratio, patch, resolution, prefix)
 
 
 @dataclass(frozen=True)
@@ -136,27 +119,6 @@ def cheapest(
 # ---- measurements -----------------------------------------------------------------------------
 
 
-def datacomp_jpegs(count: int) -> list[bytes]:
-    """``count`` JPEGs like DataComp's: bundled photos and crops of them, longest side 512, q90."""
-    from radio.shards.sampledata import load_photo
-
-    photos = [load_photo(n) for n in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")]
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(count):
-        img = Image.fromarray(photos[i % len(photos)])
-        w, h = img.size
-        cw, ch = int(w * rng.uniform(0.7, 1.0)), int(h * rng.uniform(0.7, 1.0))
-        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        img = img.crop((x, y, x + cw, y + ch))
-        s = 512 / max(img.size)
-        img = img.resize((round(img.size[0] * s), round(img.size[1] * s)), Image.Resampling.BICUBIC)
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=90)
-        out.append(buf.getvalue())
-    return out
-
-
 def _box(width: int, height: int):
     """A fixed 80 %-area centre crop (the trainer's boxes come from the manifest)."""
     from radio.shards.crops import CropBox
@@ -208,6 +170,8 @@ def images_per_s(fn: Callable[[], object], n: int, seconds: float) -> float:
 
 def measure_pixels(resolutions: Sequence[int], count: int, seconds: float) -> dict:
     """Images/s per core of each mode at each resolution, on the same images in one run."""
+    from radio.shards.sampledata import datacomp_jpegs
+
     jpegs = datacomp_jpegs(count)
     out: dict = {"source_kb": float(np.mean([len(j) for j in jpegs]) / 1e3), "modes": {}}
     for r in resolutions:
@@ -382,13 +346,15 @@ def plan(
 ) -> list[dict]:
     """One row per (pipeline, stage): images/s per node, GB/s per codec, cores per pixel mode and
     codec, and the cheapest pixel mode and codec that fit ``cores`` and ``disk_gbps``."""
+    from radio.distill.flops import student_flops
+
     node = gpu_tflops * 1e12 * gpus
     rows = []
     for name, p in pipelines.items():
         spec = p["spec"]
 
         def flops(r: int, spec=spec, prefix=p["prefix"]) -> float:
-            return train_flops(spec.dim, spec.depth, spec.mlp_ratio, spec.patch, r, prefix)
+            return student_flops(spec, r, prefix_tokens=prefix)
 
         for i, parts in enumerate(p["stages"], 1):
             images = stage_images_per_s(parts, flops, node)

@@ -10,8 +10,8 @@ Images/s are per CPU-second of the process (``time.process_time``: every thread 
 shared machine's other jobs do not count, and a reader thread is not a free core), best of
 ``--repeat`` alternating rounds; wall-clock images/s are reported beside them.
 
-The images are DataComp-like: the bundled photos cut and resized to 512 px on the long side,
-JPEG q90 (~80 KB, as the issue's DataComp sample). The store is made by the project's own
+The images are DataComp-like (:func:`radio.shards.sampledata.datacomp_jpegs`, as node_feed's):
+bundled photos cut and resized to 512 px on the long side, JPEG q90. The store is made by the project's own
 featurize (one tiny teacher key, in process) and `radio store add-pixels`'s function.
 
     .venv/bin/python bench/pixels_bench.py [--images 256] [--resolution 256] [--repeat 3] [--json]
@@ -30,46 +30,33 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from radio.config import load_pipeline
 from radio.distill.data import PartitionRows
 from radio.featurize.graph import run_local
 from radio.featurize.job import _settings, prepare, select
 from radio.featurize.pixels import add_pixels, plan_pixels
-from radio.shards.sampledata import PHOTOS, load_photo
+from radio.shards.sampledata import datacomp_jpegs
 from radio.store.layout import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
 PER_TAR = 64
 
 
-def write_tars(out: Path, images: int, seed: int = 0) -> float:
-    """``images`` 512 px JPEGs (q90) in DataComp-layout tars of 64; returns their mean size in bytes."""
-    rng = np.random.default_rng(seed)
-    photos = [load_photo(p) for p in PHOTOS]
-    sizes = []
+def write_tars(out: Path, images: int) -> float:
+    """``images`` DataComp-sized JPEGs (:func:`~radio.shards.sampledata.datacomp_jpegs`) in
+    DataComp-layout tars of 64; returns their mean size in bytes."""
+    jpegs = datacomp_jpegs(images)
     out.mkdir(parents=True)
     for t in range(-(-images // PER_TAR)):
         with tarfile.open(out / f"{t:08d}.tar", "w") as tar:
             for i in range(t * PER_TAR, min(images, (t + 1) * PER_TAR)):
-                p = photos[i % len(photos)]
-                h, w = p.shape[:2]
-                ch, cw = int(h * rng.uniform(0.6, 1)), int(w * rng.uniform(0.6, 1))
-                y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-                crop = Image.fromarray(np.ascontiguousarray(p[y : y + ch, x : x + cw]))
-                scale = 512 / max(ch, cw)
-                img = crop.resize((max(64, round(cw * scale)), max(64, round(ch * scale))), Image.Resampling.BICUBIC)
-                buf = io.BytesIO()
-                img.save(buf, "JPEG", quality=90)
-                data = buf.getvalue()
-                sizes.append(len(data))
                 key = f"{t:05d}{i % PER_TAR:04d}"
-                for suffix, payload in (("jpg", data), ("txt", b"a photo"), ("json", b"{}")):
+                for suffix, payload in (("jpg", jpegs[i]), ("txt", b"a photo"), ("json", b"{}")):
                     info = tarfile.TarInfo(f"{key}.{suffix}")
                     info.size, info.mtime = len(payload), 0
                     tar.addfile(info, io.BytesIO(payload))
-    return float(np.mean(sizes))
+    return float(np.mean([len(j) for j in jpegs]))
 
 
 def build(root: Path, images: int, resolution: int) -> tuple[Path, Path, float]:
@@ -112,8 +99,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print JSON")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    root = Path(tempfile.mkdtemp(prefix="pixels_bench_"))
-    try:
+    with tempfile.TemporaryDirectory(prefix="pixels_bench_") as tmp:
+        root = Path(tmp)
         jpeg_store, raw_store, mean_bytes = build(root, args.images, args.resolution)
         m = FeatureStore(jpeg_store).manifest().to_pydict()
         rows = np.array([r for r, v in zip(m["row"], m["valid"]) if v], dtype=np.int64)
@@ -149,10 +136,8 @@ def main() -> None:
             "ratio_raw": round(best["raw"][0] / best["tar"][0], 2),
             "stored_bytes_per_sample": {k: round(v) for k, v in stored.items()},
         }
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
     if args.json:
-        print(json.dumps(out, indent=2))
+        print(json.dumps(out))
         return
     print(f"{out['images']} images (JPEG {out['source_jpeg_bytes_mean'] / 1000:.0f} KB mean, 512 px) at {r} px:")
     for k in paths:

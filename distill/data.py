@@ -37,7 +37,7 @@ from radio.store.targets import TargetReader
 from .counters import splitmix64
 from .loss import KeyTarget, keys_at
 from .pixels import decode_views
-from .shift import ShiftPlan, apply_windows, draw_offsets, shift_plan
+from .shift import ShiftPlan, apply_windows, by_size, draw_offsets, shift_plan
 
 Sampling = Literal["rows", "blocks"]
 
@@ -46,8 +46,7 @@ def crop_choice(seed: int, epoch: int, images: np.ndarray, crops: np.ndarray) ->
     """``[n]`` which of each image's ``crops [n]`` rows an epoch visits: a pure function of
     (seed, epoch, image id), whatever else is in the batch or the run (so resume is exact)."""
     base = np.random.SeedSequence([seed, epoch, 23]).generate_state(1, np.uint64)[0]
-    with np.errstate(over="ignore"):
-        h = splitmix64(np.asarray(images, dtype=np.int64).astype(np.uint64) ^ base)
+    h = splitmix64(np.asarray(images, dtype=np.int64).astype(np.uint64) ^ base)
     return (h % np.asarray(crops, dtype=np.uint64)).astype(np.int64)
 
 
@@ -219,9 +218,7 @@ class PartitionRows(Dataset):
         self.targets = targets
         # The shift plan per input size (one, or a stochastic partition's each); keys with a cached
         # margin are windowed at offset 0 where no plan shifts.
-        self.shifts: dict[int, ShiftPlan | None] = (
-            dict(shift) if isinstance(shift, Mapping) else {resolution: shift} if shift is not None else {}
-        )
+        self.shifts = by_size(shift)
         self.limits = limits
         self._manifest = manifest if isinstance(manifest, Manifest) else None
         self._manifest_dir = None if isinstance(manifest, Manifest) or manifest is None else Path(manifest)
@@ -447,10 +444,7 @@ class StepBatches:
         self.batch_size, self.seed, self.partition = batch_size, seed, partition
         self.start, self.stop, self.rank, self.world, self.flip = start, stop, rank, world, flip
         self.sizes, self.budget = sizes, budget
-        # the shift plan per input size (a stochastic partition's sizes may shift differently)
-        self.shifts: dict[int, ShiftPlan | None] = (
-            dict(shift) if isinstance(shift, Mapping) else {} if shift is None else {shift.resolution: shift}
-        )
+        self.shifts = by_size(shift)  # a stochastic partition's sizes may shift differently
 
     def size(self, step: int) -> int | None:
         """The input size drawn for 0-based ``step`` (None: the partition's one resolution)."""
@@ -469,22 +463,22 @@ class StepBatches:
             return self.order.span(first, first + self.sizes.batch(step))
         return self.order.batch(step)
 
-    def local_rows(self, step: int, rows: np.ndarray | None = None) -> slice:
-        """This rank's slice of the step's global rows."""
-        local = len(self.global_rows(step) if rows is None else rows) // self.world
-        return slice(self.rank * local, (self.rank + 1) * local)
+    def local_rows(self, rows: np.ndarray) -> np.ndarray:
+        """This rank's share of a step's global ``rows`` (or of any array over them: flips)."""
+        local = len(rows) // self.world
+        return rows[self.rank * local : (self.rank + 1) * local]
 
     def __iter__(self) -> Iterator[list[tuple]]:
         for step in range(self.start, self.stop):
             rows = self.global_rows(step)
             flips = flips_for(rows, self.seed, self.partition, step) if self.flip else np.zeros(len(rows), bool)
-            sl = self.local_rows(step, rows)
-            items: list[tuple] = list(zip(rows[sl].tolist(), flips[sl].tolist()))
+            mine = self.local_rows(rows)
+            items: list[tuple] = list(zip(mine.tolist(), self.local_rows(flips).tolist()))
             size, plan = self.size(step), self.plan(step)
             if size is not None:
                 items = [(*it, size) for it in items]
             if plan is not None:
-                k, _ = draw_offsets(self.seed, self.partition, step, rows[sl], plan.sigma, plan.limit)
+                k, _ = draw_offsets(self.seed, self.partition, step, mine, plan.sigma, plan.limit)
                 items = [(*it, int(ky), int(kx)) for it, (ky, kx) in zip(items, k)]
             yield items
 

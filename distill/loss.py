@@ -33,7 +33,6 @@ class KeyTarget:
     weight_summary: float = 1.0
     weight_features: float = 1.0
     sizes: tuple[int, ...] | None = None  # stochastic resolutions: the input sizes it trains at (None: all)
-
     margin: int = 0  # the key's cached shift margin (its stored grid is grid + 2·margin; distill/shift.py)
 
 
@@ -107,9 +106,7 @@ class DistillLoss(nn.Module):
             zip(self.partitions, outputs, batches, self.partition_weights)
         ):
             resolution = sizes[p] if sizes is not None else resolution
-            for t in keys:
-                if t.sizes is not None and resolution not in t.sizes:
-                    continue
+            for t in keys_at(keys, resolution):
                 adaptor = out.adaptors[t.teacher]
                 target = batch["targets"][t.key]
                 pred = align_features(adaptor.features, t.grid, t.exact_grid, t.key)

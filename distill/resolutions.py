@@ -30,8 +30,7 @@ def size_draws(seed: int, stage: int, partition: int, steps: np.ndarray, sizes: 
     if len(sizes) == 1:
         return np.full(len(steps), sizes[0], dtype=np.int64)
     key = np.random.SeedSequence([seed, stage, partition, 26]).generate_state(1, np.uint64)[0]
-    with np.errstate(over="ignore"):
-        h = splitmix64(np.asarray(steps, dtype=np.int64).astype(np.uint64) ^ key)
+    h = splitmix64(np.asarray(steps, dtype=np.int64).astype(np.uint64) ^ key)
     return np.asarray(sizes, dtype=np.int64)[(h % np.uint64(len(sizes))).astype(np.int64)]
 
 

@@ -25,7 +25,7 @@ visit (the teacher's own one is fixed per crop; ``crops_per_image > 1`` adds mor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,6 +127,13 @@ def size_plans(
     return plans
 
 
+def by_size(shift: ShiftPlan | Mapping[int, ShiftPlan | None] | None) -> dict[int, ShiftPlan | None]:
+    """``{size: plan}`` from one plan (a fixed partition), a partition's :func:`size_plans`, or None."""
+    if shift is None:
+        return {}
+    return {shift.resolution: shift} if isinstance(shift, ShiftPlan) else dict(shift)
+
+
 def unshifted_sizes(plans: dict[int, ShiftPlan | None]) -> list[int]:
     """The sizes of an enabled shift whose plan cannot move the view (their margin < one student patch)."""
     return sorted(s for s, p in plans.items() if p is not None and p.limit == 0)
@@ -222,6 +229,7 @@ __all__ = [
     "ShiftError",
     "ShiftPlan",
     "apply_windows",
+    "by_size",
     "clamp_record",
     "draw_offsets",
     "shift_plan",

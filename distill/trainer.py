@@ -277,8 +277,7 @@ def _targets_of(datasets: list[PartitionRows], samplers: list[StepBatches], step
     """This rank's targets of 0-based ``step``, read again from the store (the error path)."""
     out = []
     for dataset, sampler in zip(datasets, samplers):
-        rows = sampler.global_rows(step)
-        rows = rows[sampler.local_rows(step, rows)]
+        rows = sampler.local_rows(sampler.global_rows(step))
         arrays = dataset.reader.read(rows)
         out.append(
             {

@@ -119,6 +119,24 @@ def _random_view(photo: np.ndarray, rng: np.random.Generator) -> tuple[Image.Ima
     return img, (cw, ch)
 
 
+def datacomp_jpegs(count: int, seed: int = 0) -> list[bytes]:
+    """``count`` JPEGs sized as DataComp stores them, for the benchmarks that time a decode: crops
+    (70–100 % of each side) of five bundled photos, resized to 512 px on the longest side, q90."""
+    photos = [load_photo(n) for n in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")]
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        img = Image.fromarray(photos[i % len(photos)])
+        w, h = img.size
+        cw, ch = int(w * rng.uniform(0.7, 1.0)), int(h * rng.uniform(0.7, 1.0))
+        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        img = img.crop((x, y, x + cw, y + ch))
+        s = 512 / max(img.size)
+        img = img.resize((round(img.size[0] * s), round(img.size[1] * s)), Image.Resampling.BICUBIC)
+        out.append(_encode(img, "JPEG", quality=90))
+    return out
+
+
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt, **kw)

@@ -55,6 +55,31 @@ def featurize_in_process(config) -> None:
         assert result.error is None, result.error
 
 
+def margin_pipeline(repo: Path, data: str, store: str, batch_size: int, **raw_fields):
+    """`tiny` with ``featurize.shift_margin`` 1 (the shift loss's tests and benchmark): tiny's CLIP
+    at 168 px and a SAM mosaic of 1 at 192 px, whose 256 px tile has padding for the margin
+    (tiny's own SAM keys fill their tiles), in one stage of one 192 px partition of
+    ``batch_size`` (tiny's stage 2 otherwise); ``raw_fields`` replace top-level fields."""
+    from radio.config import load_pipeline
+
+    raw = load_pipeline(repo / "pipelines.yaml", "tiny", data=data, store=store).model_dump()
+    raw["featurize"]["shift_margin"] = 1
+    raw["teachers"] = {
+        "clip": {"model": "clip_tiny", "targets": {"clip@168": {"resolution": 168}}},
+        "sam": {"model": "sam_tiny", "targets": {"sam@192": {"resolution": 192, "mosaic": 1, "canvas": 256}}},
+    }
+    stage = dict(raw["stages"][1])
+    stage["partitions"] = [{"resolution": 192, "batch_size": batch_size, "targets": ["clip@168", "sam@192"]}]
+    raw["stages"] = [stage]
+    return type(load_pipeline(repo / "pipelines.yaml", "tiny")).model_validate(raw | raw_fields)
+
+
+@pytest.fixture(scope="session")
+def margin_config():
+    """:func:`margin_pipeline`, for test modules."""
+    return margin_pipeline
+
+
 @pytest.fixture(scope="session")
 def featurize_here():
     """:func:`featurize_in_process`, for test modules (a `conftest` import is ambiguous)."""

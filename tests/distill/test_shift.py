@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from radio.config import load_pipeline
+from radio.config.schema import ShiftConfig
 from radio.distill.data import StepBatches
 from radio.distill.loss import KeyTarget, align_features
 from radio.distill.shift import ShiftError, apply_windows, clamp_record, draw_offsets, shift_plan
@@ -184,8 +185,25 @@ def test_config_validates_margin_and_shift(repo):
     assert tiny.featurize.shift_margin == 0 and not any(s.shift.enabled for s in tiny.stages)
 
 
+def _killed_at_step_3_and_resumed(config):
+    """Stage 1 of ``config`` stopped by an exception at step 3 (after the checkpoint of step 2),
+    then run again: the resumed run's :class:`StageResult`."""
+    from radio.distill.trainer import train_stage
+
+    class Killed(Exception):
+        pass
+
+    def kill(record):
+        if record["step"] == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_stage(config, 1, on_step=kill)
+    return train_stage(config, 1)
+
+
 @pytest.fixture(scope="module")
-def margin_store(tmp_path_factory, repo, featurize_here):
+def margin_store(tmp_path_factory, repo, featurize_here, margin_config):
     """`tiny` reduced to the 192 px partition's keys, featurized with a margin of 1 patch and
     shift on (sigma 1, so some draws clamp): (config, store path)."""
     from radio.shards.sampledata import write_sample_data
@@ -194,18 +212,11 @@ def margin_store(tmp_path_factory, repo, featurize_here):
 
     root = tmp_path_factory.mktemp("shift")
     write_sample_data(root / "shards", images=20, shard_size=10, seed=5)
-    raw = load_pipeline(
-        repo / "pipelines.yaml", "tiny", data=str(root / "shards" / "*.tar"), store=str(root / "store.zarr")
-    ).model_dump()
-    raw["featurize"]["shift_margin"] = 1
-    raw["teachers"] = {
-        "clip": {"model": "clip_tiny", "targets": {"clip@168": {"resolution": 168}}},
-        "sam": {"model": "sam_tiny", "targets": {"sam@192": {"resolution": 192, "mosaic": 1, "canvas": 256}}},
-    }
-    stage = dict(raw["stages"][1], steps=4, checkpoint_every=2, shift={"enabled": True, "sigma": 1.0})
-    stage["partitions"] = [{"resolution": 192, "batch_size": 4, "targets": ["clip@168", "sam@192"]}]
-    raw["stages"], raw["eval"] = [stage], {"held_out": 4}
-    config = type(load_pipeline(repo / "pipelines.yaml", "tiny")).model_validate(raw)
+    config = margin_config(repo, str(root / "shards" / "*.tar"), str(root / "store.zarr"), 4, eval={"held_out": 4})
+    stage = config.stages[0].model_copy(
+        update={"steps": 4, "checkpoint_every": 2, "shift": ShiftConfig(enabled=True, sigma=1.0)}
+    )
+    config = config.model_copy(update={"stages": (stage,)})
     featurize_here(config)
     fit_store(FeatureStore(root / "store.zarr"))
     return config, root / "store.zarr"
@@ -240,17 +251,7 @@ def test_tiny_with_a_margin_trains_with_shift_and_resumes_exactly(margin_store, 
     assert all(0 <= r["shift_clamped"] <= 1 and r["shift_clamped_draws"] >= 0 for r in records)
     assert sum(r["shift_clamped_draws"] for r in records) > 0  # sigma 1 at a margin of 1: some clamp
 
-    class Killed(Exception):
-        pass
-
-    def kill(record):
-        if record["step"] == 3:  # after the checkpoint of step 2
-            raise Killed
-
-    b = config.model_copy(update={"out": str(tmp_path / "b")})
-    with pytest.raises(Killed):
-        train_stage(b, 1, on_step=kill)
-    resumed = train_stage(b, 1)
+    resumed = _killed_at_step_3_and_resumed(config.model_copy(update={"out": str(tmp_path / "b")}))
     assert resumed.start_step == 2 and resumed.losses == full[2:]
 
 
@@ -294,15 +295,5 @@ def test_stochastic_sizes_shift_where_the_margin_covers_a_student_patch_and_resu
         assert (f"{size}:sam@192/features" in r) == (size == 192)
         assert f"{size}:clip@168/features" in r and np.isfinite(r["total"])
 
-    class Killed(Exception):
-        pass
-
-    def kill(record):
-        if record["step"] == 3:  # after the checkpoint of step 2
-            raise Killed
-
-    b = config.model_copy(update={"out": str(tmp_path / "b")})
-    with pytest.raises(Killed):
-        train_stage(b, 1, on_step=kill)
-    resumed = train_stage(b, 1)
+    resumed = _killed_at_step_3_and_resumed(config.model_copy(update={"out": str(tmp_path / "b")}))
     assert resumed.start_step == 2 and resumed.losses == full[2:]
